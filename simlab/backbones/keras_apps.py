@@ -1,0 +1,97 @@
+"""The study's backbones from ``keras.applications``: ImageNet weights download on first use."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+from pathlib import Path
+
+from simlab.backbones import Backbone, register
+from simlab.paths import cache_dir
+
+# name -> (keras.applications module, constructor, input size, pooled dim, weights file, description)
+_APPS = {
+    "vgg16": ("vgg16", "VGG16", 224, 512, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+              "VGG16 (2014), 138M params; the study used its fc2 layer (vgg16_fc2)."),
+    "vgg19": ("vgg19", "VGG19", 224, 512, "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+              "VGG19 (2014), deeper VGG; the study used fc2 (vgg19_fc2)."),
+    "resnet50": ("resnet50", "ResNet50", 224, 2048, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                 "ResNet50 (2015), 2048-d pooled vector."),
+    "inceptionv3": ("inception_v3", "InceptionV3", 299, 2048,
+                    "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                    "InceptionV3 (2015), 299 px; the study's best backbone."),
+    "xception": ("xception", "Xception", 299, 2048, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                 "Xception (2016), 299 px, 2048-d."),
+}
+# The original study's VGG vectors: the 4096-d fc2 layer of the full network.
+_FC2 = {
+    "vgg16_fc2": ("vgg16", "VGG16", "vgg16_weights_tf_dim_ordering_tf_kernels.h5"),
+    "vgg19_fc2": ("vgg19", "VGG19", "vgg19_weights_tf_dim_ordering_tf_kernels.h5"),
+}
+_ORIGIN = "https://storage.googleapis.com/tensorflow/keras-applications/{module}/{file}"
+
+
+class WeightsUnavailable(RuntimeError):
+    """ImageNet weights could not be downloaded (offline?); the message says which file to put where."""
+
+
+def _keras_cache_file(file: str) -> Path:
+    return Path.home() / ".keras" / "models" / file
+
+
+def fetch_weights(module: str, file: str) -> Path:
+    """Return the local weights file, downloading it into cache/weights/ on first use."""
+    target = cache_dir("weights") / file
+    if target.exists():
+        return target
+    if _keras_cache_file(file).exists():  # already downloaded by Keras itself
+        shutil.copyfile(_keras_cache_file(file), target)
+        return target
+    import keras
+
+    origin = _ORIGIN.format(module={"resnet50": "resnet"}.get(module, module), file=file)
+    try:
+        got = keras.utils.get_file(file, origin, cache_dir=str(cache_dir()), cache_subdir="weights")
+    except Exception as exc:  # network errors come in many types
+        raise WeightsUnavailable(
+            f"Could not download ImageNet weights {file} ({type(exc).__name__}: {exc}). "
+            f"simlab needs the internet once per backbone. On an offline machine, download\n  {origin}\n"
+            f"elsewhere and put it at\n  {target}\nor use the bundled backbone efficientnet_lite0."
+        ) from exc
+    return Path(got)
+
+
+def _builder(module: str, cls: str, size: int, file: str, fc2: bool = False):
+    def build(weights: str = "imagenet"):
+        if weights not in ("imagenet", "random"):
+            raise ValueError(f"weights must be 'imagenet' or 'random', not {weights!r}")
+        import keras
+
+        app = getattr(importlib.import_module(f"keras.applications.{module}"), cls)
+        if fc2:
+            full = app(weights=None, include_top=True, input_shape=(size, size, 3))
+            if weights == "imagenet":
+                full.load_weights(fetch_weights(module, file))
+            return keras.Model(full.input, full.get_layer("fc2").output, name=f"{cls.lower()}_fc2")
+        model = app(weights=None, include_top=False, pooling="avg", input_shape=(size, size, 3))
+        if weights == "imagenet":
+            model.load_weights(fetch_weights(module, file))
+        return model
+
+    return build
+
+
+def _preprocessor(module: str):
+    def preprocess(x):
+        return importlib.import_module(f"keras.applications.{module}").preprocess_input(x)
+
+    return preprocess
+
+
+for _name, (_module, _cls, _size, _dim, _file, _desc) in _APPS.items():
+    register(Backbone(name=_name, input_size=_size, dim=_dim, build=_builder(_module, _cls, _size, _file),
+                      preprocess=_preprocessor(_module), description=_desc, weights_file=_file))
+for _name, (_module, _cls, _file) in _FC2.items():
+    register(Backbone(name=_name, input_size=224, dim=4096, build=_builder(_module, _cls, 224, _file, fc2=True),
+                      preprocess=_preprocessor(_module), description=f"{_cls} fc2 layer (4096-d), as in the 2017 study.",
+                      weights_file=_file))

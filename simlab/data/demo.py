@@ -1,0 +1,328 @@
+"""The built-in demo dataset: a small Holidays look-alike generated offline from bundled photos.
+
+Source photos are the colour (and a few grayscale) pictures shipped inside scikit-image's
+``data`` folder and scikit-learn's sample images; they are read straight from the installed
+packages, nothing is downloaded. A *scene* (one group) is a region of one photo; several scenes
+come from different, slightly overlapping regions of the same photo (hard negatives). Each view of
+a scene is a camera-like re-shoot: crop/zoom jitter, a small viewpoint (perspective) change,
+rotation (sometimes a 90 degree turn, like Holidays' sideways photos), exposure and white-balance
+shifts, blur or sensor noise, and JPEG recompression.
+
+Generation is deterministic (fixed seed, one random stream per view), takes a few seconds, and
+writes into a temporary folder renamed into place at the end, with a marker carrying the
+generator version: a killed run never leaves a half demo, a changed generator regenerates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from simlab.paths import cache_dir
+
+GENERATOR_VERSION = "1"
+SEED = 20170
+MARKER = ".simlab-demo.json"
+FIRST_GROUP = 1000
+
+# name -> (package, file inside it, alternate views of the same scene or None, weight for regions)
+# Weights set how many scenes a photo yields (about proportional to its usable area).
+PHOTOS: dict[str, tuple[str, str, str | None, float]] = {
+    "astronaut": ("skimage", "data/astronaut.png", None, 1.0),
+    "chelsea": ("skimage", "data/chelsea.png", None, 0.6),
+    "coffee": ("skimage", "data/coffee.png", None, 0.9),
+    "rocket": ("skimage", "data/rocket.jpg", None, 1.0),
+    "motorcycle": ("skimage", "data/motorcycle_left.png", "data/motorcycle_right.png", 1.2),
+    "hubble_deep_field": ("skimage", "data/hubble_deep_field.jpg", None, 1.6),
+    "retina": ("skimage", "data/retina.jpg", None, 1.6),
+    "ihc": ("skimage", "data/ihc.png", None, 0.9),
+    "china": ("sklearn", "datasets/images/china.jpg", None, 1.0),
+    "flower": ("sklearn", "datasets/images/flower.jpg", None, 1.0),
+    "camera": ("skimage", "data/camera.png", None, 0.8),
+    "coins": ("skimage", "data/coins.png", None, 0.5),
+    "moon": ("skimage", "data/moon.png", None, 0.6),
+    "cell": ("skimage", "data/cell.png", None, 0.6),
+    "brick": ("skimage", "data/brick.png", None, 0.4),
+    "gravel": ("skimage", "data/gravel.png", None, 0.4),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Knobs of the generator (the defaults are calibrated: see the module docstring)."""
+
+    n_groups: int = 300
+    size_probs: tuple[float, ...] = (0.0, 0.0, 0.40, 0.30, 0.18, 0.12)  # P(group has k views), k = 0..5
+    region_px: tuple[int, int] = (100, 260)  # scene size (geometric mean of its sides), pixels of the photo
+    region_max_frac: float = 0.7  # ... and at most this fraction of the photo's short side
+    max_overlap: float = 0.35  # intersection / smaller area, between two scenes of one photo
+    per_photo: float = 40  # most scenes taken from one photo, times its weight
+    zoom: float = 0.22  # log-uniform zoom jitter of the view window
+    shift: float = 0.12  # window shift, as a fraction of its size
+    tilt_deg: float = 5.0  # small in-plane rotation (std, degrees)
+    perspective: float = 0.07  # corner jitter, as a fraction of the window size
+    p_turn: float = 0.12  # probability of a 90 degree turn
+    exposure: float = 0.30  # std of log gain
+    gamma: float = 0.25
+    white_balance: float = 0.07  # std of log per-channel gain
+    p_blur: float = 0.35
+    blur_max: float = 2.0
+    p_noise: float = 0.35
+    noise_max: float = 9.0
+    jpeg_quality: tuple[int, int] = (35, 95)
+    long_side: tuple[int, int] = (320, 640)
+
+
+DEFAULT = Config()
+
+
+# --------------------------------------------------------------------------- source photos
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {name} is not installed")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+_photo_cache: dict[str, np.ndarray] = {}
+
+
+def _read_photo(package: str, rel: str) -> np.ndarray:
+    key = f"{package}/{rel}"
+    if key not in _photo_cache:
+        with Image.open(_package_dir(package) / rel) as im:
+            _photo_cache[key] = np.asarray(im.convert("RGB"))
+    return _photo_cache[key]
+
+
+def available_photos() -> dict[str, tuple[np.ndarray, np.ndarray | None, float]]:
+    """name -> (RGB array, alternate view or None, weight), for the photos present on this install."""
+    out = {}
+    for name, (pkg, rel, alt, weight) in PHOTOS.items():
+        try:
+            img = _read_photo(pkg, rel)
+            alt_img = _read_photo(pkg, alt) if alt else None
+        except (FileNotFoundError, OSError):
+            continue
+        out[name] = (img, alt_img, weight)
+    return out
+
+
+# --------------------------------------------------------------------------- scenes
+
+
+def _overlap(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    return iw * ih / min(aw * ah, bw * bh)
+
+
+def _informative(img: np.ndarray, box) -> bool:
+    x, y, w, h = (int(round(v)) for v in box)
+    patch = img[y:y + h:4, x:x + w:4].astype(np.float32).mean(axis=2)
+    return patch.size > 0 and float(patch.std()) >= 12.0 and float((patch < 12).mean()) < 0.5
+
+
+def _regions(img: np.ndarray, count: int, rng: np.random.Generator, cfg: Config) -> list[tuple]:
+    H, W = img.shape[:2]
+    short = min(H, W)
+    boxes: list[tuple] = []
+    for _ in range(count * 60):
+        if len(boxes) >= count:
+            break
+        s = rng.uniform(cfg.region_px[0], max(cfg.region_px[0], min(cfg.region_px[1], short * cfg.region_max_frac)))
+        aspect = math.exp(rng.uniform(-0.45, 0.45))
+        w, h = s * math.sqrt(aspect), s / math.sqrt(aspect)
+        w, h = min(w, W * 0.95), min(h, H * 0.95)
+        x, y = rng.uniform(0, W - w), rng.uniform(0, H - h)
+        box = (x, y, w, h)
+        if all(_overlap(box, b) <= cfg.max_overlap for b in boxes) and _informative(img, box):
+            boxes.append(box)
+    return boxes
+
+
+def plan(cfg: Config = DEFAULT) -> list[dict]:
+    """The scenes: one dict per group (photo, region box, number of views), in group-id order."""
+    photos = available_photos()
+    if not photos:
+        raise RuntimeError("no source photos found in scikit-image / scikit-learn")
+    names = sorted(photos)
+    scenes = []
+    for i, name in enumerate(names):
+        img, _, weight = photos[name]
+        quota = max(1, round(cfg.per_photo * weight))
+        rng = np.random.default_rng([SEED, 1, i])
+        for box in _regions(img, quota, rng, cfg):
+            scenes.append({"photo": name, "box": box})
+    rng = np.random.default_rng([SEED, 2])
+    order = rng.permutation(len(scenes))
+    scenes = [scenes[j] for j in order][: cfg.n_groups]
+    probs = np.asarray(cfg.size_probs, dtype=float)
+    for g, scene in enumerate(scenes):
+        r = np.random.default_rng([SEED, 3, g])
+        scene["group"] = FIRST_GROUP + g
+        scene["n_views"] = int(r.choice(len(probs), p=probs / probs.sum()))
+    return scenes
+
+
+# --------------------------------------------------------------------------- views
+
+
+def _perspective_coeffs(dst, src) -> list[float]:
+    """Coefficients for PIL's PERSPECTIVE transform mapping output points ``dst`` to input ``src``."""
+    A, b = [], []
+    for (x, y), (u, v) in zip(dst, src):
+        A.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        A.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        b += [u, v]
+    return np.linalg.solve(np.asarray(A, float), np.asarray(b, float)).tolist()
+
+
+def _fit_quad(quad: np.ndarray, W: int, H: int) -> np.ndarray:
+    """Shrink (about its centre) and move a quadrilateral until it lies inside the photo."""
+    c = quad.mean(axis=0)
+    span = quad.max(axis=0) - quad.min(axis=0)
+    scale = min(1.0, (W - 1) / span[0], (H - 1) / span[1])
+    quad = c + (quad - c) * scale
+    lo, hi = quad.min(axis=0), quad.max(axis=0)
+    shift = np.maximum(0 - lo, 0) - np.maximum(hi - np.array([W - 1, H - 1]), 0)
+    return quad + shift
+
+
+def render_view(img: np.ndarray, box, rng: np.random.Generator, cfg: Config = DEFAULT) -> Image.Image:
+    """One camera-like view of the scene ``box`` (x, y, w, h) of ``img``."""
+    H, W = img.shape[:2]
+    x, y, w, h = box
+    zoom = math.exp(rng.uniform(-cfg.zoom, cfg.zoom))
+    aspect = math.exp(rng.uniform(-0.12, 0.12))
+    vw, vh = w * zoom * math.sqrt(aspect), h * zoom / math.sqrt(aspect)
+    cx = x + w / 2 + rng.uniform(-cfg.shift, cfg.shift) * w
+    cy = y + h / 2 + rng.uniform(-cfg.shift, cfg.shift) * h
+    corners = np.array([[-vw / 2, -vh / 2], [vw / 2, -vh / 2], [vw / 2, vh / 2], [-vw / 2, vh / 2]])
+    corners += rng.uniform(-cfg.perspective, cfg.perspective, size=(4, 2)) * np.array([vw, vh])
+    theta = math.radians(float(np.clip(rng.normal(0, cfg.tilt_deg), -2.5 * cfg.tilt_deg, 2.5 * cfg.tilt_deg)))
+    rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    quad = _fit_quad(corners @ rot.T + np.array([cx, cy]), W, H)
+
+    long_side = int(rng.integers(cfg.long_side[0], cfg.long_side[1] + 1))
+    ratio = vw / vh
+    ow, oh = (long_side, max(8, round(long_side / ratio))) if ratio >= 1 else (max(8, round(long_side * ratio)), long_side)
+    dst = [(0, 0), (ow, 0), (ow, oh), (0, oh)]
+    coeffs = _perspective_coeffs(dst, [tuple(p) for p in quad])
+    view = Image.fromarray(img).transform((ow, oh), Image.Transform.PERSPECTIVE, coeffs,
+                                          Image.Resampling.BICUBIC)
+
+    if rng.random() < cfg.p_blur:
+        view = view.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, cfg.blur_max))))
+    a = np.asarray(view, dtype=np.float32) / 255.0
+    gamma = math.exp(rng.uniform(-cfg.gamma, cfg.gamma))
+    gain = math.exp(float(np.clip(rng.normal(0, cfg.exposure), -2 * cfg.exposure, 2 * cfg.exposure)))
+    wb = np.exp(np.clip(rng.normal(0, cfg.white_balance, size=3), -2.5 * cfg.white_balance, 2.5 * cfg.white_balance))
+    a = np.power(a, gamma) * gain * wb.astype(np.float32)
+    noisy = rng.random() < cfg.p_noise
+    sigma = float(rng.uniform(2.0, cfg.noise_max)) if noisy else 0.0
+    a = a * 255.0
+    if noisy:
+        a = a + rng.normal(0.0, sigma, size=a.shape).astype(np.float32)
+    view = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8))
+    if rng.random() < cfg.p_turn:
+        view = view.transpose(Image.Transpose.ROTATE_90 if rng.random() < 0.5 else Image.Transpose.ROTATE_270)
+    return view
+
+
+def _encode(view: Image.Image, rng: np.random.Generator, cfg: Config) -> bytes:
+    buf = io.BytesIO()
+    q = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
+    view.save(buf, "JPEG", quality=q, optimize=False, progressive=False)
+    return buf.getvalue()
+
+
+def generate(target: str | os.PathLike, cfg: Config = DEFAULT) -> dict:
+    """Write the demo images (Holidays names ``GGGGVV.jpg``) into the folder ``target``; return stats."""
+    t0 = time.perf_counter()
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    photos = available_photos()
+    scenes = plan(cfg)
+    sizes: dict[int, int] = {}
+    n_images = 0
+    for scene in scenes:
+        img, alt, _ = photos[scene["photo"]]
+        for v in range(scene["n_views"]):
+            rng = np.random.default_rng([SEED, 4, scene["group"], v])
+            src = alt if alt is not None and rng.random() < 0.5 else img
+            view = render_view(src, scene["box"], rng, cfg)
+            (target / f"{scene['group']:04d}{v:02d}.jpg").write_bytes(_encode(view, rng, cfg))
+            n_images += 1
+        sizes[scene["n_views"]] = sizes.get(scene["n_views"], 0) + 1
+    return {
+        "version": GENERATOR_VERSION,
+        "seed": SEED,
+        "n_groups": len(scenes),
+        "n_images": n_images,
+        "group_sizes": {str(k): v for k, v in sorted(sizes.items())},
+        "photos": sorted({s["photo"] for s in scenes}),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _marker_ok(folder: Path) -> bool:
+    try:
+        info = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("version") == GENERATOR_VERSION and info.get("seed") == SEED
+
+
+def demo_dir() -> Path:
+    return cache_dir("datasets") / "demo"
+
+
+def ensure_demo() -> Path:
+    """The demo folder (Holidays layout), generated on first use or when the generator changed."""
+    target = demo_dir()
+    if _marker_ok(target):
+        return target
+    parent = target.parent
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=parent))
+    try:
+        stats = generate(tmp)
+        (tmp / MARKER).write_text(json.dumps(stats, indent=1))
+        if _marker_ok(target):  # another process finished first
+            return target
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=".demo-old-", dir=parent))
+            os.replace(target, old / "demo")
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not _marker_ok(target):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def demo_stats() -> dict:
+    """The stats written by the last generation (group count, sizes, time)."""
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads((ensure_demo() / MARKER).read_text())
+    return {}

@@ -1,0 +1,173 @@
+"""Where a dataset's files come from: one lister per layout.
+
+A lister turns a spec argument into a :class:`Listing` (candidate files with their groups, plus
+files refused for their name or place). Validation of the files themselves happens later, in
+:func:`simlab.data.load_dataset`, for every layout alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file left out of a dataset, and why."""
+
+    path: str
+    reason: str
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be loaded at all; the message says what was looked for and what to do."""
+
+
+@dataclass
+class Listing:
+    root: Path
+    entries: list[tuple[str, str, str]] = field(default_factory=list)  # (abs path, group, sort name)
+    problems: list[Problem] = field(default_factory=list)
+    holidays_queries: bool = False  # each group's first image is its query
+    looked_for: str = ""  # for the "empty dataset" message
+    hint: str = ""
+
+
+HOLIDAYS_NAME = re.compile(r"^(\d{4})(\d{2})\.jpe?g$", re.IGNORECASE)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name in ("Thumbs.db", "desktop.ini", "__MACOSX")
+
+
+def _existing_dir(arg: str, kind: str, example: str) -> Path:
+    if not arg or not arg.strip():
+        raise DatasetError(f"No folder given for '{kind}'. Write it after the colon, e.g. {example}.")
+    d = Path(arg.strip()).expanduser()
+    if not d.exists():
+        raise DatasetError(f"Folder not found: {d}. Check the path (it is read on this machine), e.g. {example}.")
+    if not d.is_dir():
+        raise DatasetError(f"Not a folder: {d}. '{kind}' expects a folder, e.g. {example}.")
+    return d.resolve()
+
+
+def _scan(d: Path) -> list[os.DirEntry]:
+    try:
+        return sorted((e for e in os.scandir(d) if not _hidden(e.name)), key=lambda e: e.name)
+    except PermissionError:
+        raise DatasetError(f"Cannot read folder {d} (permission denied).") from None
+
+
+def list_holidays(arg: str) -> Listing:
+    """INRIA Holidays: ``NNNNNN.jpg`` in DIR or DIR/jpg; group = first 4 digits; first image is the query."""
+    d = _existing_dir(arg, "holidays", "holidays:/data/holidays")
+    img_dir = d
+    entries = _scan(d)
+    has_match = any(e.is_file() and HOLIDAYS_NAME.match(e.name) for e in entries)
+    if not has_match and (d / "jpg").is_dir():
+        img_dir = d / "jpg"
+        entries = _scan(img_dir)
+    out = Listing(root=img_dir, holidays_queries=True,
+                  looked_for=f"files named NNNNNN.jpg in {d} or {d / 'jpg'}",
+                  hint="Point 'holidays:' at the folder holding 100000.jpg, 100001.jpg ... "
+                       "or use 'folder:' for one subfolder per group.")
+    for e in entries:
+        if e.is_dir():
+            continue
+        m = HOLIDAYS_NAME.match(e.name)
+        path = str(img_dir / e.name)
+        if m:
+            out.entries.append((path, m.group(1), e.name))
+        else:
+            out.problems.append(Problem(path, "name does not match NNNNNN.jpg"))
+    return out
+
+
+def list_folder(arg: str) -> Listing:
+    """One subfolder per group (searched recursively); any format Pillow reads."""
+    d = _existing_dir(arg, "folder", "folder:/data/scenes")
+    out = Listing(root=d, looked_for=f"images inside the subfolders of {d} (one subfolder per group)",
+                  hint="Put each group's images in its own subfolder, e.g. scenes/eiffel/a.jpg, scenes/eiffel/b.jpg.")
+    for e in _scan(d):
+        if e.is_dir():
+            group = e.name
+            gdir = d / e.name
+            for dirpath, dirnames, filenames in os.walk(gdir):
+                dirnames[:] = sorted(n for n in dirnames if not _hidden(n))
+                for fn in sorted(filenames):
+                    if _hidden(fn):
+                        continue
+                    p = Path(dirpath) / fn
+                    out.entries.append((str(p), group, str(p.relative_to(gdir))))
+        else:
+            out.problems.append(Problem(str(d / e.name), "not in a group subfolder"))
+    return out
+
+
+def list_csv(arg: str) -> Listing:
+    """A CSV with columns ``path,group``; relative paths resolve against the CSV's folder."""
+    example = "csv:/data/pairs/list.csv"
+    if not arg or not arg.strip():
+        raise DatasetError(f"No CSV file given. Write it after the colon, e.g. {example}.")
+    f = Path(arg.strip()).expanduser()
+    if not f.exists():
+        raise DatasetError(f"CSV file not found: {f}. Check the path, e.g. {example}.")
+    if not f.is_file():
+        raise DatasetError(f"Not a file: {f}. 'csv:' expects a CSV file with columns path,group.")
+    f = f.resolve()
+    base = f.parent
+    out = Listing(root=base, looked_for=f"rows of {f}",
+                  hint="Each row needs a path (absolute, or relative to the CSV's folder) and a group.")
+    try:
+        with open(f, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except UnicodeDecodeError:
+        raise DatasetError(f"{f} is not a UTF-8 text CSV file.") from None
+    except csv.Error as e:
+        raise DatasetError(f"{f} is not a readable CSV file ({e}).") from None
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if not rows:
+        raise DatasetError(f"CSV file {f} is empty. It needs a header row 'path,group' and one row per image.")
+    header = [c.strip().lower() for c in rows[0]]
+    if "path" not in header or "group" not in header:
+        raise DatasetError(
+            f"CSV file {f} needs columns 'path' and 'group' in its header row; found: "
+            f"{', '.join(repr(c) for c in rows[0]) or 'nothing'}. Add a first line 'path,group'.")
+    ip, ig = header.index("path"), header.index("group")
+    seen: set[str] = set()
+    for lineno, row in enumerate(rows[1:], start=2):
+        raw = row[ip].strip() if ip < len(row) else ""
+        group = row[ig].strip() if ig < len(row) else ""
+        if not raw:
+            out.problems.append(Problem(f"{f}:{lineno}", "empty path"))
+            continue
+        p = Path(raw).expanduser()
+        if not p.is_absolute():
+            p = base / p
+        p = Path(os.path.normpath(p))
+        path = str(p)
+        if not group:
+            out.problems.append(Problem(path, f"empty group (line {lineno})"))
+            continue
+        if path in seen:
+            out.problems.append(Problem(path, f"listed twice (line {lineno})"))
+            continue
+        seen.add(path)
+        if not p.exists():
+            out.problems.append(Problem(path, "file not found"))
+            continue
+        if not p.is_file():
+            out.problems.append(Problem(path, "not a file"))
+            continue
+        out.entries.append((path, group, path))
+    return out
+
+
+def list_demo(arg: str = "") -> Listing:
+    """The built-in demo: generated once into the cache, then read as a Holidays folder."""
+    from simlab.data.demo import ensure_demo
+
+    return list_holidays(str(ensure_demo()))

@@ -1,0 +1,74 @@
+"""Metrics of pair predictions, with bootstrap intervals, and retrieval mAP."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from simlab.merge import l2_normalise
+from simlab.pairs import group_codes
+
+
+def bootstrap_interval(correct: np.ndarray, n_boot: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of a 0/1 array."""
+    correct = np.asarray(correct, np.float64)
+    if len(correct) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for start in range(0, n_boot, 100):  # chunks keep memory flat for large test sets
+        idx = rng.integers(0, len(correct), size=(min(100, n_boot - start), len(correct)))
+        means[start:start + len(idx)] = correct[idx].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def pair_metrics(y_true, prob, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Accuracy (with a 95% bootstrap interval), precision/recall/F1 of "same", ROC AUC, confusion."""
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(prob, np.float64)
+    pred = (p >= threshold).astype(int)
+    tp = int(((pred == 1) & (y == 1)).sum())
+    fp = int(((pred == 1) & (y == 0)).sum())
+    fn = int(((pred == 0) & (y == 1)).sum())
+    tn = int(((pred == 0) & (y == 0)).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    lo, hi = bootstrap_interval(pred == y, n_boot=n_boot, seed=seed)
+    auc = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+    return {
+        "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
+        "accuracy_lo": lo, "accuracy_hi": hi,
+        "precision": precision, "recall": recall, "f1": f1, "auc": auc,
+        "tn": tn, "fp": fp, "fn": fn, "tp": tp, "n_test": int(len(y)), "threshold": threshold,
+    }
+
+
+def average_precision(relevant_sorted: np.ndarray) -> float:
+    """AP of one ranked list given as booleans (True = relevant), over all relevant items in it."""
+    hits = np.flatnonzero(relevant_sorted)
+    if len(hits) == 0:
+        return float("nan")
+    return float(np.mean(np.arange(1, len(hits) + 1) / (hits + 1)))
+
+
+def retrieval_map(vectors: np.ndarray, groups, queries=None, similarity: np.ndarray | None = None) -> float:
+    """Holidays protocol: each group's query ranks every other image by cosine similarity; mean AP.
+
+    Groups with a single image have nothing to find and are left out.
+    """
+    codes = group_codes(groups)
+    if queries is None:
+        _, queries = np.unique(codes, return_index=True)
+    v = l2_normalise(np.asarray(vectors, np.float32))
+    aps = []
+    for q in np.asarray(queries, int):
+        sims = similarity[q] if similarity is not None else v @ v[q]
+        others = np.flatnonzero(np.arange(len(v)) != q)
+        ranked = others[np.argsort(-sims[others], kind="stable")]
+        ap = average_precision(codes[ranked] == codes[q])
+        if not np.isnan(ap):
+            aps.append(ap)
+    return float(np.mean(aps)) if aps else float("nan")

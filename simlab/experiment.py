@@ -1,0 +1,164 @@
+"""A grid of pair-classification runs: backbones x merges x classifiers on cached vectors."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from simlab.backbones import DEFAULT_BACKBONE, get_backbone
+from simlab.classifiers import get_classifier, make_classifier
+from simlab.data import load_dataset
+from simlab.evaluate import pair_metrics, retrieval_map
+from simlab.merge import fuse, get_merge, merge_pairs
+from simlab.pairs import NEGATIVE_SCHEMES, SPLITS, build_pairs
+from simlab.paths import REPO_ROOT
+from simlab.store import Store
+from simlab.vectors import VectorSet, vectorize
+
+# stage, done, total, message
+GridProgress = Callable[[str, int, int, str], None]
+
+
+@dataclass
+class GridConfig:
+    """Everything that defines a grid; also what the app's form and the CLI fill in."""
+
+    dataset: str = "demo"
+    backbones: list[str] = field(default_factory=lambda: [DEFAULT_BACKBONE])
+    merges: list[str] = field(default_factory=lambda: ["dot", "l1", "l2"])
+    classifiers: list[str] = field(default_factory=lambda: ["cosine", "logreg", "xgboost"])
+    split: str = "group"
+    test_size: float = 0.3
+    negative_ratio: float = 1.0
+    negatives: str = "random"
+    seed: int = 0
+    weights: str = "imagenet"
+    fusion: bool = False  # also run the backbones' vectors concatenated, as one more "backbone"
+
+    def validate(self) -> "GridConfig":
+        for name in self.backbones:
+            get_backbone(name)
+        for name in self.merges:
+            get_merge(name)
+        for name in self.classifiers:
+            get_classifier(name)
+        if not (self.backbones and self.merges and self.classifiers):
+            raise ValueError("Pick at least one backbone, one merge and one classifier.")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}")
+        if self.negatives not in NEGATIVE_SCHEMES:
+            raise ValueError(f"negatives must be one of {NEGATIVE_SCHEMES}")
+        if not 0 < self.test_size < 1:
+            raise ValueError("test fraction must be between 0 and 1")
+        return self
+
+    def cells(self) -> list[tuple[str, str, str]]:
+        backbones = list(self.backbones) + (["+".join(self.backbones)] if self.fusion and len(self.backbones) > 1 else [])
+        return list(itertools.product(backbones, self.merges, self.classifiers))
+
+
+@functools.lru_cache(maxsize=1)
+def library_versions() -> dict:
+    names = ["numpy", "scikit-learn", "xgboost", "tensorflow", "keras", "pillow"]
+    out = {"python": platform.python_version()}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def common_images(sets: dict[str, VectorSet]) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
+    """Paths and groups of the images every backbone vectorised, and each backbone's vectors for them."""
+    first = next(iter(sets.values()))
+    keep = set(first.digests).intersection(*(s.digests for s in sets.values()))
+    idx = [i for i, d in enumerate(first.digests) if d in keep]
+    digests = [first.digests[i] for i in idx]
+    vectors = {}
+    for name, s in sets.items():
+        pos = {d: i for i, d in enumerate(s.digests)}
+        vectors[name] = s.vectors[[pos[d] for d in digests]]
+    return [first.paths[i] for i in idx], [first.groups[i] for i in idx], vectors
+
+
+def run_grid(config: GridConfig, store: Store | None = None, progress: GridProgress | None = None,
+             should_stop: Callable[[], bool] | None = None, job_id: str | None = None):
+    """Run every (backbone, merge, classifier) cell; yield each finished run's summary as it lands."""
+    config.validate()
+    store = store or Store()
+    say = progress or (lambda *a: None)
+    dataset = load_dataset(config.dataset)
+    sets = {}
+    for b_i, name in enumerate(config.backbones):
+        def vec_progress(done, total, rate, eta, name=name):
+            say("vectorize", done, total, f"{name}: {done}/{total} images, {rate:.1f} img/s, ETA {eta:.0f} s")
+
+        t0 = time.perf_counter()
+        sets[name] = vectorize(dataset, name, config.weights, progress=vec_progress, should_stop=should_stop)
+        say("vectorize", len(dataset.paths), len(dataset.paths),
+            f"{name}: vectors ready in {time.perf_counter() - t0:.1f} s ({sets[name].computed} computed)")
+    paths, groups, vectors = common_images(sets)
+    if config.fusion and len(config.backbones) > 1:
+        vectors["+".join(config.backbones)] = fuse([vectors[b] for b in config.backbones])
+    pairs, train, test = build_pairs(groups, config.split, config.test_size, config.negative_ratio,
+                                     config.negatives, config.seed)
+    groups_arr, paths_arr = np.asarray(groups), np.asarray(paths)
+    maps = {b: retrieval_map(v, groups) for b, v in vectors.items()}
+    cells = config.cells()
+    for i, (backbone, merge, clf_name) in enumerate(cells):
+        if should_stop and should_stop():
+            raise InterruptedError("Grid stopped on request.")
+        say("train", i, len(cells), f"{backbone} + {merge} + {clf_name}")
+        cell_config = asdict(config) | {"backbones": [backbone], "merges": [merge], "classifiers": [clf_name]}
+        run_id = store.add_run(dataset=config.dataset, fingerprint=dataset.fingerprint, backbone=backbone,
+                               merge=merge, classifier=clf_name, split=config.split, seed=config.seed,
+                               config=cell_config, versions=library_versions(), git=git_commit(), job_id=job_id)
+        try:
+            summary = _run_cell(store, run_id, vectors[backbone], pairs, train, test, merge, clf_name,
+                                config.seed, maps[backbone], paths_arr, groups_arr)
+        except Exception as exc:
+            store.update_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
+            raise
+        yield {"run_id": run_id, "backbone": backbone, "merge": merge, "classifier": clf_name} | summary
+    say("train", len(cells), len(cells), f"{len(cells)} runs done")
+
+
+def _run_cell(store: Store, run_id: str, vectors, pairs, train, test, merge: str, clf_name: str, seed: int,
+              map_score: float, paths, groups) -> dict:
+    t0 = time.perf_counter()
+    X_train = merge_pairs(vectors, pairs.left[train], pairs.right[train], merge)
+    X_test = merge_pairs(vectors, pairs.left[test], pairs.right[test], merge)
+    t1 = time.perf_counter()
+    clf = make_classifier(clf_name, random_state=seed)
+    clf.fit(X_train, pairs.label[train])
+    t2 = time.perf_counter()
+    prob = clf.predict_proba(X_test)[:, 1]
+    t3 = time.perf_counter()
+    metrics = pair_metrics(pairs.label[test], prob, seed=seed) | {"map": map_score,
+                                                                 "n_train": int(train.sum())}
+    left, right = pairs.left[test], pairs.right[test]
+    predictions = pd.DataFrame({"left_path": paths[left], "right_path": paths[right],
+                                "left_group": groups[left], "right_group": groups[right],
+                                "label": pairs.label[test].astype(int), "prob": prob})
+    timings = {"merge": t1 - t0, "fit": t2 - t1, "predict": t3 - t2, "total": t3 - t0}
+    store.finish_run(run_id, metrics, predictions, timings=timings)
+    return metrics | {"seconds": round(timings["total"], 3)}

@@ -1,0 +1,215 @@
+"""Batched vectorisation (tf.data) and the on-disk vector cache.
+
+The cache is keyed by content: one folder per backbone configuration (backbone, weights, image
+size, fit, pooling, preprocessing version), holding one ``.npz`` per dataset fingerprint with the
+images' content digests. A repeated request is one file read; a dataset that grew reuses the
+vectors of the images it already had and computes only the new ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from simlab.backbones import DEFAULT_BACKBONE, get_backbone
+from simlab.data import Dataset, Problem
+from simlab.paths import atomic_path, cache_dir
+
+PIPELINE_VERSION = "1"  # bump when decoding or resizing changes: it keys the cache
+FITS = ("crop", "pad")
+
+Progress = Callable[[int, int, float, float], None]  # done, total, images per second, eta seconds
+
+
+@dataclass
+class VectorSet:
+    vectors: np.ndarray  # (N, D) float32, in dataset order (images that failed to decode left out)
+    paths: list[str]
+    groups: list[str]
+    digests: list[str]
+    backbone: str
+    weights: str
+    key: str
+    problems: list[Problem] = field(default_factory=list)
+    computed: int = 0  # how many vectors this call computed (0 = all from the cache)
+
+    def save_npz(self, out: str | Path) -> Path:
+        """Export: ``vectors`` (float32, N x D), ``paths`` (N), ``groups`` (N)."""
+        out = Path(out)
+        with atomic_path(out, suffix=".npz") as tmp:
+            np.savez(tmp, vectors=self.vectors, paths=np.array(self.paths), groups=np.array(self.groups))
+        return out
+
+
+def default_weights(backbone: str) -> str:
+    return "imagenet"
+
+
+def config_key(backbone: str, weights: str, fit: str = "crop") -> str:
+    bb = get_backbone(backbone)
+    config = {"backbone": bb.name, "weights": weights, "size": bb.input_size, "fit": fit, "pooling": "avg",
+              "preprocess": bb.preprocessing_version, "pipeline": PIPELINE_VERSION}
+    digest = hashlib.blake2b(json.dumps(config, sort_keys=True).encode(), digest_size=6).hexdigest()
+    return f"{bb.name}-{weights}-{bb.input_size}-{fit}-{digest}"
+
+
+def _cache_folder(key: str) -> Path:
+    return cache_dir("vectors", key)
+
+
+def cached_sets() -> list[dict]:
+    """Every cached vector set: backbone configuration, dataset fingerprint, count, dim, size on disk."""
+    out = []
+    for f in sorted(cache_dir("vectors").glob("*/*.npz")):
+        with np.load(f) as z:
+            n, d = z["vectors"].shape
+        out.append({"key": f.parent.name, "fingerprint": f.stem, "images": n, "dim": d,
+                    "mb": round(f.stat().st_size / 2**20, 2), "path": str(f),
+                    "backbone": f.parent.name.split("-")[0], "weights": f.parent.name.split("-")[1]})
+    return out
+
+
+def _read_bank(folder: Path, wanted: set[str]) -> dict[str, np.ndarray]:
+    """Vectors for the wanted digests found in any cached set of this configuration."""
+    found: dict[str, np.ndarray] = {}
+    for f in folder.glob("*.npz"):
+        try:
+            with np.load(f) as z:
+                digests = z["digests"]
+                hit = [i for i, d in enumerate(digests) if d in wanted and d not in found]
+                if hit:
+                    vecs = z["vectors"]
+                    found.update((str(digests[i]), vecs[i]) for i in hit)
+        except Exception:  # an unreadable cache file is ignored, never fatal
+            continue
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+@functools.lru_cache(maxsize=4)
+def load_model(backbone: str, weights: str):
+    """The backbone's Keras model and a compiled batch function (images uint8 -> vectors float32)."""
+    import tensorflow as tf
+
+    from simlab.device import has_gpu
+
+    bb = get_backbone(backbone)
+    if has_gpu():
+        import keras
+
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    model = bb.build(weights)
+
+    @tf.function(reduce_retracing=True)
+    def embed(images):
+        x = bb.preprocess(tf.cast(images, tf.float32))
+        return tf.cast(model(x, training=False), tf.float32)
+
+    return model, embed
+
+
+def _image_stream(paths: list[str], size: int, fit: str, batch_size: int):
+    """tf.data: parallel decode + aspect-preserving resize in threads, batched and prefetched."""
+    import tensorflow as tf
+
+    from simlab.data.images import load_for_model
+
+    def load(path_bytes):
+        try:
+            return load_for_model(path_bytes.decode(), size, fit=fit), ""
+        except Exception as exc:  # reported per image, never fatal
+            return np.zeros((size, size, 3), np.uint8), f"{type(exc).__name__}: {exc}"
+
+    def tf_load(path):
+        img, err = tf.numpy_function(load, [path], [tf.uint8, tf.string], stateful=False)
+        img.set_shape((size, size, 3))
+        err.set_shape(())
+        return img, err
+
+    ds = tf.data.Dataset.from_tensor_slices(paths)
+    ds = ds.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(2)
+
+
+def compute_vectors(paths: list[str], backbone: str, weights: str, fit: str = "crop",
+                    batch_size: int | None = None, progress: Progress | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Vectors of the given images (no cache). Returns (vectors, errors): errors[i] is '' when fine."""
+    from simlab.device import has_gpu
+
+    bb = get_backbone(backbone)
+    _, embed = load_model(backbone, weights)
+    batch_size = batch_size or (128 if has_gpu() else 32)
+    out = np.zeros((len(paths), bb.dim), np.float32)
+    errors: list[str] = []
+    start, done = time.perf_counter(), 0
+    for images, errs in _image_stream(paths, bb.input_size, fit, batch_size):
+        n = int(images.shape[0])
+        if n < batch_size:  # pad the last batch: one traced shape for the whole run
+            images = np.concatenate([images.numpy(), np.zeros((batch_size - n, *images.shape[1:]), np.uint8)])
+        out[done:done + n] = embed(images).numpy()[:n]
+        errors.extend(e.decode() for e in errs.numpy())
+        done += n
+        if progress:
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            progress(done, len(paths), rate, (len(paths) - done) / rate)
+        if should_stop and should_stop():
+            raise InterruptedError("Vectorisation stopped on request.")
+    return out, errors
+
+
+def vectorize(dataset: Dataset, backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
+              fit: str = "crop", batch_size: int | None = None, progress: Progress | None = None,
+              should_stop: Callable[[], bool] | None = None) -> VectorSet:
+    """One vector per image of the dataset, from the cache where possible."""
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
+    weights = weights or default_weights(backbone)
+    key = config_key(backbone, weights, fit)
+    folder = _cache_folder(key)
+    target = folder / f"{dataset.fingerprint}.npz"
+    if target.exists():
+        try:
+            with np.load(target) as z:
+                vectors, digests, bad = z["vectors"], list(z["digests"]), z["bad"]
+            return _assemble(dataset, backbone, weights, key, dict(zip(digests, vectors)),
+                             json.loads(str(bad)), computed=0)
+        except Exception:
+            pass  # unreadable: recompute below and overwrite
+    known = _read_bank(folder, set(dataset.digests))
+    todo = [i for i, d in enumerate(dataset.digests) if d not in known]
+    bad: dict[str, str] = {}
+    if todo:
+        vecs, errors = compute_vectors([dataset.paths[i] for i in todo], backbone, weights, fit, batch_size,
+                                       progress, should_stop)
+        for i, v, err in zip(todo, vecs, errors):
+            if err:
+                bad[dataset.digests[i]] = err
+            else:
+                known[dataset.digests[i]] = v
+    elif progress:
+        progress(len(dataset.paths), len(dataset.paths), 0.0, 0.0)
+    result = _assemble(dataset, backbone, weights, key, known, bad, computed=len(todo))
+    with atomic_path(target, suffix=".npz") as tmp:
+        np.savez(tmp, vectors=result.vectors, digests=np.array(result.digests), bad=json.dumps(bad))
+    return result
+
+
+def _assemble(dataset: Dataset, backbone: str, weights: str, key: str, known: dict, bad: dict,
+              computed: int) -> VectorSet:
+    keep = [i for i, d in enumerate(dataset.digests) if d in known]
+    dim = get_backbone(backbone).dim
+    vectors = np.stack([known[dataset.digests[i]] for i in keep]).astype(np.float32) if keep \
+        else np.zeros((0, dim), np.float32)
+    problems = [Problem(p, f"could not be vectorised: {bad[d]}")
+                for p, d in zip(dataset.paths, dataset.digests) if d in bad]
+    return VectorSet(vectors, [dataset.paths[i] for i in keep], [dataset.groups[i] for i in keep],
+                     [dataset.digests[i] for i in keep], backbone, weights, key, problems, computed)
