@@ -56,8 +56,10 @@ def cmd_backbones(args) -> int:
 
 def cmd_vectorize(args) -> int:
     from simlab.data import load_dataset
+    from simlab.backbones import get_backbone
     from simlab.vectors import vectorize
 
+    get_backbone(args.backbone)  # an unknown name fails before any dataset work
     dataset = load_dataset(args.dataset)
     bar = ProgressBar()
     vs = vectorize(dataset, args.backbone, args.weights, fit=args.fit,

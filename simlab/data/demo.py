@@ -41,21 +41,21 @@ FIRST_GROUP = 1000
 # Weights set how many scenes a photo yields (about proportional to its usable area).
 PHOTOS: dict[str, tuple[str, str, str | None, float]] = {
     "astronaut": ("skimage", "data/astronaut.png", None, 1.0),
-    "chelsea": ("skimage", "data/chelsea.png", None, 0.6),
-    "coffee": ("skimage", "data/coffee.png", None, 0.9),
+    "chelsea": ("skimage", "data/chelsea.png", None, 1.0),
+    "coffee": ("skimage", "data/coffee.png", None, 1.0),
     "rocket": ("skimage", "data/rocket.jpg", None, 1.0),
-    "motorcycle": ("skimage", "data/motorcycle_left.png", "data/motorcycle_right.png", 1.2),
-    "hubble_deep_field": ("skimage", "data/hubble_deep_field.jpg", None, 1.6),
-    "retina": ("skimage", "data/retina.jpg", None, 1.6),
-    "ihc": ("skimage", "data/ihc.png", None, 0.9),
+    "motorcycle": ("skimage", "data/motorcycle_left.png", "data/motorcycle_right.png", 1.0),
+    "hubble_deep_field": ("skimage", "data/hubble_deep_field.jpg", None, 1.0),
+    "retina": ("skimage", "data/retina.jpg", None, 1.0),
+    "ihc": ("skimage", "data/ihc.png", None, 1.0),
     "china": ("sklearn", "datasets/images/china.jpg", None, 1.0),
     "flower": ("sklearn", "datasets/images/flower.jpg", None, 1.0),
-    "camera": ("skimage", "data/camera.png", None, 0.8),
-    "coins": ("skimage", "data/coins.png", None, 0.5),
-    "moon": ("skimage", "data/moon.png", None, 0.6),
-    "cell": ("skimage", "data/cell.png", None, 0.6),
-    "brick": ("skimage", "data/brick.png", None, 0.4),
-    "gravel": ("skimage", "data/gravel.png", None, 0.4),
+    "camera": ("skimage", "data/camera.png", None, 1.0),
+    "coins": ("skimage", "data/coins.png", None, 1.0),
+    "moon": ("skimage", "data/moon.png", None, 1.0),
+    "cell": ("skimage", "data/cell.png", None, 1.0),
+    "brick": ("skimage", "data/brick.png", None, 0.5),
+    "gravel": ("skimage", "data/gravel.png", None, 0.5),
 }
 
 

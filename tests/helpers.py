@@ -1,0 +1,23 @@
+"""Small real datasets for tests: generated JPEGs on disk, no mocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def write_group_folder(root: Path, n_groups: int = 8, per_group: int = 3, size: int = 96, seed: int = 0) -> Path:
+    """A ``folder:`` dataset: one subfolder per group, views of one random pattern per group."""
+    rng = np.random.default_rng(seed)
+    for g in range(n_groups):
+        base = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+        scene = np.asarray(Image.fromarray(base).resize((size * 2, size * 2), Image.BILINEAR))
+        folder = root / f"g{g:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for v in range(per_group):
+            x, y = rng.integers(0, size // 2, 2)
+            view = scene[y:y + size + size // 2, x:x + size + size // 2]
+            Image.fromarray(view).save(folder / f"v{v}.jpg", quality=90)
+    return root

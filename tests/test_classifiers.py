@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from simlab.classifiers import CLASSIFIERS, make_classifier
+
+
+def toy_problem(seed=0, n=400, d=8):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    X = rng.normal(size=(n, d)) * 0.3 + y[:, None] * 1.0  # separable by the sum
+    return X.astype(np.float32), y
+
+
+@pytest.mark.parametrize("name", list(CLASSIFIERS))
+def test_each_classifier_learns_a_separable_problem(name):
+    X, y = toy_problem()
+    Xt, yt = toy_problem(seed=1)
+    clf = make_classifier(name, random_state=0).fit(X, y)
+    prob = clf.predict_proba(Xt)
+    assert prob.shape == (len(yt), 2)
+    np.testing.assert_allclose(prob.sum(axis=1), 1, atol=1e-5)
+    assert ((prob[:, 1] >= 0.5) == yt).mean() > 0.95
+
+
+@pytest.mark.parametrize("name", ["rf", "xgboost", "linsvc"])
+def test_seeded_classifiers_repeat(name):
+    X, y = toy_problem()
+    a = make_classifier(name, 7).fit(X, y).predict_proba(X)
+    b = make_classifier(name, 7).fit(X, y).predict_proba(X)
+    np.testing.assert_allclose(a, b)
+
+
+def test_similarity_threshold_learns_the_sign_for_distances():
+    X, y = toy_problem()
+    clf = make_classifier("cosine").fit(-X, y)  # a distance: small means same
+    assert clf.sign_ == -1
+    assert (clf.predict(-X) == y).mean() > 0.95
+
+
+def test_unknown_classifier_lists_the_choices():
+    with pytest.raises(ValueError, match="logreg"):
+        make_classifier("bogus")

@@ -1,0 +1,56 @@
+import multiprocessing as mp
+
+import pandas as pd
+
+from simlab.store import Store
+
+
+def _writer(path, worker, n):
+    store = Store(path)
+    for i in range(n):
+        run_id = store.add_run(dataset="d", backbone=f"b{worker}", merge="dot", classifier="cosine")
+        preds = pd.DataFrame({"left_path": [f"{worker}-{i}"] * 50, "right_path": ["x"] * 50, "left_group": ["1"] * 50,
+                              "right_group": ["2"] * 50, "label": [0] * 50, "prob": [0.1] * 50})
+        store.finish_run(run_id, {"accuracy": i / n}, preds, timings={"total": 0.1})
+        store.add_curve_points(run_id, [(i, 0, "loss", 1.0)])
+
+
+def test_two_processes_writing_at_once_do_not_corrupt_the_store(tmp_path):
+    path = tmp_path / "s.db"
+    Store(path)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(path), w, 25)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    store = Store(path)
+    runs = store.runs()
+    assert len(runs) == 50 and all(r["status"] == "done" for r in runs)
+    assert all(len(store.predictions(r["id"])) == 50 for r in runs)
+    frame = store.runs_frame()
+    assert set(frame["backbone"]) == {"b0", "b1"} and "accuracy" in frame
+
+
+def test_run_lifecycle_and_delete(tmp_path):
+    store = Store(tmp_path / "s.db")
+    run_id = store.add_run(dataset="demo", backbone="b", merge="l1", classifier="rf", config={"seed": 3})
+    assert store.get_run(run_id)["status"] == "running"
+    assert store.get_run(run_id)["config"] == {"seed": 3}
+    store.update_run(run_id, status="failed", error="ValueError: boom")
+    assert store.runs(status="failed")[0]["error"] == "ValueError: boom"
+    store.add_curve_points(run_id, [(0, 0, "batch_loss", 0.7), (1, 0, "batch_loss", 0.6)])
+    assert list(store.curves(run_id)["value"]) == [0.7, 0.6]
+    store.delete_run(run_id)
+    assert store.get_run(run_id) is None and store.curves(run_id).empty
+
+
+def test_jobs_table(tmp_path):
+    store = Store(tmp_path / "s.db")
+    job = store.add_job("grid", {"dataset": "demo"})
+    assert store.get_job(job)["status"] == "queued"
+    store.update_job(job, status="running", done=3, total=9, message="3 of 9")
+    j = store.get_job(job)
+    assert (j["done"], j["total"], j["params"]) == (3, 9, {"dataset": "demo"})
+    assert [x["id"] for x in store.jobs(status="running")] == [job]

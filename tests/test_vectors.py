@@ -1,0 +1,92 @@
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from helpers import write_group_folder
+from simlab.data import load_dataset
+from simlab.vectors import cached_sets, vectorize
+
+BACKBONE = "efficientnet_lite0"
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIMLAB_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_miss_then_hit_then_incremental(tmp_path, cache):
+    root = write_group_folder(tmp_path / "ds", n_groups=6, per_group=2)
+    ds = load_dataset(f"folder:{root}")
+    seen = []
+    first = vectorize(ds, BACKBONE, "random", progress=lambda *a: seen.append(a))
+    assert first.vectors.shape == (12, 1280) and first.vectors.dtype == np.float32
+    assert first.computed == 12 and seen[-1][0] == 12
+    assert np.isfinite(first.vectors).all()
+
+    start = time.perf_counter()
+    again = vectorize(load_dataset(f"folder:{root}"), BACKBONE, "random")
+    assert time.perf_counter() - start < 1.0
+    assert again.computed == 0
+    np.testing.assert_array_equal(again.vectors, first.vectors)
+
+    write_group_folder(tmp_path / "more", n_groups=2, per_group=2, seed=9)
+    shutil.copytree(tmp_path / "more" / "g000", root / "new_group")
+    grown = vectorize(load_dataset(f"folder:{root}"), BACKBONE, "random")
+    assert grown.computed == 2 and len(grown.paths) == 14
+    old = {p: v for p, v in zip(first.paths, first.vectors)}
+    for p, v in zip(grown.paths, grown.vectors):
+        if p in old:
+            np.testing.assert_allclose(v, old[p], rtol=1e-5, atol=1e-5)
+    assert len(cached_sets()) == 2
+
+
+def test_weights_and_fit_key_the_cache(tmp_path, cache):
+    ds = load_dataset(f"folder:{write_group_folder(tmp_path / 'ds', 3, 2)}")
+    a = vectorize(ds, BACKBONE, "random", fit="crop")
+    b = vectorize(ds, BACKBONE, "random", fit="pad")
+    assert a.key != b.key and b.computed == 6
+
+
+def test_a_corrupt_cache_file_is_recomputed_not_fatal(tmp_path, cache):
+    ds = load_dataset(f"folder:{write_group_folder(tmp_path / 'ds', 3, 2)}")
+    first = vectorize(ds, BACKBONE, "random")
+    target = next(cache.glob("vectors/*/*.npz"))
+    target.write_bytes(target.read_bytes()[:100])  # as if torn by a crash without atomic writes
+    again = vectorize(ds, BACKBONE, "random")
+    assert again.computed == 6
+    np.testing.assert_allclose(again.vectors, first.vectors, rtol=1e-5, atol=1e-5)
+
+
+def test_a_killed_vectorisation_leaves_the_cache_readable(tmp_path, cache):
+    root = write_group_folder(tmp_path / "ds", n_groups=40, per_group=3, size=160)
+    ds = load_dataset(f"folder:{root}")
+    done = vectorize(load_dataset(f"folder:{write_group_folder(tmp_path / 'small', 3, 2)}"), BACKBONE, "random")
+    code = ("import sys; from simlab.data import load_dataset; from simlab.vectors import vectorize\n"
+            f"vectorize(load_dataset({f'folder:{root}'!r}), {BACKBONE!r}, 'random',"
+            " progress=lambda d, t, r, e: print(d, flush=True))")
+    env = os.environ | {"SIMLAB_CACHE": str(cache), "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip()  # the first batch is through: kill it mid-run
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert not list(cache.glob(f"vectors/*/{ds.fingerprint}.npz"))  # nothing half-written under its name
+    hit = vectorize(load_dataset(f"folder:{tmp_path / 'small'}"), BACKBONE, "random")
+    assert hit.computed == 0
+    np.testing.assert_array_equal(hit.vectors, done.vectors)
+    full = vectorize(ds, BACKBONE, "random")
+    assert full.computed == 120
+
+
+def test_npz_export(tmp_path, cache):
+    ds = load_dataset(f"folder:{write_group_folder(tmp_path / 'ds', 3, 2)}")
+    out = vectorize(ds, BACKBONE, "random").save_npz(tmp_path / "v.npz")
+    with np.load(out) as z:
+        assert z["vectors"].shape == (6, 1280) and z["vectors"].dtype == np.float32
+        assert list(z["paths"]) == ds.paths and list(z["groups"]) == ds.groups
