@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -11,6 +12,10 @@ from simlab.backbones import DEFAULT_BACKBONE, WEIGHTS_CHOICES, list_backbones, 
 from simlab.classifiers import CLASSIFIERS
 from simlab.merge import MERGES
 from simlab.pairs import NEGATIVE_SCHEMES, SPLITS
+
+
+# Modules that bring their own sub-commands through ``add_cli(subparsers, data_args)``.
+COMMAND_MODULES = ("simlab.finetune", "simlab.search")
 
 
 class ProgressBar:
@@ -150,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list stored runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
+
+    for module in COMMAND_MODULES:  # each adds its own sub-command(s); heavy imports stay inside its functions
+        try:
+            add_cli = importlib.import_module(module).add_cli
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        add_cli(sub, data_args)
     return parser
 
 
