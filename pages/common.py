@@ -21,7 +21,8 @@ from simlab.paths import REPO_ROOT, cache_dir
 from simlab.store import Store
 
 DATASET_KEY = "dataset_spec"  # st.session_state key of the current dataset spec
-STATUS_ICONS = {"queued": "⏳", "running": "🔄", "done": "✅", "failed": "❌", "cancelled": "⏹️"}
+# Plain symbols (tables cannot show icons; these render in any font, emoji fonts not needed)
+STATUS_ICONS = {"queued": "○", "running": "●", "done": "✓", "failed": "✗", "cancelled": "■"}
 
 
 # --------------------------------------------------------------------------- store
@@ -86,7 +87,9 @@ def load_dataset_cached(spec: str, show_error: bool = True):
     """The Dataset for ``spec`` (cached), or None with an st.error saying what is wrong."""
     from simlab.data import DatasetError
 
-    first_demo = spec == "demo" and not (cache_dir("datasets") / "demo").exists()
+    from simlab.data.demo import demo_dir
+
+    first_demo = spec == "demo" and not demo_dir().exists()
     text = ("Generating the demo images (first time only, up to a minute)…" if first_demo
             else f"Loading {spec}…")
     try:
@@ -94,7 +97,7 @@ def load_dataset_cached(spec: str, show_error: bool = True):
             return _load_dataset(spec, str(cache_dir()))
     except DatasetError as exc:
         if show_error:
-            st.error(f"Could not load the dataset **{escape_md(spec)}**: {escape_md(str(exc))}", icon="🗂️")
+            st.error(f"Could not load the dataset **{escape_md(spec)}**: {escape_md(str(exc))}", icon=":material/folder_off:")
     except Exception as exc:  # anything else: a short message, never a raw traceback
         if show_error:
             st.error(f"Could not load the dataset {escape_md(spec)}: {escape_md(type(exc).__name__)}: "
@@ -152,19 +155,30 @@ def thumb_path(path: str, size: int = 256) -> str | None:
         return None
 
 
-def image_grid(paths: list[str], captions: list[str] | None = None, columns: int = 6, size: int = 192) -> None:
-    """Thumbnails in a grid of columns, captions shown as plain text."""
-    captions = captions or [os.path.basename(p) for p in paths]
-    for start in range(0, len(paths), columns):
-        cols = st.columns(columns)
-        for col, path, cap in zip(cols, paths[start:start + columns], captions[start:start + columns]):
-            with col:
-                thumb = thumb_path(path, size)
-                if thumb:
-                    st.image(thumb, width="stretch")
-                else:
-                    st.caption("⚠️ unreadable")
-                st.text(cap)
+def tiles_html(paths: list[str], captions: list[str] | None = None, tile_px: int = 120, size: int = 160,
+               marks: list[bool] | None = None) -> str:
+    """HTML of a grid of square thumbnail tiles (small data URIs); every caption is HTML-escaped."""
+    captions = captions if captions is not None else [os.path.basename(p) for p in paths]
+    marks = marks or [False] * len(paths)
+    cells = []
+    for path, cap, mark in zip(paths, captions, marks):
+        uri = thumb_uri(path, size)
+        img = (f'<img src="{uri}" alt="" style="width:100%;aspect-ratio:1;object-fit:cover;border-radius:4px;'
+               f'display:block{";outline:3px solid #3b6ea8;outline-offset:-3px" if mark else ""}">' if uri else
+               '<div style="width:100%;aspect-ratio:1;border-radius:4px;background:#eee;display:flex;'
+               'align-items:center;justify-content:center;font-size:.75rem;color:#888">unreadable</div>')
+        text = html.escape(cap)
+        cells.append(f'<figure style="margin:0" title="{html.escape(cap, quote=True)}">{img}'
+                     f'<figcaption style="font-size:.75rem;line-height:1.1rem;overflow:hidden;text-overflow:ellipsis;'
+                     f'white-space:nowrap;opacity:.8">{text}</figcaption></figure>')
+    return (f'<div style="display:grid;grid-template-columns:repeat(auto-fill,minmax({tile_px}px,1fr));gap:.5rem">'
+            + "".join(cells) + "</div>")
+
+
+def image_grid(paths: list[str], captions: list[str] | None = None, tile_px: int = 120, size: int = 160,
+               marks: list[bool] | None = None) -> None:
+    """Thumbnails as a grid of square tiles, captions escaped (plain text), ``marks`` outlined."""
+    st.html(tiles_html(paths, captions, tile_px, size, marks))
 
 
 def short_path(path: str, dataset=None) -> str:
@@ -205,15 +219,17 @@ def cached_runs() -> list[dict]:
     return _runs(str(store_path()))
 
 
+def clear_runs_cache() -> None:
+    """Forget the cached runs list (after deleting or adding runs)."""
+    _runs.clear()
+
+
 def runs_frame():
     """store().runs_frame() for finished pair runs."""
     return store().runs_frame(status="done")
 
 
 # --------------------------------------------------------------------------- device
-
-
-_device_lock = threading.Lock()
 
 
 @st.cache_resource(show_spinner=False)
@@ -261,7 +277,7 @@ def device_badge() -> None:
     if text is None:
         _device_pending()
     else:
-        st.badge(text, icon="⚡" if text.startswith("GPU") else "🖥️",
+        st.badge(text, icon=":material/bolt:" if text.startswith("GPU") else ":material/memory:",
                  color="green" if text.startswith("GPU") else "gray")
 
 
@@ -309,7 +325,7 @@ def _progress_text(job: dict) -> tuple[float, str]:
 def show_job_error(job: dict) -> None:
     """A failed job: its short message, and the traceback in a collapsed expander."""
     st.error(f"{jobs.JOB_LABELS.get(job['kind'], job['kind'])} failed: {job.get('message') or 'unknown error'}",
-             icon="❌")
+             icon=":material/error:")
     if job.get("error"):
         with st.expander("Details (traceback)"):
             st.code(job["error"], language=None)
@@ -320,9 +336,9 @@ def _job_final(job: dict) -> None:
     label = jobs.JOB_LABELS.get(job["kind"], job["kind"])
     took = fmt_duration((job.get("finished") or 0) - (job.get("started") or job.get("created") or 0))
     if status == "done":
-        st.success(f"{label} finished in {took}. {job.get('message') or ''}", icon="✅")
+        st.success(f"{label} finished in {took}. {job.get('message') or ''}", icon=":material/check_circle:")
     elif status == "cancelled":
-        st.warning(f"{label} was cancelled. {job.get('message') or ''}", icon="⏹️")
+        st.warning(f"{label} was cancelled. {job.get('message') or ''}", icon=":material/stop_circle:")
     elif status == "failed":
         show_job_error(job)
 
@@ -369,11 +385,11 @@ def job_panel(job_id: str | None) -> dict | None:
 # --------------------------------------------------------------------------- misc UI
 
 
-def empty_state(text: str, page: str | None = None, label: str | None = None, icon: str = "👉") -> None:
+def empty_state(text: str, page: str | None = None, label: str | None = None, icon: str = ":material/arrow_forward:") -> None:
     """An info box saying what to do next, with an optional link to the page that does it."""
     st.info(text, icon=icon)
     if page:
-        page_link(page, label or "Go", icon="➡️")
+        page_link(page, label or "Go", icon=":material/arrow_forward:")
 
 
 def page_exists(page: str) -> bool:
@@ -381,10 +397,10 @@ def page_exists(page: str) -> bool:
     return (REPO_ROOT / page).exists()
 
 
-def page_link(page: str, label: str, icon: str | None = None) -> None:
+def page_link(page: str, label: str, icon: str | None = None, query_params: dict | None = None) -> None:
     """st.page_link to a page if its file exists (silently nothing otherwise)."""
     if page_exists(page):
         try:
-            st.page_link(page, label=label, icon=icon)
+            st.page_link(page, label=label, icon=icon, query_params=query_params)
         except Exception:  # not registered in st.navigation (e.g. running a page file alone)
             pass

@@ -5,10 +5,10 @@ from __future__ import annotations
 import streamlit as st
 
 from pages.common import (
+    cached_runs,
     current_dataset_spec,
     device_text,
     escape_md,
-    fmt_duration,
     job_panel,
     latest_job,
     page_link,
@@ -16,6 +16,8 @@ from pages.common import (
     start_job,
 )
 from simlab.jobs import ACTIVE
+
+WEIGHT_LABELS = {"imagenet": "ImageNet", "random": "random (for tests only)"}
 
 st.title("simlab")
 st.markdown(
@@ -28,6 +30,7 @@ with left:
     with st.container(border=True):
         st.caption("Current dataset")
         st.markdown(f"**{escape_md(current_dataset_spec())}**")
+        st.caption("Every page works on this dataset; pick another in the sidebar.")
         page_link("pages/data.py", "Browse or change it on the Data page", icon=":material/photo_library:")
 with right:
     with st.container(border=True):
@@ -39,33 +42,31 @@ with right:
 # --------------------------------------------------------------------------- how it works
 
 st.subheader("How it works")
+# Static text only (no user strings), so plain HTML is safe here.
 STEPS = [
-    ("🖼️", "Two images", "a pair of photos"),
-    ("🧠", "Backbone", "pretrained CNN, e.g. EfficientNet-Lite0"),
-    ("📏", "Vectors", "one vector per image"),
-    ("🔀", "Merge", "a·b, |a−b| or (a−b)²"),
-    ("🌲", "Classifier", "threshold, logistic regression, XGBoost…"),
-    ("✅", "Same scene?", "a probability"),
+    ("image", "Two images", "a pair of photos"),
+    ("neurology", "Backbone", "a pretrained CNN, e.g. EfficientNet-Lite0"),
+    ("data_array", "Two vectors", "one per image"),
+    ("join", "Merge", "a·b, |a−b| or (a−b)²"),
+    ("account_tree", "Classifier", "threshold, logistic regression, XGBoost…"),
+    ("task_alt", "Same scene?", "a probability"),
 ]
-cols = st.columns(len(STEPS) * 2 - 1, vertical_alignment="center", gap="small")
-for i, (icon, title, detail) in enumerate(STEPS):
-    with cols[2 * i]:
-        with st.container(border=True):
-            st.markdown(f"<div style='text-align:center;font-size:1.6rem'>{icon}</div>", unsafe_allow_html=True)
-            st.markdown(f"**{title}**")
-            st.caption(detail)
-    if i < len(STEPS) - 1:
-        with cols[2 * i + 1]:
-            st.markdown("<div style='text-align:center;font-size:1.4rem;color:#888'>→</div>",
-                        unsafe_allow_html=True)
+BOX = ("flex:1 1 0;min-width:7.5rem;border:1px solid rgba(128,128,128,.35);border-radius:.5rem;"
+       "padding:.6rem .5rem;text-align:center")
+ICON = "font-family:'Material Symbols Rounded';font-size:1.7rem;line-height:1.8rem;color:#3b6ea8"
+boxes = [f"<div style=\"{BOX}\"><div style=\"{ICON}\">{icon}</div><div style='font-weight:600'>{title}</div>"
+         f"<div style='font-size:.8rem;opacity:.7'>{detail}</div></div>" for icon, title, detail in STEPS]
+arrow = "<div style='align-self:center;font-size:1.3rem;opacity:.5'>→</div>"
+st.html(f"<div style='display:flex;gap:.4rem;align-items:stretch;flex-wrap:wrap'>{arrow.join(boxes)}</div>")
 
 # --------------------------------------------------------------------------- the demo
 
 st.subheader("Try it: the demo experiment")
 st.markdown(
-    "About 900 generated photos of 300 scenes (built offline, no download), vectorised with the bundled "
-    "EfficientNet-Lite0, then 9 runs: merges **dot, l1, l2** × classifiers **threshold, logistic regression, "
-    "XGBoost**, split by scene group. A few minutes on a laptop.")
+    "Several hundred photos of a few hundred scenes, generated offline from pictures shipped with scikit-image, "
+    "vectorised with the bundled EfficientNet-Lite0; then 9 runs: merges **dot, l1, l2** × classifiers "
+    "**threshold, logistic regression, XGBoost**, tested on scene groups never seen in training. "
+    "A few minutes on a laptop.")
 
 demo = latest_job("demo")
 running = demo is not None and demo["status"] in ACTIVE
@@ -98,23 +99,27 @@ if demo is not None:
 st.subheader("Latest results")
 frame = runs_frame()
 if frame.empty:
-    st.info("No results yet. Run the demo above, or set up your own grid on the Train page.", icon="👉")
+    st.info("No results yet. Run the demo above, or set up your own grid on the Train page.", icon=":material/arrow_forward:")
 else:
     spec = current_dataset_spec()
     mine = frame[frame["dataset"] == spec]
     shown = mine if not mine.empty else frame
     scope = f"on {spec}" if not mine.empty else "on all datasets"
+    ranked = shown.sort_values([c for c in ("accuracy", "auc") if c in shown], ascending=False)
     c1, c2, c3 = st.columns(3)
     c1.metric(f"Runs {scope}", len(shown))
-    top = shown.sort_values("accuracy", ascending=False).iloc[0] if "accuracy" in shown else None
-    if top is not None:
+    if "accuracy" in ranked and len(ranked):
+        top = ranked.iloc[0]
         c2.metric("Best held-out accuracy", f"{top['accuracy']:.1%}",
                   help=f"{top['backbone']} + {top['merge']} + {top['classifier']}")
-        c3.metric("Best configuration", f"{top['merge']} + {top['classifier']}", help=str(top["backbone"]),
-                  delta=None)
-    cols = [c for c in ("backbone", "merge", "classifier", "accuracy", "auc", "f1", "map", "seconds", "dataset")
-            if c in shown]
-    table = shown.sort_values("accuracy", ascending=False)[cols].head(10)
+        c3.metric("Best configuration", f"{top['merge']} + {top['classifier']}", help=str(top["backbone"]))
+    runs_weights = {r["id"]: (r.get("config") or {}).get("weights") for r in cached_runs()}
+    ranked = ranked.assign(weights=[WEIGHT_LABELS.get(runs_weights.get(i), runs_weights.get(i))
+                                    for i in ranked["id"]])
+    cols = [c for c in ("backbone", "merge", "classifier", "accuracy", "auc", "f1", "map", "seconds") if c in ranked]
+    cols += ["weights"] if (ranked["weights"] != WEIGHT_LABELS["imagenet"]).any() else []
+    cols += ["dataset"] if mine.empty else []
+    table = ranked[cols].head(10)
     st.dataframe(table, hide_index=True, width="stretch", column_config={
         "accuracy": st.column_config.ProgressColumn("accuracy", format="percent", min_value=0, max_value=1),
         "auc": st.column_config.NumberColumn("AUC", format="%.3f"),

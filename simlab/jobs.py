@@ -101,11 +101,11 @@ def grid_job(params: dict, store: Store, progress: Progress, should_stop, job_id
             step = f"run {min(done + 1, total)}/{total}: " if done < total else ""
             progress(int(scale * (0.5 + 0.5 * frac)), scale, f"Training · {step}{message}")
 
-    progress(0, scale, "Loading the dataset")
+    progress(0, scale, "Loading the models and the dataset")
     runs = [summary for summary in run_grid(config, store, progress=report, should_stop=should_stop,
                                             job_id=job_id)]
     progress(scale, scale, f"{len(runs)} run(s) done")
-    best = max(runs, key=lambda r: r.get("accuracy") or 0, default=None)
+    best = max(runs, key=lambda r: (r.get("accuracy") or 0, r.get("auc") or 0), default=None)
     return {"dataset": config.dataset, "runs": [r["run_id"] for r in runs], "n_runs": len(cells),
             "best": best}
 
@@ -119,7 +119,10 @@ def demo_job(params: dict, store: Store, progress: Progress, should_stop, job_id
 
     config = {**DEMO_DEFAULTS, "backbones": [DEFAULT_BACKBONE], **(params or {})}
     if config["dataset"] == "demo":
-        progress(0, 1000, "Preparing the demo images (generated once, up to a minute)")
+        from simlab.data.demo import demo_dir
+
+        if not demo_dir().exists():
+            progress(0, 1000, "Generating the demo images (first time only, up to a minute)")
     return grid_job(config, store, progress, should_stop, job_id=job_id)
 
 
@@ -290,20 +293,24 @@ class _Reporter:
         self.last_write = 0.0
         self.last_check, self.cancelled = 0.0, False
         self.pending: tuple | None = None
+        self.lock = threading.Lock()
 
     def progress(self, done: int, total: int, message: str = "") -> None:
-        now = time.monotonic()
-        self.pending = (int(done), int(total), str(message)[:300])
-        if now - self.last_write >= PROGRESS_INTERVAL or (total and done >= total):
+        with self.lock:
+            self.pending = (int(done), int(total), str(message)[:300])
+            due = time.monotonic() - self.last_write >= PROGRESS_INTERVAL or (total and done >= total)
+        if due:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending is None:
-            return
-        done, total, message = self.pending
-        self.pending = None
-        self.last_write = time.monotonic()
-        self.store.update_job(self.job_id, done=done, total=total, message=message, heartbeat=time.time())
+        """Write the latest progress now (also called by the heartbeat, so a held-back one shows soon)."""
+        with self.lock:
+            pending, self.pending = self.pending, None
+            if pending is None:
+                return
+            self.last_write = time.monotonic()
+            done, total, message = pending
+            self.store.update_job(self.job_id, done=done, total=total, message=message, heartbeat=time.time())
 
     def should_stop(self) -> bool:
         now = time.monotonic()
@@ -314,9 +321,10 @@ class _Reporter:
         return self.cancelled
 
 
-def _heartbeat(store: Store, job_id: str, stop: threading.Event) -> None:
+def _heartbeat(store: Store, job_id: str, reporter: _Reporter, stop: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_INTERVAL):
         with contextlib.suppress(Exception):
+            reporter.flush()
             store.update_job(job_id, heartbeat=time.time())
 
 
@@ -342,9 +350,9 @@ def run_worker(job_id: str, store_path: str | Path) -> int:
         store.update_job(job_id, status="cancelled", finished=time.time(), message="Cancelled before it started.")
         return 0
     store.update_job(job_id, status="running", started=time.time(), pid=os.getpid(), heartbeat=time.time(),
-                     message="Starting")
+                     message="Starting (loading libraries)")
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True)
+    beat = threading.Thread(target=_heartbeat, args=(store, job_id, reporter, stop), daemon=True)
     beat.start()
     print(f"[{time.strftime('%H:%M:%S')}] job {job_id} ({job['kind']}) started, pid {os.getpid()}", flush=True)
     try:
@@ -371,6 +379,7 @@ def run_worker(job_id: str, store_path: str | Path) -> int:
         return 1
     finally:
         stop.set()
+        beat.join(timeout=10)
     reporter.flush()
     job = store.get_job(job_id)
     total = max(job.get("total") or 0, 1)
@@ -402,7 +411,12 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m simlab.jobs JOB_ID STORE_PATH", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    signal.signal(signal.SIGTERM, _terminated)  # a polite kill ends the job as cancelled, not as a crash
     return run_worker(argv[0], argv[1])
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

@@ -139,15 +139,20 @@ def _image_stream(paths: list[str], size: int, fit: str, batch_size: int):
     return ds.batch(batch_size).prefetch(2)
 
 
+def default_batch_size() -> int:
+    """Images per forward pass: larger on a GPU, where it keeps the device busy."""
+    from simlab.device import has_gpu
+
+    return 128 if has_gpu() else 32
+
+
 def compute_vectors(paths: list[str], backbone: str, weights: str, fit: str = "crop",
                     batch_size: int | None = None, progress: Progress | None = None,
                     should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, list[str]]:
     """Vectors of the given images (no cache). Returns (vectors, errors): errors[i] is '' when fine."""
-    from simlab.device import has_gpu
-
     bb = get_backbone(backbone)
     _, embed = load_model(backbone, weights)
-    batch_size = batch_size or (128 if has_gpu() else 32)
+    batch_size = batch_size or default_batch_size()
     out = np.zeros((len(paths), bb.dim), np.float32)
     errors: list[str] = []
     start, done = time.perf_counter(), 0

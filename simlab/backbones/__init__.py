@@ -41,6 +41,9 @@ def _load_entries() -> None:
     # backbone first, so that it lists first.
     from simlab.backbones import efficientnet_lite0  # noqa: F401
     from simlab.backbones import keras_apps  # noqa: F401
+    from simlab.finetune import sync_tuned_backbones  # Siamese towers trained here: cache/runs/*/tower.json
+
+    sync_tuned_backbones()
 
 
 def list_backbones() -> list[Backbone]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from simlab.backbones import Backbone, register
@@ -75,6 +74,8 @@ def _weight_map() -> list[tuple[str, str, str]]:
 
 def _network() -> keras.Model:
     """The full classifier graph (seeded random init): preprocessed 224x224x3 -> 1000 softmax probs."""
+    import keras  # here, not at the top: listing the registry must not start TensorFlow
+
     seeds = iter(range(RANDOM_SEED, RANDOM_SEED + 10_000))
 
     def conv(x, filters, kernel, stride, name):
@@ -183,6 +184,8 @@ def build_classifier(weights: str = "imagenet") -> keras.Model:
 
 def build(weights: str = "imagenet") -> keras.Model:
     """Preprocessed 224x224x3 images -> 1280-d global-average-pooled features."""
+    import keras
+
     classifier = build_classifier(weights)
     return keras.Model(classifier.input, classifier.get_layer("avg_pool").output, name=NAME)
 

@@ -16,6 +16,9 @@ generator version: a killed run never leaves a half demo, a changed generator re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import hashlib
 import importlib.util
 import io
 import json
@@ -24,6 +27,8 @@ import os
 import shutil
 import tempfile
 import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +37,7 @@ from PIL import Image, ImageFilter
 
 from simlab.paths import cache_dir
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 SEED = 20170
 MARKER = ".simlab-demo.json"
 FIRST_GROUP = 1000
@@ -65,23 +70,25 @@ class Config:
 
     n_groups: int = 300
     size_probs: tuple[float, ...] = (0.0, 0.0, 0.40, 0.30, 0.18, 0.12)  # P(group has k views), k = 0..5
-    region_px: tuple[int, int] = (100, 260)  # scene size (geometric mean of its sides), pixels of the photo
+    region_px: tuple[int, int] = (90, 240)  # scene size (geometric mean of its sides), pixels of the photo
     region_max_frac: float = 0.7  # ... and at most this fraction of the photo's short side
-    max_overlap: float = 0.35  # intersection / smaller area, between two scenes of one photo
+    max_overlap: float = 0.40  # intersection / smaller area, between two scenes of one photo
     per_photo: float = 40  # most scenes taken from one photo, times its weight
-    zoom: float = 0.22  # log-uniform zoom jitter of the view window
-    shift: float = 0.12  # window shift, as a fraction of its size
-    tilt_deg: float = 5.0  # small in-plane rotation (std, degrees)
-    perspective: float = 0.07  # corner jitter, as a fraction of the window size
-    p_turn: float = 0.12  # probability of a 90 degree turn
-    exposure: float = 0.30  # std of log gain
+    zoom: float = 0.40  # log-uniform zoom jitter of the view window
+    shift: float = 0.18  # window shift, as a fraction of its size
+    tilt_deg: float = 6.0  # small in-plane rotation (std, degrees)
+    perspective: float = 0.09  # corner jitter, as a fraction of the window size
+    p_turn: float = 0.15  # probability of a 90 degree turn
+    p_occlude: float = 0.25  # probability of an occluder (a patch of another photo) in front of the scene
+    occlude_max: float = 0.3  # its largest share of the view's area
+    exposure: float = 0.35  # std of log gain
     gamma: float = 0.25
     white_balance: float = 0.07  # std of log per-channel gain
     p_blur: float = 0.35
-    blur_max: float = 2.0
+    blur_max: float = 2.2
     p_noise: float = 0.35
-    noise_max: float = 9.0
-    jpeg_quality: tuple[int, int] = (35, 95)
+    noise_max: float = 10.0
+    jpeg_quality: tuple[int, int] = (30, 95)
     long_side: tuple[int, int] = (320, 640)
 
 
@@ -125,12 +132,15 @@ def available_photos() -> dict[str, tuple[np.ndarray, np.ndarray | None, float]]
 # --------------------------------------------------------------------------- scenes
 
 
-def _overlap(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    return iw * ih / min(aw * ah, bw * bh)
+def _max_overlap(box, boxes: np.ndarray) -> float:
+    """Largest intersection / smaller area between ``box`` and the rows (x, y, w, h) of ``boxes``."""
+    if not len(boxes):
+        return 0.0
+    ax, ay, aw, ah = box
+    bx, by, bw, bh = boxes.T
+    iw = np.maximum(0.0, np.minimum(ax + aw, bx + bw) - np.maximum(ax, bx))
+    ih = np.maximum(0.0, np.minimum(ay + ah, by + bh) - np.maximum(ay, by))
+    return float((iw * ih / np.minimum(aw * ah, bw * bh)).max())
 
 
 def _informative(img: np.ndarray, box) -> bool:
@@ -152,32 +162,38 @@ def _regions(img: np.ndarray, count: int, rng: np.random.Generator, cfg: Config)
         w, h = min(w, W * 0.95), min(h, H * 0.95)
         x, y = rng.uniform(0, W - w), rng.uniform(0, H - h)
         box = (x, y, w, h)
-        if all(_overlap(box, b) <= cfg.max_overlap for b in boxes) and _informative(img, box):
+        if _max_overlap(box, np.asarray(boxes, dtype=float).reshape(-1, 4)) <= cfg.max_overlap and _informative(img, box):
             boxes.append(box)
     return boxes
 
 
-def plan(cfg: Config = DEFAULT) -> list[dict]:
-    """The scenes: one dict per group (photo, region box, number of views), in group-id order."""
+@functools.lru_cache(maxsize=4)
+def _scene_pool(region_px, region_max_frac, max_overlap, per_photo) -> tuple[tuple[str, tuple], ...]:
+    """Every scene region the photos yield, shuffled: (photo name, box). Cached: it is the slow part."""
+    cfg = dataclasses.replace(DEFAULT, region_px=region_px, region_max_frac=region_max_frac,
+                              max_overlap=max_overlap, per_photo=per_photo)
     photos = available_photos()
     if not photos:
         raise RuntimeError("no source photos found in scikit-image / scikit-learn")
-    names = sorted(photos)
-    scenes = []
-    for i, name in enumerate(names):
+    pool = []
+    for name in sorted(photos):
         img, _, weight = photos[name]
         quota = max(1, round(cfg.per_photo * weight))
-        rng = np.random.default_rng([SEED, 1, i])
-        for box in _regions(img, quota, rng, cfg):
-            scenes.append({"photo": name, "box": box})
-    rng = np.random.default_rng([SEED, 2])
-    order = rng.permutation(len(scenes))
-    scenes = [scenes[j] for j in order][: cfg.n_groups]
+        rng = np.random.default_rng([SEED, 1, zlib.crc32(name.encode())])  # stable if a photo is missing
+        pool += [(name, tuple(float(v) for v in box)) for box in _regions(img, quota, rng, cfg)]
+    order = np.random.default_rng([SEED, 2]).permutation(len(pool))
+    return tuple(pool[j] for j in order)
+
+
+def plan(cfg: Config = DEFAULT) -> list[dict]:
+    """The scenes: one dict per group (photo, region box, number of views), in group-id order."""
+    pool = _scene_pool(cfg.region_px, cfg.region_max_frac, cfg.max_overlap, cfg.per_photo)
     probs = np.asarray(cfg.size_probs, dtype=float)
-    for g, scene in enumerate(scenes):
+    scenes = []
+    for g, (name, box) in enumerate(pool[: cfg.n_groups]):
         r = np.random.default_rng([SEED, 3, g])
-        scene["group"] = FIRST_GROUP + g
-        scene["n_views"] = int(r.choice(len(probs), p=probs / probs.sum()))
+        scenes.append({"photo": name, "box": box, "group": FIRST_GROUP + g,
+                       "n_views": int(r.choice(len(probs), p=probs / probs.sum()))})
     return scenes
 
 
@@ -205,7 +221,8 @@ def _fit_quad(quad: np.ndarray, W: int, H: int) -> np.ndarray:
     return quad + shift
 
 
-def render_view(img: np.ndarray, box, rng: np.random.Generator, cfg: Config = DEFAULT) -> Image.Image:
+def render_view(img: np.ndarray, box, rng: np.random.Generator, cfg: Config = DEFAULT,
+                occluder: np.ndarray | None = None) -> Image.Image:
     """One camera-like view of the scene ``box`` (x, y, w, h) of ``img``."""
     H, W = img.shape[:2]
     x, y, w, h = box
@@ -224,23 +241,41 @@ def render_view(img: np.ndarray, box, rng: np.random.Generator, cfg: Config = DE
     ratio = vw / vh
     ow, oh = (long_side, max(8, round(long_side / ratio))) if ratio >= 1 else (max(8, round(long_side * ratio)), long_side)
     dst = [(0, 0), (ow, 0), (ow, oh), (0, oh)]
-    coeffs = _perspective_coeffs(dst, [tuple(p) for p in quad])
-    view = Image.fromarray(img).transform((ow, oh), Image.Transform.PERSPECTIVE, coeffs,
-                                          Image.Resampling.BICUBIC)
+    # only the part of the photo under the quad is handed to Pillow
+    x0, y0 = (int(v) for v in np.floor(quad.min(axis=0)))
+    x1, y1 = (int(v) + 2 for v in np.ceil(quad.max(axis=0)))
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(W, x1), min(H, y1)
+    coeffs = _perspective_coeffs(dst, [(px - x0, py - y0) for px, py in quad])
+    view = Image.fromarray(img[y0:y1, x0:x1]).transform((ow, oh), Image.Transform.PERSPECTIVE, coeffs,
+                                                        Image.Resampling.BILINEAR)
+
+    if occluder is not None and rng.random() < cfg.p_occlude:
+        area = rng.uniform(0.08, cfg.occlude_max) * ow * oh
+        asp = math.exp(rng.uniform(-0.8, 0.8))
+        pw, ph = min(ow, max(8, round(math.sqrt(area * asp)))), min(oh, max(8, round(math.sqrt(area / asp))))
+        oy = int(rng.integers(0, occluder.shape[0] - min(ph, occluder.shape[0]) + 1))
+        ox = int(rng.integers(0, occluder.shape[1] - min(pw, occluder.shape[1]) + 1))
+        patch = Image.fromarray(occluder[oy:oy + ph, ox:ox + pw]).resize((pw, ph))
+        # occluders enter from an edge, like a passer-by or a branch in front of the camera
+        px = 0 if rng.random() < 0.5 else ow - pw
+        py = int(rng.integers(0, oh - ph + 1))
+        if rng.random() < 0.5:
+            px, py = int(rng.integers(0, ow - pw + 1)), (0 if rng.random() < 0.5 else oh - ph)
+        view.paste(patch, (px, py))
 
     if rng.random() < cfg.p_blur:
         view = view.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, cfg.blur_max))))
-    a = np.asarray(view, dtype=np.float32) / 255.0
+    # exposure (gain), tone curve (gamma) and white balance: one lookup table per channel
     gamma = math.exp(rng.uniform(-cfg.gamma, cfg.gamma))
     gain = math.exp(float(np.clip(rng.normal(0, cfg.exposure), -2 * cfg.exposure, 2 * cfg.exposure)))
     wb = np.exp(np.clip(rng.normal(0, cfg.white_balance, size=3), -2.5 * cfg.white_balance, 2.5 * cfg.white_balance))
-    a = np.power(a, gamma) * gain * wb.astype(np.float32)
-    noisy = rng.random() < cfg.p_noise
-    sigma = float(rng.uniform(2.0, cfg.noise_max)) if noisy else 0.0
-    a = a * 255.0
-    if noisy:
-        a = a + rng.normal(0.0, sigma, size=a.shape).astype(np.float32)
-    view = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8))
+    levels = (np.arange(256) / 255.0) ** gamma * gain
+    lut = np.clip(np.outer(wb, levels) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    view = view.point(lut.ravel().tolist())
+    if rng.random() < cfg.p_noise:
+        sigma = float(rng.uniform(2.0, cfg.noise_max))
+        a = np.asarray(view, dtype=np.float32) + rng.standard_normal((oh, ow, 3), dtype=np.float32) * sigma
+        view = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8))
     if rng.random() < cfg.p_turn:
         view = view.transpose(Image.Transpose.ROTATE_90 if rng.random() < 0.5 else Image.Transpose.ROTATE_270)
     return view
@@ -253,8 +288,25 @@ def _encode(view: Image.Image, rng: np.random.Generator, cfg: Config) -> bytes:
     return buf.getvalue()
 
 
-def generate(target: str | os.PathLike, cfg: Config = DEFAULT) -> dict:
-    """Write the demo images (Holidays names ``GGGGVV.jpg``) into the folder ``target``; return stats."""
+def _render_scene(scene: dict, photos: dict, cfg: Config) -> list[tuple[str, bytes]]:
+    """All views of one scene as (file name, JPEG bytes); each view has its own random stream."""
+    names = sorted(photos)
+    img, alt, _ = photos[scene["photo"]]
+    out = []
+    for v in range(scene["n_views"]):
+        rng = np.random.default_rng([SEED, 4, scene["group"], v])
+        src = alt if alt is not None and rng.random() < 0.5 else img
+        other = names[int(rng.integers(len(names)))]
+        view = render_view(src, scene["box"], rng, cfg, occluder=photos[other][0])
+        out.append((f"{scene['group']:04d}{v:02d}.jpg", _encode(view, rng, cfg)))
+    return out
+
+
+def generate(target: str | os.PathLike, cfg: Config = DEFAULT, workers: int | None = None) -> dict:
+    """Write the demo images (Holidays names ``GGGGVV.jpg``) into the folder ``target``; return stats.
+
+    Threads share the work (Pillow and numpy release the GIL); the output does not depend on them.
+    """
     t0 = time.perf_counter()
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
@@ -262,15 +314,13 @@ def generate(target: str | os.PathLike, cfg: Config = DEFAULT) -> dict:
     scenes = plan(cfg)
     sizes: dict[int, int] = {}
     n_images = 0
-    for scene in scenes:
-        img, alt, _ = photos[scene["photo"]]
-        for v in range(scene["n_views"]):
-            rng = np.random.default_rng([SEED, 4, scene["group"], v])
-            src = alt if alt is not None and rng.random() < 0.5 else img
-            view = render_view(src, scene["box"], rng, cfg)
-            (target / f"{scene['group']:04d}{v:02d}.jpg").write_bytes(_encode(view, rng, cfg))
-            n_images += 1
-        sizes[scene["n_views"]] = sizes.get(scene["n_views"], 0) + 1
+    workers = workers or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for scene, files in zip(scenes, pool.map(lambda sc: _render_scene(sc, photos, cfg), scenes)):
+            for name, data in files:
+                (target / name).write_bytes(data)
+            n_images += len(files)
+            sizes[scene["n_views"]] = sizes.get(scene["n_views"], 0) + 1
     return {
         "version": GENERATOR_VERSION,
         "seed": SEED,
@@ -282,29 +332,36 @@ def generate(target: str | os.PathLike, cfg: Config = DEFAULT) -> dict:
     }
 
 
-def _marker_ok(folder: Path) -> bool:
+def config_key(cfg: Config = DEFAULT) -> str:
+    """Identifies what a generation produces: generator version, seed and knobs."""
+    text = f"{GENERATOR_VERSION}|{SEED}|{sorted(PHOTOS.items())}|{dataclasses.astuple(cfg)}"
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _marker_ok(folder: Path, cfg: Config = DEFAULT) -> bool:
     try:
         info = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return info.get("version") == GENERATOR_VERSION and info.get("seed") == SEED
+    return info.get("version") == GENERATOR_VERSION and info.get("config") == config_key(cfg)
 
 
 def demo_dir() -> Path:
     return cache_dir("datasets") / "demo"
 
 
-def ensure_demo() -> Path:
+def ensure_demo(cfg: Config = DEFAULT) -> Path:
     """The demo folder (Holidays layout), generated on first use or when the generator changed."""
     target = demo_dir()
-    if _marker_ok(target):
+    if _marker_ok(target, cfg):
         return target
     parent = target.parent
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=parent))
     try:
-        stats = generate(tmp)
+        stats = generate(tmp, cfg)
+        stats["config"] = config_key(cfg)
         (tmp / MARKER).write_text(json.dumps(stats, indent=1))
-        if _marker_ok(target):  # another process finished first
+        if _marker_ok(target, cfg):  # another process finished first
             return target
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=".demo-old-", dir=parent))
@@ -313,7 +370,7 @@ def ensure_demo() -> Path:
         try:
             os.replace(tmp, target)
         except OSError:
-            if not _marker_ok(target):
+            if not _marker_ok(target, cfg):
                 raise
     finally:
         if tmp.exists():

@@ -1,0 +1,196 @@
+"""Runs: every background job and every run, with status, configuration, metrics and errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from pages.common import (
+    STATUS_ICONS,
+    cached_runs,
+    clear_runs_cache,
+    fmt_duration,
+    fmt_when,
+    job_panel,
+    page_link,
+    show_job_error,
+    start_job,
+    store,
+    store_path,
+)
+from simlab import jobs
+
+JOBS_SHOWN = 50
+WEIGHT_LABELS = {"imagenet": "ImageNet", "random": "random (for tests only)"}
+
+st.title("Runs")
+st.caption("Everything simlab has computed: background jobs (vectorising, grids, fine-tuning) and the runs "
+           "they produced. Jobs keep going when you close the page.")
+
+# --------------------------------------------------------------------------- jobs
+
+st.subheader("Jobs")
+all_jobs = jobs.list_jobs(store_path())
+if not all_jobs:
+    st.info("No jobs yet. Start one from the Home page (the demo), Vectorize or Train.", icon=":material/arrow_forward:")
+else:
+    active = [j for j in all_jobs if j["status"] in jobs.ACTIVE]
+    for job in active:
+        with st.container(border=True):
+            st.caption(f"Job {job['id']} · started {fmt_when(job.get('started') or job['created'])}")
+            job_panel(job["id"])
+    rows = []
+    for j in all_jobs[:JOBS_SHOWN]:
+        end = j.get("finished") or (None if j["status"] in jobs.ACTIVE else j.get("heartbeat"))
+        start = j.get("started") or j["created"]
+        rows.append({"status": f"{STATUS_ICONS.get(j['status'], '')} {j['status']}",
+                     "job": jobs.JOB_LABELS.get(j["kind"], j["kind"]), "created": fmt_when(j["created"]),
+                     "duration": fmt_duration((end or start) - start) if j["status"] not in jobs.ACTIVE else "running",
+                     "progress": (j.get("done") or 0) / j["total"] if j.get("total") else None,
+                     "message": j.get("message") or "", "id": j["id"]})
+    jobs_table = st.dataframe(
+        pd.DataFrame(rows), hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+        key="jobs_table",
+        column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1,
+                                                                   format="percent"),
+                       "message": st.column_config.TextColumn("message", width="large")})
+    if len(all_jobs) > JOBS_SHOWN:
+        st.caption(f"Showing the {JOBS_SHOWN} newest of {len(all_jobs)} jobs.")
+    picked = jobs_table.selection.rows if jobs_table else []
+    if picked:
+        job = next(j for j in all_jobs if j["id"] == rows[picked[0]]["id"])
+        with st.container(border=True):
+            st.markdown(f"**Job {job['id']}** · {jobs.JOB_LABELS.get(job['kind'], job['kind'])} · {job['status']}")
+            if job["status"] == "failed":
+                show_job_error(job)
+            with st.expander("Parameters and result"):
+                st.json({"params": job.get("params"), "result": job.get("result")}, expanded=False)
+            if job["status"] not in jobs.ACTIVE and st.button("Delete this job", key=f"del_job_{job['id']}",
+                                                              help="Removes the job's record, not its runs."):
+                store().delete_job(job["id"])
+                st.rerun()
+    st.caption("Select a job to see its parameters, result or error.")
+
+# --------------------------------------------------------------------------- runs
+
+st.subheader("Runs")
+runs = cached_runs()
+if not runs:
+    st.info("No runs yet. Run the demo on the Home page, or set up a grid on the Train page.", icon=":material/arrow_forward:")
+    page_link("pages/home.py", "Home: run the demo", icon=":material/home:")
+    st.stop()
+
+f1, f2, f3 = st.columns(3)
+with f1:
+    status_pick = st.multiselect("Status", sorted({r["status"] for r in runs}), key="runs_status",
+                                 placeholder="any")
+with f2:
+    dataset_pick = st.multiselect("Dataset", sorted({r.get("dataset") or "" for r in runs}), key="runs_dataset",
+                                  placeholder="any")
+with f3:
+    kind_pick = st.multiselect("Kind", sorted({r.get("kind") or "" for r in runs}), key="runs_kind",
+                               placeholder="any")
+shown = [r for r in runs if (not status_pick or r["status"] in status_pick)
+         and (not dataset_pick or (r.get("dataset") or "") in dataset_pick)
+         and (not kind_pick or (r.get("kind") or "") in kind_pick)]
+
+
+def _row(r: dict) -> dict:
+    m = r.get("metrics") or {}
+    timings = r.get("timings") or {}
+    took = timings.get("total")
+    if took is None and r.get("finished"):
+        took = r["finished"] - r["created"]
+    weights = (r.get("config") or {}).get("weights")
+    return {"status": f"{STATUS_ICONS.get(r['status'], '')} {r['status']}",
+            "backbone": r.get("backbone"), "merge": r.get("merge"), "classifier": r.get("classifier"),
+            "accuracy": m.get("accuracy"), "auc": m.get("auc"), "f1": m.get("f1"), "map": m.get("map"),
+            "duration": fmt_duration(took), "error": (r.get("error") or "")[:200],
+            "weights": WEIGHT_LABELS.get(weights, weights), "dataset": r.get("dataset"), "split": r.get("split"),
+            "seed": r.get("seed"), "created": fmt_when(r["created"]), "kind": r.get("kind"), "id": r["id"]}
+
+
+frame = pd.DataFrame([_row(r) for r in shown])
+if not frame["error"].astype(bool).any():
+    frame = frame.drop(columns="error")
+st.caption(f"{len(shown)} of {len(runs)} runs. Select rows to see details, delete them or run them again.")
+table = st.dataframe(
+    frame, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row", key="runs_table",
+    column_config={"accuracy": st.column_config.NumberColumn("accuracy", format="%.3f"),
+                   "auc": st.column_config.NumberColumn("AUC", format="%.3f"),
+                   "f1": st.column_config.NumberColumn("F1", format="%.3f"),
+                   "map": st.column_config.NumberColumn("mAP", format="%.3f"),
+                   "error": st.column_config.TextColumn("error", width="medium")})
+selected = [shown[i] for i in (table.selection.rows if table else []) if i < len(shown)]
+if not selected:
+    st.stop()
+
+
+def rerun_config(run: dict) -> dict | None:
+    """The grid that reproduces a pair run (a fused backbone 'a+b' re-runs a, b and their fusion)."""
+    config = dict(run.get("config") or {})
+    if (run.get("kind") or "pair") != "pair" or not config.get("backbones"):
+        return None
+    parts = str(run.get("backbone") or config["backbones"][0]).split("+")
+    config["backbones"] = parts
+    config["fusion"] = len(parts) > 1
+    return config
+
+
+st.markdown(f"**{len(selected)} run(s) selected**")
+a1, a2, _ = st.columns([1, 1, 3])
+configs = [c for c in (rerun_config(r) for r in selected) if c]
+with a1:
+    if st.button("Run again", icon=":material/replay:", disabled=not configs,
+                 help="Starts a grid job with the same configuration (seed included) for each selected run."
+                 if configs else "Only pair-classifier runs can be re-run from here."):
+        for config in configs:
+            start_job("grid", config)
+        st.toast(f"Started {len(configs)} job(s); progress is shown at the top of this page.", icon=":material/autorenew:")
+        st.rerun()
+with a2:
+    confirm_key = "confirm_delete_runs"
+    if st.button("Delete", icon=":material/delete:", key="delete_runs"):
+        st.session_state[confirm_key] = [r["id"] for r in selected]
+if st.session_state.get(confirm_key) == [r["id"] for r in selected]:
+    st.warning(f"Delete {len(selected)} run(s) and their predictions? This cannot be undone.")
+    y, n, _ = st.columns([1, 1, 4])
+    if y.button("Yes, delete", type="primary", key="delete_yes"):
+        for r in selected:
+            store().delete_run(r["id"])
+        st.session_state.pop(confirm_key, None)
+        clear_runs_cache()
+        st.rerun()
+    if n.button("Cancel", key="delete_no"):
+        st.session_state.pop(confirm_key, None)
+        st.rerun()
+
+for r in selected[:5]:
+    with st.expander(f"Run {r['id']} · {r.get('backbone')} + {r.get('merge')} + {r.get('classifier')} · "
+                     f"{r['status']}", expanded=len(selected) == 1):
+        if r.get("error"):
+            st.error(r["error"].splitlines()[0][:300], icon=":material/error:")
+            if "\n" in r["error"]:
+                st.code(r["error"], language=None)
+        m = r.get("metrics") or {}
+        if m:
+            cols = st.columns(4)
+            for col, (name, key) in zip(cols, [("accuracy", "accuracy"), ("AUC", "auc"), ("F1", "f1"),
+                                               ("retrieval mAP", "map")]):
+                if m.get(key) is not None:
+                    col.metric(name, f"{m[key]:.3f}")
+            if m.get("accuracy_lo") is not None:
+                st.caption(f"Accuracy 95% CI {m['accuracy_lo']:.3f}–{m['accuracy_hi']:.3f} on {m.get('n_test')} "
+                           f"test pairs ({m.get('n_train')} training pairs).")
+        if r["status"] == "done" and (r.get("kind") or "pair") == "pair":
+            page_link("pages/inspect.py", "Inspect this run's pairs", icon=":material/search:",
+                      query_params={"run": r["id"]})
+        tabs = st.tabs(["Configuration", "Metrics", "Timings & versions"])
+        tabs[0].code(json.dumps(r.get("config"), indent=1), language="json")
+        tabs[1].code(json.dumps(m, indent=1), language="json")
+        tabs[2].code(json.dumps({"timings": r.get("timings"), "versions": r.get("versions"), "git": r.get("git"),
+                                 "job": r.get("job_id")}, indent=1), language="json")
+if len(selected) > 5:
+    st.caption("Details shown for the first 5 selected runs.")

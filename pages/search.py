@@ -1,0 +1,308 @@
+"""Search: the images most like one image (nearest neighbours of its vector), optionally re-ranked by a run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from pages.common import (
+    cached_runs,
+    escape_md,
+    job_panel,
+    latest_job,
+    load_current_dataset,
+    page_link,
+    short_path,
+    start_job,
+    thumb_path,
+)
+from simlab.paths import REPO_ROOT, cache_dir
+
+COLUMNS = 6
+KINDS = {"auto": "Auto", "flat": "Exact (flat)", "ivf": "IVF", "hnsw": "HNSW"}
+WEIGHT_LABELS = {"imagenet": "ImageNet", "random": "random weights — for tests only"}
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+CLI_TIMEOUT = 900  # seconds: the first re-rank refits the run's classifier
+
+
+# --------------------------------------------------------------------------- data
+
+
+def vector_sets(fingerprint: str) -> list[dict]:
+    """Cached vector sets of this dataset (no TensorFlow: reads the cache folder)."""
+    from simlab.vectors import cached_sets
+
+    return [s for s in cached_sets() if s["fingerprint"] == fingerprint]
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def read_set(path: str, mtime: float) -> tuple[np.ndarray, list[str]]:
+    with np.load(path) as z:
+        return z["vectors"].astype(np.float32), [str(d) for d in z["digests"]]
+
+
+def align(dataset_digests: list[str], digests: list[str]) -> list[int]:
+    """Dataset index of each cached vector (the cache keeps dataset order, minus undecodable images)."""
+    out, j = [], 0
+    for i, d in enumerate(dataset_digests):
+        if j < len(digests) and d == digests[j]:
+            out.append(i)
+            j += 1
+    return out if j == len(digests) else []
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def vector_index(path: str, mtime: float, set_key: str, fingerprint: str, kind: str):
+    """The FAISS index of a vector set (built once, then loaded from cache/index/)."""
+    from simlab.search import build_index
+
+    vectors, _ = read_set(path, mtime)
+    return build_index(vectors, kind, cache_key=(set_key, fingerprint))
+
+
+def set_label(s: dict) -> str:
+    return f"{s['backbone']} · {WEIGHT_LABELS.get(s['weights'], s['weights'])} · {s['images']} images"
+
+
+def rerank_runs(fingerprint: str, backbone: str, weights: str) -> list[dict]:
+    """Finished pair runs on this dataset and vector set: their classifier can re-rank."""
+    out = []
+    for r in cached_runs():
+        config = r.get("config") or {}
+        if (r.get("status") == "done" and (r.get("kind") or "pair") == "pair" and r.get("fingerprint") == fingerprint
+                and r.get("backbone") == backbone and (config.get("weights") or "imagenet") == weights):
+            out.append(r)
+    return out
+
+
+def run_label(r: dict) -> str:
+    acc = (r.get("metrics") or {}).get("accuracy")
+    acc = f" · accuracy {acc:.3f}" if isinstance(acc, (int, float)) else ""
+    return f"{r.get('classifier')} on {r.get('merge')}{acc} · {r['id']}"
+
+
+def save_upload(upload) -> tuple[Path | None, str | None]:
+    """The uploaded file saved under cache/uploads/ (named by its content), or an error message."""
+    from simlab.data.images import ImageError, check_image_bytes
+
+    data = upload.getvalue()
+    try:
+        check_image_bytes(data)
+    except ImageError as exc:
+        return None, str(exc)
+    ext = Path(upload.name).suffix.lower() if Path(upload.name).suffix.lower().lstrip(".") in UPLOAD_TYPES else ".img"
+    target = cache_dir("uploads") / (hashlib.blake2b(data, digest_size=12).hexdigest() + ext)
+    if not target.exists():
+        from simlab.paths import atomic_write_bytes
+
+        atomic_write_bytes(target, data)
+    return target, None
+
+
+# --------------------------------------------------------------------------- searching
+
+
+def search_here(s: dict, dataset, index_of: list[int], position: int, k: int, kind: str, bar) -> dict:
+    """Query = an image of the dataset: its cached vector, the cached index, all in this process."""
+    path = s["path"]
+    mtime = os.stat(path).st_mtime
+    bar.progress(0.2, text="Loading the vectors…")
+    vectors, _ = read_set(path, mtime)
+    bar.progress(0.4, text="Loading the index (built once, then cached)…")
+    index = vector_index(path, mtime, s["key"], s["fingerprint"], kind)
+    bar.progress(0.8, text="Searching…")
+    scores, ids = index.search(vectors[position], k)
+    results = [{"rank": r, "path": dataset.paths[index_of[i]], "group": str(dataset.groups[index_of[i]]),
+                "score": float(sc)} for r, (i, sc) in enumerate(zip(ids[0], scores[0]), 1) if i >= 0]
+    bar.progress(1.0, text="Done")
+    return {"results": results, "index": index.kind, "from_cache": index.from_cache}
+
+
+def search_cli(dataset_spec: str, s: dict, query: str, k: int, kind: str, rerank: str | None, bar) -> dict:
+    """Query = an upload, or a re-rank: ``python -m simlab search --json`` in a child process (it loads
+    the backbone or refits the classifier, which this page never holds), its steps driving the bar."""
+    cmd = [sys.executable, "-m", "simlab", "search", "--dataset", dataset_spec, "--backbone", s["backbone"],
+           "--weights", s["weights"], "--query", str(query), "--k", str(k), "--index", kind, "--json", "--stages"]
+    if rerank:
+        cmd += ["--rerank", rerank]
+    steps = 3 + (2 if rerank else 0) + (1 if query.startswith(str(cache_dir("uploads"))) else 0)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    start, done = time.monotonic(), 0
+    bar.progress(0.02, text="Starting (loading TensorFlow takes a few seconds)…")
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors = []
+    for line in proc.stderr:
+        line = line.strip()
+        if line.startswith("stage: "):
+            done += 1
+            bar.progress(min(0.95, done / (steps + 1)), text=f"{line[7:]}… ({time.monotonic() - start:.0f} s)")
+        elif line:
+            errors.append(line)
+        if time.monotonic() - start > CLI_TIMEOUT:
+            proc.kill()
+            return {"error": f"The search took longer than {CLI_TIMEOUT} s and was stopped."}
+    out = proc.stdout.read()
+    proc.wait()
+    if proc.returncode != 0:
+        message = next((e[7:] for e in reversed(errors) if e.startswith("error: ")), None) or (errors[-1:] or ["?"])[0]
+        return {"error": message}
+    bar.progress(1.0, text="Done")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- page
+
+st.title("Search")
+st.caption("Pick an image and see the images whose vectors are nearest (cosine similarity, FAISS index). "
+           "A trained pair classifier can re-rank them by its probability that they show the same scene.")
+
+dataset = load_current_dataset()
+if dataset is None:
+    st.info("Choose a dataset that loads on the Data page first.", icon="👉")
+    st.stop()
+
+sets = vector_sets(dataset.fingerprint)
+if not sets:
+    from simlab.backbones import DEFAULT_BACKBONE
+
+    st.info(f"No vectors for **{escape_md(dataset.spec)}** yet: search needs one vector per image. "
+            f"Vectorise the {dataset.n_images} images first (the bundled backbone runs offline).", icon="🔎")
+    job = latest_job("vectorize", active_only=True)
+    if job is not None:
+        job_panel(job["id"])
+    elif st.button(f"Vectorize with {DEFAULT_BACKBONE}", type="primary", icon=":material/scatter_plot:"):
+        start_job("vectorize", {"dataset": dataset.spec, "backbones": [DEFAULT_BACKBONE], "weights": "imagenet"})
+        st.rerun()
+    page_link("pages/vectorize.py", "Or choose backbones on the Vectorize page", icon=":material/scatter_plot:")
+    st.stop()
+
+# --------------------------------------------------------------------------- settings
+
+c1, c2, c3, c4 = st.columns([3, 2, 2, 3])
+with c1:
+    choice = st.selectbox("Vector set", range(len(sets)), format_func=lambda i: set_label(sets[i]), key="search_set")
+s = sets[choice]
+with c2:
+    k = st.slider("Neighbours", 3, 48, 12, key="search_k")
+with c3:
+    kind = st.selectbox("Index", list(KINDS), format_func=KINDS.get, key="search_kind",
+                        help="Auto: exact search up to 100,000 images, then an IVF index (approximate, much "
+                             "faster). HNSW is a graph index. Built once per vector set, then cached.")
+with c4:
+    runs = rerank_runs(dataset.fingerprint, s["backbone"], s["weights"])
+    rerank = st.selectbox("Re-rank by run", [None] + [r["id"] for r in runs], key="search_rerank",
+                          format_func=lambda rid: "No re-ranking" if rid is None else run_label(
+                              next(r for r in runs if r["id"] == rid)),
+                          help="Re-order the neighbours by a finished run's classifier (P same scene). Its "
+                               "classifier is refitted once on the run's training pairs, then cached.",
+                          disabled=not runs)
+if s["weights"] == "random":
+    st.warning("These vectors come from **random weights**: they exist to test the pipeline; the neighbours "
+               "mean nothing.", icon="⚠️")
+
+mtime = os.stat(s["path"]).st_mtime
+_, digests = read_set(s["path"], mtime)
+index_of = align(dataset.digests, digests)
+if not index_of:
+    st.warning("This vector set no longer matches the dataset's files: vectorise again on the Vectorize page.")
+    st.stop()
+position_of = {i: p for p, i in enumerate(index_of)}  # dataset index -> row of the vector set
+
+# --------------------------------------------------------------------------- the query
+
+source = st.radio("Query", ["An image of the dataset", "Upload an image"], horizontal=True, key="search_source",
+                  label_visibility="collapsed")
+query_path: str | None = None
+query_group: str | None = None
+position: int | None = None
+q_left, q_right = st.columns([1, 3], vertical_alignment="top")
+if source == "An image of the dataset":
+    groups = list(dict.fromkeys(str(dataset.groups[i]) for i in index_of))
+    with q_right:
+        group = st.selectbox("Group", groups, key="search_group",
+                             format_func=lambda g: f"{g} ({sum(1 for i in index_of if str(dataset.groups[i]) == g)})")
+        members = [i for i in index_of if str(dataset.groups[i]) == group]
+        member = st.selectbox("Image", members, key=f"search_image_{group}",
+                              format_func=lambda i: short_path(dataset.paths[i], dataset))
+    query_path, query_group, position = dataset.paths[member], group, position_of[member]
+else:
+    with q_right:
+        upload = st.file_uploader("An image (JPEG, PNG, WebP…)", type=UPLOAD_TYPES, key="search_upload")
+    if upload is not None:
+        saved, problem = save_upload(upload)
+        if problem:
+            with q_right:
+                st.error(f"This file cannot be used: {problem}.", icon="🖼️")
+        else:
+            query_path = str(saved)
+with q_left:
+    if query_path:
+        thumb = thumb_path(query_path, 256)
+        if thumb:
+            st.image(thumb, width="stretch")
+        st.text(short_path(query_path, dataset) if position is not None else f"uploaded: {upload.name}")
+    else:
+        st.caption("Upload an image to search with it.")
+
+if not query_path:
+    st.stop()
+
+# --------------------------------------------------------------------------- results
+
+request = (s["key"], s["fingerprint"], query_path, k, kind, rerank)
+cache = st.session_state.setdefault("search_results", {})
+if request not in cache:
+    bar = st.progress(0.0, text="Searching…")
+    if position is not None and rerank is None:
+        cache[request] = search_here(s, dataset, index_of, position, k, kind, bar)
+    else:
+        cache[request] = search_cli(dataset.spec, s, query_path, k, kind, rerank, bar)
+    bar.empty()
+answer = cache[request]
+if "error" in answer:
+    cache.pop(request, None)
+    st.error(f"The search failed: {escape_md(answer['error'])}", icon="❌")
+    st.stop()
+
+results = answer["results"]
+same = sum(1 for r in results if query_group is not None and r["group"] == query_group
+           and not (position is not None and r["path"] == query_path))
+summary = f"**{len(results)} nearest images** · {KINDS.get(answer.get('index'), answer.get('index'))} index"
+if rerank:
+    summary += f" · re-ranked by run {escape_md(rerank)}"
+if query_group is not None:
+    others = sum(1 for i in index_of if str(dataset.groups[i]) == query_group) - 1
+    summary += f" · {same} of the {others} other image(s) of the query's group found"
+st.markdown(summary)
+if query_group is not None:
+    st.caption("The query's own group is marked **same group**; the query itself comes first with similarity 1.")
+
+for start in range(0, len(results), COLUMNS):
+    cols = st.columns(COLUMNS)
+    for col, r in zip(cols, results[start:start + COLUMNS]):
+        with col, st.container(border=True):
+            thumb = thumb_path(r["path"], 192)
+            if thumb:
+                st.image(thumb, width="stretch")
+            else:
+                st.caption("⚠️ unreadable")
+            if position is not None and r["path"] == query_path:
+                st.badge("query", icon=":material/center_focus_strong:", color="blue")
+            elif query_group is not None and r["group"] == query_group:
+                st.badge("same group", icon=":material/check:", color="green")
+            else:
+                st.badge("other group", color="gray")
+            st.text(f"#{r['rank']} · {short_path(r['path'], dataset)}\ngroup {r['group']}")
+            line = f"similarity {r['score']:.3f}"
+            if "prob" in r:
+                line += f" · P(same) {r['prob']:.2f}"
+            st.caption(line)

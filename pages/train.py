@@ -1,0 +1,335 @@
+"""Train: a grid of runs (backbones x merges x classifiers) on the current dataset, in a background job."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pandas as pd
+import streamlit as st
+from streamlit.errors import StreamlitAPIException, StreamlitPageNotFoundError
+
+from pages.common import (
+    current_dataset_spec,
+    escape_md,
+    get_job,
+    job_panel,
+    latest_job,
+    load_current_dataset,
+    page_link,
+    start_job,
+    store,
+)
+from simlab.backbones import DEFAULT_BACKBONE, WEIGHTS_CHOICES, list_backbones, weights_status
+from simlab.classifiers import CLASSIFIERS
+from simlab.experiment import GridConfig
+from simlab.jobs import ACTIVE
+from simlab.merge import MERGES
+from simlab.paths import cache_dir
+from simlab.reference import STUDY_PROTOCOL
+
+SPLIT_LABELS = {"group": "Group split: whole scenes held out (recommended)",
+                "pair": "Pair split: 2017 protocol, leaky"}
+NEGATIVE_LABELS = {"random": "Random pairs of different scenes",
+                   "same_left": "Same left image as a positive (2017 study)"}
+WEIGHT_LABELS = {"imagenet": "ImageNet (pretrained)", "random": "random: untrained network, for tests only"}
+# Approximate sizes of the ImageNet weight files downloaded on first use.
+DOWNLOAD_MB = {"vgg16": 59, "vgg19": 80, "vgg16_fc2": 553, "vgg19_fc2": 575, "resnet50": 95,
+               "inceptionv3": 88, "xception": 84}
+DEFAULTS = {"train_backbones": [DEFAULT_BACKBONE], "train_merges": ["dot", "l1", "l2"],
+            "train_classifiers": ["cosine", "logreg", "xgboost"], "train_split": "group", "train_test_size": 0.3,
+            "train_negative_ratio": 1.0, "train_negatives": "random", "train_seed": 0, "train_fusion": False,
+            "train_weights": "imagenet"}
+FIELD_OF_KEY = {"train_backbones": "backbones", "train_merges": "merges", "train_classifiers": "classifiers",
+                "train_split": "split", "train_test_size": "test_size", "train_negative_ratio": "negative_ratio",
+                "train_negatives": "negatives", "train_seed": "seed", "train_fusion": "fusion",
+                "train_weights": "weights"}
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def _fill_form(**fields) -> None:
+    """Set the form's widgets (a button callback, so it runs before they are drawn)."""
+    key_of = {v: k for k, v in FIELD_OF_KEY.items()}
+    for name, value in fields.items():
+        st.session_state[key_of[name]] = list(value) if isinstance(value, list) else value
+    st.session_state["_train_preset_note"] = fields.get("split")
+
+
+def _study_preset(split: str) -> None:
+    _fill_form(**{**STUDY_PROTOCOL, "split": split, "seed": 0, "fusion": False})
+
+
+def _reset_form() -> None:
+    for key, value in DEFAULTS.items():
+        st.session_state[key] = list(value) if isinstance(value, list) else value
+    st.session_state.pop("_train_preset_note", None)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def vectors_cached(fingerprint: str, backbone: str, weights: str) -> bool:
+    from simlab.vectors import config_key
+
+    return (cache_dir("vectors", config_key(backbone, weights)) / f"{fingerprint}.npz").exists()
+
+
+def backbone_help(backbones) -> str:
+    marks = {"bundled": "bundled, works offline", "cached": "weights downloaded",
+             "download": "downloads ImageNet weights on first use"}
+    return "\n".join(f"- **{b.name}** ({marks[weights_status(b.name)]}): {b.description}" for b in backbones)
+
+
+def goto_inspect(run_id: str) -> None:
+    st.session_state["inspect_run"] = run_id
+    st.session_state["_train_open"] = run_id
+
+
+def _results_selected(key: str, ids: list[str | None]) -> None:
+    rows = ((st.session_state.get(key) or {}).get("selection") or {}).get("rows") or []
+    if rows and rows[0] < len(ids) and ids[rows[0]]:
+        goto_inspect(ids[rows[0]])
+
+
+def open_inspect_if_asked() -> None:
+    run_id = st.session_state.pop("_train_open", None)
+    if run_id:
+        try:
+            st.switch_page("pages/inspect.py", query_params={"run": run_id})
+        except (StreamlitAPIException, StreamlitPageNotFoundError):  # page run alone, without navigation
+            st.info(f"Run {run_id} is selected: open the Inspect page to see its pairs.")
+
+
+def fmt(v, spec: str = ".3f") -> str:
+    return "" if v is None or v != v else format(v, spec)
+
+
+def results_frame(job: dict) -> pd.DataFrame:
+    """One row per cell of the job's grid: finished runs with their metrics, the rest waiting."""
+    runs = [r for r in store().runs() if r.get("job_id") == job["id"]]  # a few hundred rows: cheap
+    by_cell = {}
+    for r in reversed(runs):  # oldest first, so that a retried cell shows its newest run
+        by_cell[(r.get("backbone"), r.get("merge"), r.get("classifier"))] = r
+    try:
+        cells = GridConfig(**(job.get("params") or {})).cells()
+    except (TypeError, ValueError):
+        cells = list(by_cell)
+    finished = job["status"] not in ACTIVE
+    rows = []
+    for i, cell in enumerate(cells, 1):
+        r = by_cell.get(cell)
+        m = (r or {}).get("metrics") or {}
+        status = r["status"] if r else ("not run" if finished else "waiting")
+        rows.append({"#": i, "backbone": cell[0], "merge": cell[1],
+                     "classifier": CLASSIFIERS[cell[2]].label if cell[2] in CLASSIFIERS else cell[2],
+                     "status": status,
+                     "accuracy": m.get("accuracy"),
+                     "ci": f"{fmt(m.get('accuracy_lo'))}–{fmt(m.get('accuracy_hi'))}" if m else "",
+                     "f1": m.get("f1"), "auc": m.get("auc"), "map": m.get("map"),
+                     "seconds": ((r or {}).get("timings") or {}).get("total"), "id": (r or {}).get("id")})
+    frame = pd.DataFrame(rows)
+    for col in ("accuracy", "f1", "auc", "map", "seconds"):  # NaN (shown blank) for runs still waiting
+        frame[col] = pd.to_numeric(frame[col], errors="coerce") if len(frame) else frame.get(col)
+    if len(frame):
+        frame["id"] = frame["id"].fillna("")
+    return frame
+
+
+def results(job: dict) -> None:
+    """The job's results table, refreshed every 2 s while it runs."""
+    active = job["status"] in ACTIVE
+
+    @st.fragment(run_every=2 if active else None)
+    def table() -> None:
+        now = get_job(job["id"]) or job
+        frame = results_frame(now)
+        done = frame[frame["status"] == "done"] if len(frame) else frame
+        st.markdown(f"**Results** · {len(done)} of {len(frame)} runs done")
+        if frame.empty:
+            st.caption("No runs in this job.")
+            return
+        ids = frame["id"].tolist()
+        st.dataframe(frame, hide_index=True, key="train_results", selection_mode="single-row",
+                     on_select=lambda: _results_selected("train_results", ids),
+                     height=min(38 + 35 * len(frame), 560), column_config={
+                         "#": st.column_config.NumberColumn("#", width=40),
+                         "backbone": "Backbone", "merge": "Merge", "classifier": "Classifier", "status": "Status",
+                         "accuracy": st.column_config.ProgressColumn("Accuracy", min_value=0.0, max_value=1.0,
+                                                                     format="%.3f", width=110),
+                         "ci": st.column_config.TextColumn("95% CI", width=100),
+                         "f1": st.column_config.NumberColumn("F1", format="%.3f"),
+                         "auc": st.column_config.NumberColumn("AUC", format="%.3f"),
+                         "map": st.column_config.NumberColumn("mAP", format="%.3f"),
+                         "seconds": st.column_config.NumberColumn("Seconds", format="%.2f"),
+                         "id": st.column_config.TextColumn("Run")})
+        if len(done):
+            best = done.sort_values("accuracy", ascending=False).iloc[0]
+            c1, c2 = st.columns([3, 1], vertical_alignment="center")
+            c1.caption(f"Best so far: {escape_md(best.backbone)} + {escape_md(best.merge)} + "
+                       f"{escape_md(best.classifier)}, accuracy {best.accuracy:.3f} ({best.ci}). "
+                       "Select a row to inspect its pairs.")
+            with c2:
+                page_link("pages/compare.py", "Compare all runs", icon=":material/grid_on:")
+        if active and now["status"] not in ACTIVE:
+            st.rerun()  # the whole page: the job panel shows the outcome and polling stops
+
+    table()
+
+
+# --------------------------------------------------------------------------- page
+
+
+def form(backbones) -> GridConfig:
+    for key, value in DEFAULTS.items():  # first visit: the defaults (kept for the session afterwards)
+        st.session_state.setdefault(key, list(value) if isinstance(value, list) else value)
+    names = [b.name for b in backbones]
+    status = {n: weights_status(n) for n in names}
+    st.multiselect("Backbones", names, key="train_backbones", persist_state="session",
+                   format_func=lambda n: f"{n} (offline)" if status[n] == "bundled" else n,
+                   help="Pretrained networks that turn each image into a vector.\n\n" + backbone_help(backbones))
+    st.multiselect("Merges", list(MERGES), key="train_merges", persist_state="session",
+                   help="How two image vectors become one pair vector.\n\n"
+                        + "\n".join(f"- **{m.name}**: {m.description}" for m in MERGES.values()))
+    st.multiselect("Classifiers", list(CLASSIFIERS), key="train_classifiers", persist_state="session",
+                   format_func=lambda c: f"{CLASSIFIERS[c].label} ({c})",
+                   help="What decides 'same scene' from the pair vector.\n\n"
+                        + "\n".join(f"- **{c.label}** ({c.name}): {c.description}" for c in CLASSIFIERS.values()))
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        st.radio("Split", list(SPLIT_LABELS), format_func=SPLIT_LABELS.get, key="train_split",
+                 persist_state="session",
+                 help="Group: whole scenes go to test, no image is seen in training (honest). Pair: the study's "
+                      "split of the pairs themselves; the same images sit in train and test, so scores are "
+                      "optimistic. Offered to reproduce the old numbers.")
+        st.slider("Test fraction", 0.1, 0.5, step=0.05, key="train_test_size", persist_state="session",
+                  help="Share of the groups (group split) or of the pairs (pair split) held out for testing")
+    with c2:
+        st.radio("Negative pairs", list(NEGATIVE_LABELS), format_func=NEGATIVE_LABELS.get, key="train_negatives",
+                 persist_state="session", help="How pairs of different scenes are drawn")
+        st.number_input("Negatives per positive", 0.25, 10.0, step=0.25, key="train_negative_ratio",
+                        persist_state="session", help="1 = balanced, as in the study")
+    with c3:
+        st.number_input("Seed", 0, 2**31 - 1, step=1, key="train_seed", persist_state="session",
+                        help="Seeds the split, the negatives and the classifiers: same seed, same numbers")
+        chosen = st.session_state.get("train_backbones") or []
+        st.toggle("Fuse the backbones", key="train_fusion", persist_state="session",
+                  disabled=len(chosen) < 2,
+                  help="Also run the chosen backbones' vectors concatenated (each L2-normalised) as one more "
+                       "backbone. Needs two or more backbones.")
+        st.selectbox("Weights", list(WEIGHTS_CHOICES), format_func=WEIGHT_LABELS.get, key="train_weights",
+                     persist_state="session",
+                     help="ImageNet: the pretrained networks. Random: an untrained network, only for tests.")
+    s = st.session_state
+    return GridConfig(dataset=current_dataset_spec(), backbones=list(s["train_backbones"]),
+                      merges=list(s["train_merges"]), classifiers=list(s["train_classifiers"]),
+                      split=s["train_split"], test_size=float(s["train_test_size"]),
+                      negative_ratio=float(s["train_negative_ratio"]), negatives=s["train_negatives"],
+                      seed=int(s["train_seed"]), weights=s["train_weights"],
+                      fusion=bool(s["train_fusion"]) and len(s["train_backbones"]) > 1)
+
+
+def presets() -> None:
+    with st.container(border=True):
+        c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="center")
+        c1.button("Reproduce the 2017 study", type="secondary", icon=":material/history_edu:",
+                  on_click=_study_preset, args=("pair",), width="stretch", key="train_preset_2017",
+                  help="VGG16/VGG19 (fc2), InceptionV3, ResNet50, Xception × dot, l1, l2 × GaussianNB, LinearSVC, "
+                       "XGBoost, random forest: 60 runs on the pair split, 30% test, negatives sharing the left "
+                       "image, as published.")
+        c2.button("Same grid on the group split", icon=":material/verified:", on_click=_study_preset,
+                  args=("group",), width="stretch", key="train_preset_group",
+                  help="The study's grid with whole scenes held out: how good the method really is.")
+        c3.button("Reset", on_click=_reset_form, width="stretch", key="train_reset",
+                  help="Back to the default grid on the bundled backbone")
+        note = st.session_state.pop("_train_preset_note", None)
+        if note == "pair":
+            st.success("Filled with the 2017 study's protocol: 5 backbones × dot, l1, l2 × 4 classifiers on the pair "
+                       "split (30% test, negatives sharing the left image). Check the dataset, then press Start.",
+                       icon=":material/history_edu:")
+        elif note == "group":
+            st.success("Filled with the study's grid on the group split: whole scenes held out, the honest "
+                       "measure. Press Start; Compare shows it beside the pair split and the published table.",
+                       icon=":material/verified:")
+        else:
+            st.caption("The study's protocol in one click: pick the INRIA Holidays photos in the sidebar "
+                       "(a `holidays:` dataset), then start. Compare sets our numbers beside the published ones.")
+
+
+def summary(config: GridConfig, dataset) -> bool:
+    """How many runs, what needs downloading or computing; False when the grid cannot start."""
+    try:
+        config.validate()
+    except ValueError as exc:
+        st.warning(str(exc), icon=":material/front_hand:")
+        return False
+    n_b = len(config.backbones) + (1 if config.fusion else 0)
+    cells = config.cells()
+    st.markdown(f"This grid makes **{len(cells)} run{'s' if len(cells) != 1 else ''}**: {n_b} backbone"
+                f"{'s' if n_b != 1 else ''}{' (with the fusion)' if config.fusion else ''} × "
+                f"{len(config.merges)} merge{'s' if len(config.merges) != 1 else ''} × {len(config.classifiers)} "
+                f"classifier{'s' if len(config.classifiers) != 1 else ''}, on **{escape_md(config.dataset)}**.")
+    if config.weights == "random":
+        st.warning("Random weights: the backbone is untrained, so the numbers mean nothing. For tests only.",
+                   icon=":material/warning:")
+    downloads = [b for b in config.backbones if config.weights == "imagenet" and weights_status(b) == "download"]
+    if downloads:
+        mb = sum(DOWNLOAD_MB.get(b, 100) for b in downloads)
+        st.warning(f"{', '.join(downloads)} download their ImageNet weights on first use (about {mb} MB in all), "
+                   "so this needs the internet once. Offline? The job's error names each file and where to put "
+                   f"it, or use {DEFAULT_BACKBONE}, which works offline.", icon=":material/cloud_download:")
+    if dataset is not None:
+        todo = [b for b in config.backbones if not vectors_cached(dataset.fingerprint, b, config.weights)]
+        if todo:
+            st.caption(f"Vectors to compute first ({dataset.n_images} images each): {', '.join(todo)}. "
+                       "The others come from the cache.")
+        else:
+            st.caption("All vectors are in the cache: only the classifiers train.")
+    if config.split == "pair":
+        st.caption("Pair split: the same images sit in train and test, so accuracies are optimistic. "
+                   "Use it to reproduce the 2017 numbers, the group split to measure.")
+    return True
+
+
+def main() -> None:
+    open_inspect_if_asked()
+    st.title("Train")
+    st.markdown("A grid of runs on the current dataset: every **backbone × merge × classifier**, trained in a "
+                "background job (leave the page, it keeps going). Each run's test pairs land in the store for "
+                "Compare and Inspect.")
+    try:
+        backbones = list_backbones()
+    except Exception as exc:
+        st.error(f"Could not list the backbones: {escape_md(type(exc).__name__)}: {escape_md(str(exc)[:300])}")
+        return
+    presets()
+    config = form(backbones)
+    dataset = load_current_dataset()
+    ok = summary(config, dataset) and dataset is not None
+    running = latest_job("grid", active_only=True)
+    label = f"Start {len(config.cells())} runs" if ok else "Start"
+    if st.button(label, type="primary", icon=":material/play_arrow:", disabled=not ok or running is not None,
+                 key="train_start",
+                 help="A grid is already running: wait for it or cancel it below." if running else None):
+        try:
+            st.session_state["train_job"] = start_job("grid", asdict(config))
+        except Exception as exc:  # the job could not even start: say why
+            st.error(f"Could not start the grid: {escape_md(type(exc).__name__)}: {escape_md(str(exc)[:300])}")
+        else:
+            st.rerun()
+
+    job = get_job(st.session_state["train_job"]) if st.session_state.get("train_job") else None
+    job = job or latest_job("grid")
+    if job is None:
+        st.info("No grid yet: pick what to combine above and press Start. The demo experiment on Home is a "
+                "quick first one.", icon=":material/lightbulb:")
+        return
+    st.divider()
+    params = job.get("params") or {}
+    st.caption(f"Grid job {job['id']} on {escape_md(params.get('dataset', '?'))} · "
+               f"{escape_md(params.get('split', '?'))} split · {escape_md(params.get('weights', '?'))} weights")
+    job_panel(job["id"])
+    results(job)
+
+
+main()

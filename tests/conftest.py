@@ -1,0 +1,79 @@
+"""Shared fixtures: an isolated cache, and tiny generated image datasets made of real files."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def tmp_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Point ``SIMLAB_CACHE`` at a fresh temporary folder for this test; returns that folder."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("SIMLAB_CACHE", str(cache))
+    return cache
+
+
+def scene_image(group: int, view: int = 0, size: tuple[int, int] = (64, 48)) -> Image.Image:
+    """A small RGB picture whose content clearly depends on ``group`` (colours, shapes, layout)
+    and only slightly on ``view`` (a small shift and brightness change)."""
+    w, h = size
+    rng = np.random.default_rng(1000 + group)
+    bg = tuple(int(c) for c in rng.integers(0, 256, 3))
+    im = Image.new("RGB", (w, h), bg)
+    draw = ImageDraw.Draw(im)
+    dx, dy = (view % 3) - 1, (view % 2)
+    for _ in range(4):
+        x0, y0 = int(rng.integers(0, w - 8)), int(rng.integers(0, h - 8))
+        x1, y1 = x0 + int(rng.integers(6, w // 2)), y0 + int(rng.integers(6, h // 2))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.rectangle([x0 + dx, y0 + dy, x1 + dx, y1 + dy], fill=colour)
+        else:
+            draw.ellipse([x0 + dx, y0 + dy, x1 + dx, y1 + dy], fill=colour)
+    if view:
+        arr = np.asarray(im, dtype=np.int16) + 6 * view
+        im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    return im
+
+
+def make_holidays(directory, sizes, size: tuple[int, int] = (64, 48), first_group: int = 1000) -> list[Path]:
+    """Write a tiny Holidays folder: ``sizes[i]`` JPEG views for group ``first_group + i``, named
+    ``GGGGVV.jpg``. Returns the written paths in dataset order."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, n in enumerate(sizes):
+        for v in range(n):
+            p = directory / f"{first_group + i:04d}{v:02d}.jpg"
+            scene_image(i, v, size).save(p, "JPEG", quality=90)
+            paths.append(p)
+    return paths
+
+
+def make_folder(directory, sizes, size: tuple[int, int] = (64, 48), ext: str = "png") -> list[Path]:
+    """Write a tiny one-subfolder-per-group dataset (``g0/v0.png`` ...). Returns the written paths."""
+    directory = Path(directory)
+    paths = []
+    for i, n in enumerate(sizes):
+        gdir = directory / f"g{i}"
+        gdir.mkdir(parents=True, exist_ok=True)
+        for v in range(n):
+            p = gdir / f"v{v}.{ext}"
+            scene_image(i, v, size).save(p)
+            paths.append(p)
+    return paths
+
+
+@pytest.fixture
+def holidays_factory():
+    """The :func:`make_holidays` helper, as a fixture."""
+    return make_holidays

@@ -1,0 +1,262 @@
+"""The app shell and the Home, Data, Vectorize and Runs pages, run by Streamlit's AppTest."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from simlab import jobs
+from simlab.paths import REPO_ROOT
+from simlab.store import Store
+
+APP = str(REPO_ROOT / "app.py")
+TIMEOUT = 180  # the Vectorize page loads the backbone registry (TensorFlow) on first use
+XSS_NAME = "<img src=x onerror=alert(1)>.jpg"
+
+
+def make_dataset(root: Path, n_groups: int = 12, per_group: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    for g in range(n_groups):
+        base = rng.integers(0, 255, (3, 3, 3)).astype(np.uint8)
+        folder = root / f"scene{g:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(per_group):
+            img = np.kron(base, np.ones((16, 16, 1), np.uint8))
+            img = np.clip(img.astype(int) + rng.integers(-15, 15, img.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(folder / f"view{k}.jpg")
+    Image.fromarray(np.full((48, 48, 3), 200, np.uint8)).save(root / "scene00" / XSS_NAME)
+    (root / "scene01" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset_spec(tmp_path_factory) -> str:
+    return "folder:" + str(make_dataset(tmp_path_factory.mktemp("scenes")))
+
+
+@pytest.fixture(scope="module")
+def cache_with_runs(tmp_path_factory, dataset_spec) -> Path:
+    """A cache whose store holds a small grid of finished runs (random weights: seconds)."""
+    cache = tmp_path_factory.mktemp("cache_with_runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIMLAB_CACHE", str(cache))
+        from simlab.experiment import GridConfig, run_grid
+
+        config = GridConfig(dataset=dataset_spec, merges=["dot", "l1"], classifiers=["cosine", "logreg"],
+                            weights="random")
+        assert len(list(run_grid(config, Store()))) == 4
+    return cache
+
+
+def _kill_workers(cache: Path) -> None:
+    for job in Store(cache / "simlab.db").jobs():
+        if job["status"] in jobs.ACTIVE and job.get("pid"):
+            with contextlib.suppress(OSError):
+                os.killpg(job["pid"], signal.SIGKILL)
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch, dataset_spec) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SIMLAB_CACHE", str(cache))
+    monkeypatch.setenv("SIMLAB_DATASET", dataset_spec)
+    yield cache
+    _kill_workers(cache)
+
+
+@pytest.fixture
+def full_cache(cache_with_runs, monkeypatch, dataset_spec) -> Path:
+    monkeypatch.setenv("SIMLAB_CACHE", str(cache_with_runs))
+    monkeypatch.setenv("SIMLAB_DATASET", dataset_spec)
+    yield cache_with_runs
+    _kill_workers(cache_with_runs)
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("markdown", "caption", "text", "info", "success", "warning", "error", "subheader")
+             for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def labels(at: AppTest) -> list[str]:
+    return [b.label for b in at.button] + [b.label for b in at.get("form_submit_button")]
+
+
+# --------------------------------------------------------------------------- the shell
+
+
+def test_the_shell_has_the_dataset_picker_and_device_badge(empty_cache, dataset_spec):
+    at = open_page()
+    picker = at.sidebar.selectbox[0]
+    assert picker.label == "Dataset" and picker.value == dataset_spec
+    assert "demo" in picker.options
+
+
+def test_picking_a_dataset_in_the_sidebar_changes_the_current_one(empty_cache):
+    at = open_page()
+    at.sidebar.selectbox[0].set_value("demo").run()
+    assert not at.exception
+    assert at.session_state["dataset_spec"] == "demo"
+
+
+# --------------------------------------------------------------------------- home
+
+
+def test_home_on_an_empty_store(empty_cache, dataset_spec):
+    at = open_page()
+    assert at.title[0].value == "simlab"
+    assert "Run the demo experiment" in labels(at)
+    body = texts(at)
+    assert "No results yet" in body and "How it works" in body
+    assert dataset_spec.split("/")[-1] in body
+
+
+def test_home_with_runs_summarises_the_latest_results(full_cache):
+    at = open_page()
+    assert "Best held-out accuracy" in [m.label for m in at.metric]
+    assert len(at.dataframe) >= 1 and len(at.dataframe[0].value) == 4
+
+
+def test_the_demo_button_starts_the_demo_job(empty_cache):
+    at = open_page()
+    next(b for b in at.button if b.label == "Run the demo experiment").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    demo = [j for j in Store(empty_cache / "simlab.db").jobs() if j["kind"] == "demo"]
+    assert len(demo) == 1 and demo[0]["pid"]
+    assert at.session_state["jobs"]["demo"] == demo[0]["id"]
+    # The page now shows the live job (a progress bar and a Cancel button) and no second start.
+    assert len(at.get("progress")) == 1
+    assert "Cancel" in labels(at)
+    assert next(b for b in at.button if b.label == "Run the demo experiment").disabled
+    next(b for b in at.button if b.label == "Cancel").click().run()
+    assert Store(empty_cache / "simlab.db").get_job(demo[0]["id"])["cancel"]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_data_page_counts_groups_problems_and_escapes_file_names(empty_cache):
+    at = open_page("pages/data.py")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Images"] == "37" and metrics["Groups"] == "12" and metrics["Skipped files"] == "1"
+    assert metrics["Positive pairs"] == str(11 * 3 + 6)
+    assert len(at.get("plotly_chart")) == 1  # the group-size histogram
+    tiles = "\n".join(h.value for h in at.html)
+    assert tiles.count("data:image/jpeg;base64,") >= 9  # thumbnails as small data URIs
+    assert html.escape(XSS_NAME) in tiles and XSS_NAME not in tiles  # the file name shown as text, escaped
+    assert not any(XSS_NAME in str(m.value) for m in at.markdown)
+    problems = at.dataframe[-1].value
+    assert list(problems["file"]) == ["scene01/broken.jpg"]
+    assert problems["reason"].iloc[0]  # e.g. "truncated"
+
+
+def test_data_page_paginates_the_groups(empty_cache):
+    at = open_page("pages/data.py")
+    assert "page 1 of 2" in texts(at)
+    at.number_input(key="group_page").set_value(2).run()
+    assert not at.exception
+    group_titles = [t.value for t in at.text if t.value.startswith("Group ")]
+    assert group_titles[0].startswith("Group scene08")
+
+
+def test_data_page_refuses_a_missing_folder_with_a_clear_message(empty_cache, tmp_path):
+    at = open_page("pages/data.py")
+    at.segmented_control(key="data_kind").set_value("folder").run()
+    at.text_input[0].input(str(tmp_path / "nowhere"))
+    next(b for b in at.button if b.label == "Use this dataset").click().run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any("Folder not found" in e for e in errors), errors
+
+
+def test_data_page_switches_to_a_valid_folder(empty_cache, tmp_path):
+    other = make_dataset(tmp_path / "other", n_groups=3, per_group=2)
+    at = open_page("pages/data.py")
+    at.segmented_control(key="data_kind").set_value("folder").run()
+    at.text_input[0].input(str(other))
+    next(b for b in at.button if b.label == "Use this dataset").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["dataset_spec"] == f"folder:{other.resolve()}"
+    assert {m.label: m.value for m in at.metric}["Groups"] == "3"
+
+
+# --------------------------------------------------------------------------- vectorize
+
+
+def test_vectorize_page_on_an_empty_cache(empty_cache):
+    at = open_page("pages/vectorize.py")
+    backbones = at.dataframe[0].value
+    assert "efficientnet_lite0" in list(backbones["name"])
+    status = dict(zip(backbones["name"], backbones["weights"]))
+    assert "bundled" in status["efficientnet_lite0"]
+    assert at.multiselect[0].value == ["efficientnet_lite0"]
+    assert "Random — for tests only" in at.radio[0].options
+    assert "No vectors yet" in texts(at)
+
+
+def test_vectorize_page_starts_a_job(empty_cache):
+    at = open_page("pages/vectorize.py")
+    at.radio[0].set_value("random")
+    next(b for b in at.button if b.label == "Vectorize").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    (job,) = Store(empty_cache / "simlab.db").jobs()
+    assert job["kind"] == "vectorize" and job["params"]["weights"] == "random"
+    assert job["params"]["backbones"] == ["efficientnet_lite0"]
+    assert len(at.get("progress")) == 1
+
+
+def test_vectorize_page_with_vectors_shows_the_sets_and_the_map(full_cache):
+    at = open_page("pages/vectorize.py")
+    sets = at.dataframe[1].value
+    assert len(sets) == 1 and bool(sets["this dataset"].iloc[0])
+    assert "Random — for tests only" in sets["weights"].iloc[0]
+    assert len(at.get("plotly_chart")) == 1
+    at.segmented_control(key="map_method").set_value("t-SNE").run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 1
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def test_runs_page_on_an_empty_store(empty_cache):
+    at = open_page("pages/runs.py")
+    body = texts(at)
+    assert "No jobs yet" in body and "No runs yet" in body
+
+
+def test_runs_page_lists_runs_and_jobs_with_errors(full_cache):
+    store = Store(full_cache / "simlab.db")
+    failed = store.add_job("grid", {"dataset": "x"})
+    store.update_job(failed, status="failed", message="Unknown classifier 'nope'",
+                     error="Traceback (most recent call last):\n  ...\nValueError: Unknown classifier 'nope'",
+                     finished=time.time())
+    try:
+        at = open_page("pages/runs.py")
+        jobs_table, runs_table = at.dataframe[0].value, at.dataframe[1].value
+        assert failed in list(jobs_table["id"])
+        assert len(runs_table) == 4 and runs_table["accuracy"].notna().all()
+        assert {"backbone", "merge", "classifier", "status", "duration"} <= set(runs_table.columns)
+        assert not any("Traceback" in str(e.value) for e in at.error)
+    finally:
+        store.delete_job(failed)

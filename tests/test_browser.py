@@ -1,0 +1,236 @@
+"""The app in a real browser: streamlit run + headless Debian Chromium driven by Playwright.
+
+Runs the demo experiment from the Home page, then checks Compare (a heatmap) and Inspect (pair
+thumbnails), and saves a screenshot of every page under tests/screenshots/ (git-ignored).
+Skipped only when /usr/bin/chromium is missing and $CI is not set; in CI it must run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from simlab.paths import REPO_ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+SHOTS = REPO_ROOT / "tests" / "screenshots"
+SERVER_START = 90  # seconds
+DEMO_TIMEOUT = 20 * 60  # generating, vectorising and training the demo on a 2-core machine
+PAGE_TIMEOUT = 120_000  # ms: a page's first render may load TensorFlow
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is required in CI (apt-get install chromium)", pytrace=False)
+    pytest.skip(f"{CHROMIUM} not installed", allow_module_level=True)
+
+try:
+    from playwright import sync_api
+except ImportError:
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("the playwright package is not installed", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    """`streamlit run app.py` on a free port with an empty cache; the demo dataset is the current one."""
+    cache = tmp_path_factory.mktemp("browser_cache")
+    port = free_port()
+    env = dict(os.environ, SIMLAB_CACHE=str(cache), SIMLAB_DATASET="demo", PYTHONPATH=str(REPO_ROOT),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    log = open(cache / "streamlit.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START
+    try:
+        while True:
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"streamlit did not start:\n{(cache / 'streamlit.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        from simlab import jobs
+        from simlab.store import Store
+
+        for job in Store(cache / "simlab.db").jobs():  # never leave a worker behind
+            if job["status"] in jobs.ACTIVE and job.get("pid"):
+                with contextlib.suppress(OSError):
+                    os.killpg(job["pid"], signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        pg = context.new_page()
+        pg.set_default_timeout(PAGE_TIMEOUT)
+        pg.goto(app_url)
+        yield pg
+        context.close()
+        browser.close()
+
+
+def main(page):
+    return page.locator('[data-testid="stMain"]')
+
+
+def settle(page, quiet_ms: int = 1500) -> None:
+    """Wait until the app's script has finished running (and no spinner is left), then a little more."""
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => { const app = document.querySelector('[data-testid=\"stApp\"]');"
+        " const state = app && app.getAttribute('data-test-script-state');"
+        " return state === 'notRunning' && !document.querySelector('[data-testid=\"stSpinner\"]'); }",
+        timeout=PAGE_TIMEOUT)
+    page.wait_for_timeout(quiet_ms)
+
+
+def no_exception(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
+        '[data-testid="stException"]').first.inner_text()
+
+
+def go_to(page, title: str, heading: str | None = None) -> None:
+    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+    page.wait_for_selector(f'h1:has-text("{heading or title}")', timeout=PAGE_TIMEOUT)
+    settle(page)
+
+
+def shot(page, name: str) -> None:
+    """A screenshot of the whole page: the viewport grows to the content's height for the shot."""
+    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": min(max(height, size["height"]), 8000)})
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+    page.set_viewport_size(size)
+
+
+def test_home_data_and_empty_pages(page):
+    page.wait_for_selector("text=Run the demo experiment")
+    settle(page)
+    no_exception(page)
+    shot(page, "home_empty")
+    go_to(page, "Data")  # generates the demo images on first use
+    page.wait_for_selector('[data-testid="stMetric"]', timeout=PAGE_TIMEOUT)
+    settle(page)
+    no_exception(page)
+    assert main(page).locator("img").count() > 0
+    shot(page, "data")
+    for title in ("Vectorize", "Runs"):
+        go_to(page, title)
+        no_exception(page)
+        shot(page, f"{title.lower()}_empty")
+
+
+def test_the_demo_experiment_runs_to_the_end(page):
+    go_to(page, "Home", heading="simlab")
+    page.get_by_role("button", name="Run the demo experiment").click()
+    page.wait_for_selector('[data-testid="stProgress"]', timeout=60_000)
+    page.mouse.move(5, 5)  # no tooltip in the screenshot
+    page.wait_for_timeout(3000)
+    shot(page, "home_running")
+    finished = page.locator("text=Demo experiment finished")
+    failed = page.locator("text=Demo experiment failed")
+    deadline = time.monotonic() + DEMO_TIMEOUT
+    while not finished.count():
+        assert not failed.count(), main(page).inner_text()
+        assert time.monotonic() < deadline, "the demo did not finish in time"
+        page.wait_for_timeout(2000)
+    settle(page)
+    no_exception(page)
+    assert page.locator("text=Best run").count() == 1
+    shot(page, "home_done")
+
+
+def test_compare_shows_a_heatmap(page):
+    go_to(page, "Compare")
+    page.wait_for_selector('[data-testid="stPlotlyChart"] .js-plotly-plot, .js-plotly-plot', timeout=PAGE_TIMEOUT)
+    settle(page)
+    no_exception(page)
+    assert main(page).locator(".js-plotly-plot").count() >= 1
+    shot(page, "compare")
+
+
+def test_inspect_shows_pair_thumbnails(page):
+    go_to(page, "Inspect")
+    main(page).locator("img").first.wait_for(timeout=PAGE_TIMEOUT)
+    settle(page)
+    no_exception(page)
+    assert main(page).locator("img").count() >= 2
+    shot(page, "inspect")
+
+
+def lasso(page, plot, box=(0.02, 0.02, 0.98, 0.98)) -> None:
+    """Draw a lasso (a rectangle path) over a plotly chart's drag layer."""
+    drag = plot.locator(".nsewdrag").first
+    drag.scroll_into_view_if_needed()
+    bb = drag.bounding_box()
+    x0, y0, x1, y1 = (bb["x"] + bb["width"] * box[0], bb["y"] + bb["height"] * box[1],
+                      bb["x"] + bb["width"] * box[2], bb["y"] + bb["height"] * box[3])
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for x, y in ((x1, y0), (x1, y1), (x0, y1), (x0, y0 + 2)):
+        page.mouse.move(x, y, steps=15)
+    page.mouse.up()
+
+
+def test_vectorize_map_shows_the_selected_images(page):
+    go_to(page, "Vectorize")
+    plot = main(page).locator(".js-plotly-plot").first  # the embedding map
+    plot.wait_for(timeout=PAGE_TIMEOUT)
+    settle(page)
+    no_exception(page)
+    shot(page, "vectorize_done")
+    lasso(page, plot)
+    page.wait_for_selector("text=selected image", timeout=PAGE_TIMEOUT)
+    settle(page)
+    no_exception(page)
+    assert main(page).locator("figure img").count() >= 10  # the selected images' tiles
+    shot(page, "vectorize_selection")
+
+
+def test_runs_with_results(page):
+    go_to(page, "Runs")
+    no_exception(page)
+    tables = page.locator('[data-testid="stDataFrame"]')
+    assert tables.count() >= 2
+    runs = tables.nth(1).bounding_box()
+    page.mouse.click(runs["x"] + 14, runs["y"] + 52)  # the first run's selection box
+    page.get_by_role("button", name="Run again").wait_for(timeout=PAGE_TIMEOUT)
+    settle(page)
+    no_exception(page)
+    assert page.locator("text=1 run(s) selected").count() == 1
+    shot(page, "runs_done")

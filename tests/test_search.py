@@ -1,0 +1,252 @@
+"""FAISS search: index kinds, exactness, the index cache, the search CLI, re-ranking, mAP, hard negatives,
+and the Search page (AppTest). Real parts throughout: FAISS, the bundled Keras backbone (random
+weights), SQLite, Streamlit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+import simlab.search as search
+from helpers import write_group_folder
+from simlab import cli
+from simlab.evaluate import retrieval_map
+from simlab.paths import REPO_ROOT
+from simlab.search import (
+    build_index,
+    choose_kind,
+    index_path,
+    mine_hard_negatives,
+    retrieval_map_index,
+    run_model_path,
+)
+
+BACKBONE = "efficientnet_lite0"
+
+
+def clustered(n_groups: int = 40, per_group: int = 5, dim: int = 32, noise: float = 1.5, seed: int = 0):
+    """Vectors in groups (a centre each plus noise): hard enough that rankings are not trivial."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_groups), per_group)
+    vectors = rng.standard_normal((n_groups, dim))[groups] + noise * rng.standard_normal((len(groups), dim))
+    return vectors.astype(np.float32), [f"g{g:03d}" for g in groups]
+
+
+# --------------------------------------------------------------------------- the index
+
+
+def test_kind_is_chosen_by_size_and_can_be_overridden():
+    assert choose_kind(10) == "flat"
+    assert choose_kind(search.FLAT_MAX) == "flat"
+    assert choose_kind(search.FLAT_MAX + 1) == "ivf"
+    assert choose_kind(search.IVF_MAX + 1) == "ivfpq"
+    for kind in ("flat", "ivf", "ivfpq", "hnsw"):
+        assert choose_kind(10, kind) == kind
+    with pytest.raises(ValueError, match="index kind must be one of"):
+        choose_kind(10, "annoy")
+
+
+def test_auto_builds_the_right_faiss_index(monkeypatch):
+    vectors, _ = clustered(n_groups=100, per_group=5)
+    assert isinstance(build_index(vectors).index, faiss.IndexFlatIP)
+    monkeypatch.setattr(search, "FLAT_MAX", 100)  # 500 vectors are now "large"
+    auto = build_index(vectors)
+    assert auto.kind == "ivf" and isinstance(auto.index, faiss.IndexIVFFlat)
+    assert auto.params["nlist"] >= 1 and auto.index.nprobe == auto.params["nprobe"]
+    assert isinstance(build_index(vectors, "hnsw").index, faiss.IndexHNSWFlat)
+    assert isinstance(build_index(vectors, "flat").index, faiss.IndexFlatIP)
+    assert isinstance(build_index(vectors, "ivfpq").index, faiss.IndexIVFPQ)
+
+
+def test_flat_search_equals_brute_force():
+    vectors, _ = clustered()
+    queries = np.random.default_rng(1).standard_normal((7, vectors.shape[1])).astype(np.float32)
+    scores, ids = build_index(vectors, "flat").search(queries, 10)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ unit.T
+    expected = np.argsort(-sims, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(sims, expected, axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_approximate_indexes_find_most_true_neighbours():
+    vectors, _ = clustered(n_groups=100, per_group=5)
+    _, exact = build_index(vectors, "flat").search(vectors[:50], 10)
+    for kind in ("ivf", "hnsw"):
+        _, ids = build_index(vectors, kind).search(vectors[:50], 10)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])
+        assert recall > 0.8, (kind, recall)
+
+
+def test_the_index_is_cached_and_the_second_build_is_a_load(tmp_cache):
+    vectors, _ = clustered()
+    first = build_index(vectors, "hnsw", cache_key=("setkey", "fp1"))
+    assert not first.from_cache and first.path == index_path("setkey", "fp1", "hnsw", len(vectors))
+    assert first.path.exists() and first.path.is_relative_to(tmp_cache / "index" / "setkey")
+    assert not [p for p in first.path.parent.iterdir() if p.name.startswith(".")]  # no temp file left
+    second = build_index(vectors, "hnsw", cache_key=("setkey", "fp1"))
+    assert second.from_cache and second.kind == "hnsw"
+    np.testing.assert_array_equal(first.search(vectors[:5], 5)[1], second.search(vectors[:5], 5)[1])
+    other = build_index(vectors, "flat", cache_key=("setkey", "fp1"))  # another kind: another file
+    assert not other.from_cache and other.path != first.path
+    assert not build_index(vectors, "hnsw", cache_key=("setkey", "fp2")).from_cache  # another dataset
+
+
+def test_map_through_a_flat_index_equals_retrieval_map():
+    vectors, groups = clustered()
+    exact = retrieval_map(vectors, groups)
+    assert 0.2 < exact < 0.99  # a ranking with mistakes, so the comparison means something
+    assert retrieval_map_index(build_index(vectors, "flat"), vectors, groups) == pytest.approx(exact, abs=1e-9)
+    queries = [0, 7, 13, 101]
+    assert retrieval_map_index(build_index(vectors, "flat"), vectors, groups, queries) == pytest.approx(
+        retrieval_map(vectors, groups, queries), abs=1e-9)
+    truncated = retrieval_map_index(build_index(vectors, "flat"), vectors, groups, k=3)
+    assert truncated <= exact  # what a short list misses counts as not found
+
+
+def test_hard_negatives_come_from_other_groups_and_are_near():
+    vectors, groups = clustered()
+    g = np.asarray(groups)
+    pairs = mine_hard_negatives(vectors, groups, k=3)
+    assert pairs.ndim == 2 and pairs.shape[1] == 2 and len(pairs) > len(vectors)
+    assert (g[pairs[:, 0]] != g[pairs[:, 1]]).all()
+    assert len({tuple(p) for p in pairs}) == len(pairs) and (pairs[:, 0] < pairs[:, 1]).all()
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    hard_sims = np.sum(unit[pairs[:, 0]] * unit[pairs[:, 1]], axis=1)
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, len(g), 2000), rng.integers(0, len(g), 2000)
+    random_sims = np.sum(unit[a] * unit[b], axis=1)[g[a] != g[b]]
+    assert hard_sims.mean() > random_sims.mean() + 0.2
+    from simlab.pairs import build_pairs
+
+    p, train, test = build_pairs(groups, hard_negatives=search.hard_negative_pairs(vectors, groups))
+    negatives = p.label == 0
+    mined = {tuple(x) for x in pairs}
+    used = sum((min(l, r), max(l, r)) in mined for l, r in zip(p.left[negatives], p.right[negatives]))
+    assert used > 0.5 * negatives.sum()  # mostly hard ones, topped up at random
+
+
+# --------------------------------------------------------------------------- the CLI on a real dataset
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A small folder dataset and a cache holding its (random-weight) vectors and one finished run."""
+    root = write_group_folder(tmp_path_factory.mktemp("ds"), n_groups=6, per_group=3, size=64, seed=3)
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIMLAB_CACHE", str(cache))
+        from simlab.experiment import GridConfig, run_grid
+        from simlab.store import Store
+
+        config = GridConfig(dataset=f"folder:{root}", backbones=[BACKBONE], merges=["l1"], classifiers=["logreg"],
+                            weights="random", split="pair")
+        run_id = next(run_grid(config, Store()))["run_id"]
+    return {"spec": f"folder:{root}", "root": root, "cache": cache, "run": run_id}
+
+
+@pytest.fixture
+def in_small(small, monkeypatch):
+    monkeypatch.setenv("SIMLAB_CACHE", str(small["cache"]))
+    return small
+
+
+def search_json(capsys, *args) -> dict:
+    assert cli.main(["search", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_cli_answers_with_the_query_itself_first(in_small, capsys):
+    query = str(in_small["root"] / "g002" / "v1.jpg")
+    out = search_json(capsys, "--dataset", in_small["spec"], "--weights", "random", "--backbone", BACKBONE,
+                      "--query", query, "--k", "5")
+    assert out["k"] == 5 and len(out["results"]) == 5 and out["index"] == "flat"
+    first = out["results"][0]
+    assert Path(first["path"]).resolve() == Path(query).resolve() and first["score"] == pytest.approx(1, abs=1e-4)
+    assert out["query_group"] == "g002" and first["group"] == "g002"
+    scores = [r["score"] for r in out["results"]]
+    assert scores == sorted(scores, reverse=True) and [r["rank"] for r in out["results"]] == [1, 2, 3, 4, 5]
+    assert list((in_small["cache"] / "index").rglob("*.faiss"))  # cached beside the vectors
+
+
+def test_cli_vectorises_a_query_from_outside_the_dataset(in_small, capsys, tmp_path):
+    outside = tmp_path / "elsewhere.jpg"
+    shutil.copy(in_small["root"] / "g004" / "v0.jpg", outside)
+    out = search_json(capsys, "--dataset", in_small["spec"], "--weights", "random", "--query", str(outside),
+                      "--k", "3")
+    assert out["query_group"] is None and len(out["results"]) == 3
+    assert out["results"][0]["path"].endswith("g004/v0.jpg")  # the same pixels
+    assert out["results"][0]["score"] == pytest.approx(1, abs=1e-4)
+
+
+def test_cli_text_output_and_clear_errors(in_small, capsys, tmp_path):
+    assert cli.main(["search", "--dataset", in_small["spec"], "--weights", "random", "--query",
+                     str(in_small["root"] / "g000" / "v0.jpg"), "--k", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "rank" in text and "same group as the query" in text and text.count("g000/") >= 1
+    assert cli.main(["search", "--dataset", in_small["spec"], "--query", str(tmp_path / "nope.jpg")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert cli.main(["search", "--dataset", in_small["spec"], "--query", str(tmp_path), "--rerank", "r_missing"]) == 2
+    assert "No run 'r_missing'" in capsys.readouterr().err
+
+
+def test_rerank_orders_by_the_runs_probability_and_caches_the_model(in_small, capsys):
+    run = in_small["run"]
+    query = str(in_small["root"] / "g001" / "v0.jpg")
+    assert not run_model_path(run).exists()
+    out = search_json(capsys, "--dataset", in_small["spec"], "--query", query, "--k", "6", "--rerank", run)
+    assert out["rerank"] == run and out["weights"] == "random"  # the run's backbone and weights
+    probs = [r["prob"] for r in out["results"]]
+    assert len(probs) == 6 and probs == sorted(probs, reverse=True)
+    assert all(0 <= p <= 1 for p in probs)
+    assert run_model_path(run).exists()
+    model = search.run_classifier(run)  # now a load, not a refit
+    assert hasattr(model, "predict_proba")
+    again = search_json(capsys, "--dataset", in_small["spec"], "--query", query, "--k", "6", "--rerank", run)
+    assert [r["path"] for r in again["results"]] == [r["path"] for r in out["results"]]
+    assert cli.main(["search", "--dataset", in_small["spec"], "--query", query, "--rerank", run,
+                     "--backbone", "resnet50"]) == 2
+    assert "trained on efficientnet_lite0" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the Search page
+
+
+def page_test(spec: str):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO_ROOT / "pages" / "search.py"), default_timeout=180)
+    at.session_state["dataset_spec"] = spec
+    return at
+
+
+def test_search_page_empty_state(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIMLAB_CACHE", str(tmp_path / "cache"))
+    root = write_group_folder(tmp_path / "fresh", n_groups=3, per_group=2, size=48, seed=5)
+    at = page_test(f"folder:{root}").run()
+    assert not at.exception
+    assert any("No vectors for" in i.value for i in at.info)
+    assert any(b.label.startswith("Vectorize with") for b in at.button)
+
+
+def test_search_page_shows_neighbours_with_badges(in_small):
+    at = page_test(in_small["spec"]).run()
+    assert not at.exception, at.exception
+    assert not at.error
+    assert at.selectbox(key="search_set").value == 0
+    texts = [t.value for t in at.text]
+    assert any(t.startswith("#1 · g000") for t in texts)  # the first group's first image finds itself first
+    assert sum(t.startswith("#") for t in texts) == min(12, 18)
+    assert any("nearest images" in m.value for m in at.markdown)
+    assert "random weights" in " ".join(w.value for w in at.warning)
+    at.selectbox(key="search_group").set_value("g003").run()
+    assert not at.exception
+    assert any(t.startswith("#1 · g003") for t in (t.value for t in at.text))
+    at.selectbox(key="search_rerank").set_value(in_small["run"]).run()  # re-rank through the CLI
+    assert not at.exception and not at.error
+    assert any("P(same)" in c.value for c in at.caption)
