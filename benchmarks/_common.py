@@ -116,7 +116,7 @@ def prepare_grid_vectors(weights: str = "random") -> tuple[str, dict]:
     spec = f"holidays:{make_holidays()}"
     ds = load_dataset(spec)
     for i, (name, dim) in enumerate(GRID_BACKBONES.items()):
-        write_vector_cache(ds, name, weights, synthetic_vectors(ds.groups, dim, noise=0.8 + 0.1 * i, seed=i))
+        write_vector_cache(ds, name, weights, synthetic_vectors(ds.groups, dim, noise=1.3 + 0.1 * i, seed=i))
         assert vectorize(ds, name, weights).computed == 0, "the written cache was not used"
     return spec, dict(GRID_BACKBONES)
 

@@ -3,8 +3,10 @@
     python benchmarks/search.py                 # 1,000,000 synthetic 1,280-d float32 vectors (~5 GB)
     python benchmarks/search.py --n 200000 --json
 
-The vectors are synthetic but shaped like image embeddings: scenes (cluster centres) with views
-around them, L2-normalised. Queries are fresh views of random scenes (not in the index). The exact
+The vectors are synthetic but shaped like image embeddings (see ``synthetic``): scenes with views
+around them in a low-dimensional subspace, L2-normalised. Queries are fresh views of random scenes
+(not in the index). ``--npz FILE`` benchmarks real vectors instead (``python -m simlab vectorize
+--out FILE``), with 500 of them held out as queries. The exact
 top-10 comes from the flat index, which is also the first row. Each index is built by
 ``simlab.search.build_index`` (as the app does, without the disk cache) and freed before the next.
 Peak memory is about twice the vectors (the vectors plus one index's copy of them).
@@ -30,17 +32,28 @@ DIM = 1280
 K = 10
 
 
-def synthetic(n: int, dim: int, n_queries: int, seed: int = 0, per_scene: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """(database, queries): views = scene centre + noise, L2-normalised, float32; built in chunks."""
+def synthetic(n: int, dim: int, n_queries: int, seed: int = 0, per_scene: int = 20,
+              latent: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(database, queries), float32, L2-normalised, built in chunks.
+
+    Shaped like CNN embeddings rather than isotropic noise: scene centres live in a ``latent``-d
+    subspace (embeddings have a low intrinsic dimension), and each view is its scene's centre
+    plus a view-specific offset (cosine to the centre about 0.8) and a little full-rank noise.
+    """
     rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((latent, dim), dtype=np.float32) / np.sqrt(latent)
     scenes = max(1, n // per_scene)
-    centres = rng.standard_normal((scenes, dim), dtype=np.float32)
+    centres = rng.standard_normal((scenes, latent), dtype=np.float32)
+
+    def views(m: int) -> np.ndarray:
+        z = centres[rng.integers(0, scenes, m)] + 0.7 * rng.standard_normal((m, latent), dtype=np.float32)
+        return z @ basis + 0.15 * rng.standard_normal((m, dim), dtype=np.float32)
+
     out = np.empty((n, dim), np.float32)
     for start in range(0, n, 50_000):
         m = min(50_000, n - start)
-        out[start:start + m] = centres[rng.integers(0, scenes, m)] + 1.2 * rng.standard_normal((m, dim), dtype=np.float32)
-    queries = centres[rng.integers(0, scenes, n_queries)] + 1.2 * rng.standard_normal((n_queries, dim), dtype=np.float32)
-    return normalised_inplace(out), normalised(queries)
+        out[start:start + m] = views(m)
+    return normalised_inplace(out), normalised(views(n_queries))
 
 
 def normalised_inplace(x: np.ndarray) -> np.ndarray:
@@ -103,17 +116,25 @@ def main(argv=None) -> int:
                    help="HNSW is built on the first this many vectors only (default 100,000): its build is "
                         "~O(n log n) graph insertions, about an hour per million 1,280-d vectors on 2 cores")
     p.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw"], choices=["flat", "ivf", "ivfpq", "hnsw"])
+    p.add_argument("--npz", help="real vectors (a vectorize --out file) instead of synthetic ones")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = p.parse_args(argv)
     import faiss
 
-    gb = args.n * args.dim * 4 / 2**30
     log = (lambda *a: print(*a, file=sys.stderr, flush=True))
-    log(f"generating {args.n:,} x {args.dim} float32 vectors ({gb:.1f} GiB), faiss {faiss.__version__}, "
-        f"{faiss.omp_get_max_threads()} threads")
     t0 = time.perf_counter()
-    x, queries = synthetic(args.n, args.dim, args.queries)
-    log(f"  generated in {time.perf_counter() - t0:.0f} s")
+    if args.npz:
+        with np.load(args.npz) as z:
+            allv = normalised(z["vectors"])
+        held = np.random.default_rng(0).permutation(len(allv))
+        queries, x = allv[held[: args.queries]], allv[np.sort(held[args.queries:])]
+        args.n, args.dim = x.shape
+    else:
+        log(f"generating {args.n:,} x {args.dim} float32 vectors ({args.n * args.dim * 4 / 2**30:.1f} GiB)")
+        x, queries = synthetic(args.n, args.dim, args.queries)
+    gb = args.n * args.dim * 4 / 2**30
+    log(f"  {args.n:,} vectors ready in {time.perf_counter() - t0:.0f} s; faiss {faiss.__version__}, "
+        f"{faiss.omp_get_max_threads()} threads")
     rows, truth = [], None
     kinds = ["flat"] + [k for k in args.kinds if k != "flat"]  # the exact answer first
     for kind in kinds:
@@ -130,12 +151,13 @@ def main(argv=None) -> int:
             rows.extend(new)
         for row in new:
             log(f"  {row}")
-    result = {"n": args.n, "dim": args.dim, "queries": args.queries, "k": K, "vectors_gib": round(gb, 2),
+    result = {"data": args.npz or "synthetic", "n": args.n, "dim": args.dim, "queries": args.queries, "k": K, "vectors_gib": round(gb, 2),
               "threads": faiss.omp_get_max_threads(), "faiss": faiss.__version__, "rows": rows}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.n:,} vectors x {args.dim} (float32, {gb:.1f} GiB), {args.queries} queries, "
+        print(f"{args.n:,} {'synthetic ' if not args.npz else ''}vectors x {args.dim} (float32, {gb:.1f} GiB), "
+              f"{len(queries)} queries, "
               f"recall@{K} against exact search, {result['threads']} threads")
         cols = ["index", "n", "build_s", "qps", "recall@10", "params"]
         table = [{**{c: f"{r[c]:,}" if c == "n" else r[c] for c in cols[:-1]},

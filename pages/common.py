@@ -20,6 +20,27 @@ from simlab import jobs
 from simlab.paths import REPO_ROOT, cache_dir
 from simlab.store import Store
 
+def _leave_legacy_multipage_mode() -> None:
+    """Route every run through app.py's st.navigation, even the first one after the server starts.
+
+    Streamlit treats a folder named pages/ beside the entry script as a v1 multipage app until
+    st.navigation has run once in the server process: a first visit to e.g. /data would run
+    pages/data.py alone, with the folder's raw file list (app, common, ...) as the sidebar. Every
+    page imports this module, so the first such run switches the mode off and reruns itself;
+    the rerun goes through app.py and lands on the same page (page ids are their URL paths).
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+    except ImportError:  # a Streamlit without these internals: nothing to fix
+        return
+    if getattr(PagesManager, "uses_pages_directory", False) and get_script_run_ctx() is not None:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_leave_legacy_multipage_mode()
+
 DATASET_KEY = "dataset_spec"  # st.session_state key of the current dataset spec
 # Plain symbols (tables cannot show icons; these render in any font, emoji fonts not needed)
 STATUS_ICONS = {"queued": "○", "running": "●", "done": "✓", "failed": "✗", "cancelled": "■"}

@@ -84,7 +84,8 @@ def hover_text(row) -> str:
     lines = [f"<b>{row.backbone} + {row.merge} + {row.classifier}</b>",
              f"accuracy {fmt_value(row.accuracy)} (95% CI {fmt_value(row.accuracy_lo)}–{fmt_value(row.accuracy_hi)})",
              f"F1 {fmt_value(row.f1)} · AUC {fmt_value(row.auc)} · mAP {fmt_value(row.map)}",
-             f"{int(row.n_test) if row.n_test == row.n_test else '?'} test pairs · {SPLIT_LABELS.get(row.split, row.split)}",
+             f"{int(row.n_test) if row.n_test == row.n_test else '?'} test pairs · "
+             f"{SPLIT_LABELS.get(row.split, row.split)}",
              f"run {row.id} · click to inspect its pairs"]
     return "<br>".join(lines)
 
@@ -103,6 +104,7 @@ def square_heatmap(cells: pd.DataFrame, *, rows: str, cols: str, facet: str | No
     """
     facets = facet_order if facet else [None]
     col_labels, facet_labels = col_labels or {}, facet_labels or {}
+    longest_col = max((len(col_labels.get(v, v)) for v in col_order), default=4)
     facet_w = len(col_order) * CELL_PX
     facet_h = len(row_order) * CELL_PX
     label_px = 12 + 7 * max((len(r) for r in row_order), default=4)
@@ -144,15 +146,19 @@ def square_heatmap(cells: pd.DataFrame, *, rows: str, cols: str, facet: str | No
             row=r, col=c)
         fig.update_xaxes(range=[-0.5, len(col_order) - 0.5], tickvals=list(range(len(col_order))),
                          ticktext=[col_labels.get(v, v) for v in col_order], showgrid=False, zeroline=False,
-                         fixedrange=True, row=r, col=c, tickangle=-30 if max(map(len, col_order)) > 7 else 0)
+                         fixedrange=True, row=r, col=c, tickangle=-35 if longest_col > 7 else 0)
         fig.update_yaxes(range=[len(row_order) - 0.5, -0.5], tickvals=list(range(len(row_order))),
                          ticktext=row_order if c == 1 else [""] * len(row_order), showgrid=False,
                          zeroline=False, fixedrange=True, row=r, col=c)
-    longest_col = max((len(col_labels.get(v, v)) for v in col_order), default=4)
-    bottom = 30 + (6 * longest_col if longest_col > 7 else 0)
+    bottom = 30 + (4 * longest_col if longest_col > 7 else 0)
     top = 40 if facet else 16
+    bar_px = max(110, min(260, plot_h))
+    if plot_h < bar_px + 30:  # a one-row grid: room above and below for a readable colour bar
+        pad = (bar_px + 30 - plot_h) // 2
+        top, bottom = top + pad, bottom + pad
     coloraxis = {"colorscale": colorscale, "cmin": zmin, "cmax": zmax,
-                 "colorbar": {"title": {"text": colorbar_title}, "thickness": 14, "len": min(1.0, 260 / plot_h + 0.1)}}
+                 "colorbar": {"title": {"text": colorbar_title}, "thickness": 14, "lenmode": "pixels",
+                              "len": bar_px, "y": 0.5, "yanchor": "middle"}}
     if zmid is not None:
         coloraxis["cmid"] = zmid
     fig.update_layout(coloraxis=coloraxis, width=label_px + plot_w + 110, height=top + plot_h + bottom,
@@ -376,7 +382,8 @@ def study_comparison(all_runs: pd.DataFrame, fingerprint: str) -> None:
     clf_labels = {k: CLASSIFIERS[k].label for k in table["classifier"].unique() if k in CLASSIFIERS}
     hover = pd.Series([
         f"<b>{ALIASES.get(r.backbone, r.backbone)} + {r.merge} + {clf_labels.get(r.classifier, r.classifier)}</b><br>"
-        f"2017: {r.published:.3f}<br>ours (pair split): {r.accuracy:.3f} (95% CI {r.accuracy_lo:.3f}–{r.accuracy_hi:.3f})"
+        f"2017: {r.published:.3f}<br>ours (pair split): {r.accuracy:.3f} "
+        f"(95% CI {r.accuracy_lo:.3f}–{r.accuracy_hi:.3f})"
         f"<br>difference: {r.delta:+.3f}" + (f"<br>ours (group split): {r.group:.3f}" if r.group == r.group else "")
         + f"<br>run {r.id} · click to inspect" for r in table.itertuples()], index=table.index)
     bound = max(0.02, float(table["delta"].abs().max()))

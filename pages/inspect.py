@@ -19,7 +19,6 @@ from pages.common import (
     fmt_when,
     load_dataset_cached,
     page_link,
-    short_path,
     store_path,
     thumb_path,
     thumb_uri,
@@ -283,7 +282,8 @@ def table(page: pd.DataFrame) -> None:
         "truth": np.where(page["label"] == 1, "same", "different"), "prob": page["prob"].to_numpy(),
         "outcome": page["outcome"].map(SHORT_OUTCOME).to_numpy()})
     indices = list(page.index)
-    st.dataframe(shown, hide_index=True, row_height=100, key="inspect_table", selection_mode="single-row",
+    st.dataframe(shown, hide_index=True, row_height=84, key="inspect_table", selection_mode="single-row",
+                 height=40 + 85 * len(shown),  # the whole page of rows: no scrollbar inside the page
                  on_select=lambda: _table_selected("inspect_table", indices), column_config={
                      "left": st.column_config.ImageColumn("Left", width="small"),
                      "right": st.column_config.ImageColumn("Right", width="small"),
@@ -319,18 +319,22 @@ def pair_detail(run: dict, row: dict, threshold: float) -> None:
     truth = "the same scene" if row["label"] == 1 else "different scenes"
     st.markdown(f"{BADGE[row['outcome']]} **{OUTCOME[row['outcome']]}** · P(same) = **{row['prob']:.3f}** "
                 f"at threshold {threshold:.2f}")
-    dataset = load_dataset_cached(run.get("dataset") or "", show_error=False)
     big = thumbs([row["left_path"], row["right_path"]], 256)
     cols = st.columns(2)
     for col, side in zip(cols, ("left", "right")):
         with col:
             path = row[f"{side}_path"]
             if big.get(path):
-                st.image(big[path], width="stretch")
+                st.image(big[path], width="content")  # 256 px at most: crisp, never the full-size file
             else:
                 st.warning("This image can no longer be read.")
-            st.caption(f"{escape_md(short_path(path, dataset))} · group **{escape_md(row[f'{side}_group'])}**")
+            st.caption(f"{escape_md(os.path.basename(path))} · group **{escape_md(row[f'{side}_group'])}**  \n"
+                       f":gray[{escape_md(os.path.dirname(path))}]")
 
+    dataset = load_dataset_cached(run.get("dataset") or "", show_error=False)
+    if dataset is not None and run.get("fingerprint") and dataset.fingerprint != run["fingerprint"]:
+        st.caption(":material/info: The dataset's files changed since this run: the images, groups and neighbours "
+                   "below are today's.")
     if dataset is None:
         st.info(f"The dataset {escape_md(run.get('dataset') or '?')} cannot be loaded any more, so the rest of "
                 "the groups and the neighbours are not available.")
@@ -452,7 +456,9 @@ def main() -> None:
         st.info("No pairs match these filters: widen the probability range, pick other groups, or show all pairs.")
         return
     n_pages = max(1, math.ceil(len(pairs) / PAGE_SIZE))
-    page_key = f"inspect_page_{hash((run['id'], show, prob_range, tuple(groups), sort, threshold if show != 'all' else 0))}"
+    # a new key (so page 1) whenever what is listed changes
+    listing = (run["id"], show, prob_range, tuple(groups), sort, threshold if show != "all" else 0)
+    page_key = f"inspect_page_{hash(listing)}"
     page_no = st.session_state.get(page_key, 1)
     page_no = min(max(1, int(page_no)), n_pages)
     page = pairs.iloc[(page_no - 1) * PAGE_SIZE: page_no * PAGE_SIZE]

@@ -285,6 +285,9 @@ def summary(config: GridConfig, dataset) -> bool:
                        "The others come from the cache.")
         else:
             st.caption("All vectors are in the cache: only the classifiers train.")
+    if set(STUDY_PROTOCOL["backbones"]) <= set(config.backbones) and not config.dataset.startswith("holidays:"):
+        st.caption(f"The published 2017 numbers are for INRIA Holidays; the current dataset is "
+                   f"{escape_md(config.dataset)}. Pick a `holidays:` dataset in the sidebar to reproduce them.")
     if config.split == "pair":
         st.caption("Pair split: the same images sit in train and test, so accuracies are optimistic. "
                    "Use it to reproduce the 2017 numbers, the group split to measure.")

@@ -28,6 +28,7 @@ import numpy as np
 from simlab.paths import REPO_ROOT, cache_dir
 
 ADDRESS_ENV = "SIMLAB_RAY_ADDRESS"
+SHARDS_ENV = "SIMLAB_RAY_SHARDS"  # where vector shards go (a shared folder or fsspec URL) on a multi-node cluster
 STORAGE_ENV = "SIMLAB_RAY_STORAGE"  # shared storage for Ray Train results on a multi-node cluster
 CRASH_ENV = "SIMLAB_RAY_CRASH_ONCE"  # test hook: "decode:MARKER" or "embed:MARKER" (see _maybe_crash)
 TASK_RETRIES = 3  # a decode task whose worker dies is run again this many times
@@ -56,7 +57,7 @@ def connect(address: str = "local", num_cpus: int | None = None):
     if ray.is_initialized():
         return ray
     runtime_env = {"py_modules": [str(REPO_ROOT / "simlab")],
-                   "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", **_forwarded_env()}}
+                   "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", **_worker_env(address)}}
     if address == "local":
         ray.init(num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
                  configure_logging=False, runtime_env=runtime_env,
@@ -79,9 +80,13 @@ def _quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def _forwarded_env() -> dict[str, str]:
-    """Settings the workers must share with the driver (the cache root holds bundled weights)."""
-    return {k: os.environ[k] for k in ("SIMLAB_CACHE", "KERAS_HOME") if os.environ.get(k)}
+def _worker_env(address: str) -> dict[str, str]:
+    """The workers' cache root (it holds the converted bundled weights): the driver's on a local
+    instance; on a remote cluster ``$SIMLAB_WORKER_CACHE`` if set, else each worker's default."""
+    if address == "local":
+        return {k: os.environ[k] for k in ("SIMLAB_CACHE", "KERAS_HOME") if os.environ.get(k)}
+    worker_cache = os.environ.get("SIMLAB_WORKER_CACHE", "").strip()
+    return {"SIMLAB_CACHE": worker_cache} if worker_cache else {}
 
 
 def cluster_gpus() -> int:
@@ -184,10 +189,31 @@ def _tracker_class():
     return Tracker
 
 
-def default_shard_dir(paths: list[str], backbone: str, weights: str, fit: str) -> str:
-    """A fresh folder under ``cache/shards/`` for one vectorisation (fine for a one-machine cluster)."""
+def shard_name(paths: list[str], backbone: str, weights: str, fit: str) -> str:
+    """A fresh folder name for one vectorisation's shards: the configuration, the file list's digest, a nonce."""
     digest = hashlib.blake2b("\n".join(paths).encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
-    return str(cache_dir("shards", f"{backbone}-{weights}-{fit}-{digest}") / uuid.uuid4().hex[:8])
+    return f"{backbone}-{weights}-{fit}-{digest}-{uuid.uuid4().hex[:8]}"
+
+
+def default_shard_dir(name: str) -> str:
+    """``$SIMLAB_RAY_SHARDS/NAME`` (shared storage for a multi-node cluster), else ``cache/shards/NAME``
+    (enough when the whole cluster is this machine)."""
+    base = os.environ.get(SHARDS_ENV, "").strip()
+    return f"{base.rstrip('/')}/{name}" if base else str(cache_dir("shards") / name)
+
+
+def _remove_shards(shard_dir: str) -> None:
+    """Best effort: the shards are only a hand-over; the vector cache keeps the result."""
+    try:
+        if _is_local(shard_dir):
+            shutil.rmtree(shard_dir.removeprefix("file://"), ignore_errors=True)
+        else:
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(shard_dir)
+            fs.rm(path, recursive=True)
+    except Exception:
+        pass
 
 
 def _filesystem_path(uri: str):
@@ -221,7 +247,8 @@ def ray_vectorize(paths: list[str], backbone: str, weights: str, fit: str = "cro
     '' when image i was fine. The pipeline is Ray Data: the path list in blocks, decoding and
     resizing in parallel tasks, the backbone in a pool of actors (one GPU each when the cluster has
     GPUs), vectors written as Parquet shards to ``shard_dir`` (a folder or fsspec URL every node can
-    reach), then read back and ordered. Local shard folders are removed once gathered.
+    reach; default :func:`default_shard_dir`), then read back and ordered. Shards in a folder named
+    here are removed once gathered; an explicit ``shard_dir`` is kept.
 
     ``crash_once`` (or ``$SIMLAB_RAY_CRASH_ONCE``) is a test hook that kills one worker mid-run.
     """
@@ -237,7 +264,8 @@ def ray_vectorize(paths: list[str], backbone: str, weights: str, fit: str = "cro
     crash_once = crash_once or os.environ.get(CRASH_ENV) or None
     gpus = cluster_gpus()
     batch_size = batch_size or (128 if gpus or has_gpu() else 32)
-    shard_dir = shard_dir or default_shard_dir(paths, backbone, weights, fit)
+    chosen_here = not shard_dir
+    shard_dir = shard_dir or default_shard_dir(shard_name(paths, backbone, weights, fit))
     n = len(paths)
     tracker = _tracker_class().remote()
     pipeline = _pipeline(ray, paths, bb, weights, fit, batch_size, gpus, tracker, crash_once)
@@ -271,8 +299,8 @@ def ray_vectorize(paths: list[str], backbone: str, weights: str, fit: str = "cro
     vectors, errors = gather_shards(shard_dir, n, bb.dim)
     if progress:
         progress(n, n, n / max(time.perf_counter() - start, 1e-9), 0.0)
-    if _is_local(shard_dir) and shard_dir.startswith(str(cache_dir("shards"))):
-        shutil.rmtree(shard_dir.removeprefix("file://"), ignore_errors=True)
+    if chosen_here:
+        _remove_shards(shard_dir)
     return vectors, errors
 
 

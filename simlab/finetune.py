@@ -52,10 +52,16 @@ LOSSES = {
     "triplet": "Triplets (anchor, same scene, other scene): the other scene must be a margin farther.",
 }
 TOWERS = {
-    "backbone": "The pretrained backbone (frozen unless unfrozen) plus a trainable projection "
-                "Dense 256 -> L2-normalised embedding.",
+    "backbone": "The pretrained backbone (frozen unless unfrozen) plus a trainable projection to an "
+                "L2-normalised embedding.",
     "small-cnn": "A small CNN trained from scratch at low resolution (the study's from-scratch attempt).",
 }
+INITS = {
+    "whitening": "Projection Dense -> embedding, starting from learned whitening of the training pairs "
+                 "(Radenovic et al. 2018): the contrastive loss fine-tunes it.",
+    "random": "Projection Dense 256 -> ReLU -> Dense -> embedding, from random weights.",
+}
+DEFAULT_RATES = {"head": 1e-3, "whitening": 1e-4, "random": 1e-3}  # Adam; whitening starts close to a good answer
 TUNED_PREFIX = "siamese-"
 CURVE_NAMES = ("loss", "val_loss", "accuracy", "val_accuracy")
 FLUSH_EVERY = 1.0  # seconds between writes of buffered per-batch points
@@ -76,12 +82,13 @@ class FinetuneConfig:
     weights: str = "imagenet"
     merge: str = "dot"  # head: how the two vectors are merged
     tower: str = "backbone"  # siamese: backbone + projection, or small-cnn
+    init: str = "whitening"  # siamese projection: learned whitening, or random
     loss: str = "contrastive"  # siamese: contrastive | triplet
     margin: float = 1.0  # embeddings are unit vectors: distances lie in [0, 2]
     embedding_dim: int = 128
     epochs: int = 10
     batch_size: int = 32
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None  # None: 1e-3 (head, random projection, small CNN), 1e-4 (whitening)
     unfreeze: int = 0  # the top K weighted layers of the backbone train too...
     backbone_lr_factor: float = 0.1  # ...at this fraction of the learning rate
     augment: bool = False
@@ -112,6 +119,7 @@ class FinetuneConfig:
         one_of("mode", self.mode, MODES)
         one_of("tower", self.tower, TOWERS)
         one_of("loss", self.loss, LOSSES)
+        one_of("init", self.init, INITS)
         one_of("weights", self.weights, WEIGHTS_CHOICES)
         one_of("split", self.split, SPLITS)
         one_of("negatives", self.negatives, NEGATIVE_SCHEMES)
@@ -128,7 +136,7 @@ class FinetuneConfig:
             raise ValueError("unfreeze (the number of top backbone layers to train) must be >= 0")
         if self.unfreeze and self.uses_small_cnn:
             raise ValueError("unfreeze applies to a pretrained backbone; the small CNN trains entirely anyway")
-        if not self.learning_rate > 0 or not 0 < self.backbone_lr_factor <= 1:
+        if not self.rate > 0 or not 0 < self.backbone_lr_factor <= 1:
             raise ValueError("learning rate must be > 0 and the backbone's factor in (0, 1]")
         if not self.margin > 0:
             raise ValueError("margin must be > 0")
@@ -139,6 +147,15 @@ class FinetuneConfig:
         if self.patience < 1:
             raise ValueError("patience must be at least 1 epoch")
         return self
+
+    @property
+    def rate(self) -> float:
+        """The learning rate: as set, else the default of the mode (and the projection's start)."""
+        if self.learning_rate is not None:
+            return float(self.learning_rate)
+        if self.mode == "head":
+            return DEFAULT_RATES["head"]
+        return DEFAULT_RATES["random" if self.uses_small_cnn else self.init]
 
     @property
     def uses_small_cnn(self) -> bool:
@@ -417,15 +434,17 @@ def keras_parts() -> SimpleNamespace:
 
         return keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")
 
-    def projection(input_dim: int, dim: int) -> keras.Sequential:
-        """The trainable top of the Siamese tower: Dense 256 -> ReLU -> Dense dim -> L2-normalised."""
-        return keras.Sequential([
-            keras.Input((input_dim,)),
-            layers.UnitNormalization(),
-            layers.Dense(256, activation="relu"),
-            layers.Dense(dim),
-            layers.UnitNormalization(),
-        ], name="projection")
+    def projection(input_dim: int, dim: int, start: tuple[np.ndarray, np.ndarray] | None = None) -> keras.Sequential:
+        """The trainable top of the Siamese tower, on L2-normalised backbone vectors: one Dense layer
+        starting from ``start`` (kernel, bias: learned whitening), else Dense 256 -> ReLU -> Dense; the
+        embedding is L2-normalised."""
+        dense = [layers.Dense(start[0].shape[1])] if start is not None else [
+            layers.Dense(256, activation="relu"), layers.Dense(dim)]
+        model = keras.Sequential([keras.Input((input_dim,)), layers.UnitNormalization(), *dense,
+                                  layers.UnitNormalization()], name="projection")
+        if start is not None:
+            dense[0].set_weights([start[0].astype(np.float32), start[1].astype(np.float32)])
+        return model
 
     def small_cnn(size: int, dim: int) -> keras.Sequential:
         """A small CNN trained from scratch (input 0..1): three conv blocks, global pooling, embedding."""
@@ -517,7 +536,7 @@ def keras_parts() -> SimpleNamespace:
             self.store, self.run_id, self.sizes, self.epochs = store, run_id, batch_sizes, epochs
             self.progress, self.should_stop, self.log = progress, should_stop, log
             self.step, self.epoch, self.buffer, self.last_flush = 0, 0, [], time.monotonic()
-            self.stopped, self.epoch_seconds, self.history = False, [], []
+            self.stopped, self.epoch_seconds, self.history = False, [], {}
 
         def flush(self):
             if self.buffer:
@@ -545,13 +564,18 @@ def keras_parts() -> SimpleNamespace:
                 self.model.stop_training = True
                 self.log(f"Stop requested: ending after batch {batch + 1} of epoch {self.epoch}")
 
-        def on_epoch_end(self, epoch, logs=None):
+        def record(self, epoch: int, logs: dict) -> dict:
+            """Epoch points (epoch 0: validation before any training) go to the store at once."""
             logs = {k: float(v) for k, v in (logs or {}).items() if k in CURVE_NAMES}
-            self.buffer += [(self.step, epoch + 1, name, value) for name, value in logs.items()]
+            self.buffer += [(self.step, epoch, name, value) for name, value in logs.items()]
             self.flush()
+            self.history[epoch] = logs
+            return logs
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = self.record(epoch + 1, logs)
             self.epoch_seconds.append(time.perf_counter() - self.t0)
-            self.history.append(logs)
-            text = " · ".join(f"{k} {v:.4f}" for k, v in logs.items())
+            text = " · ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items()))
             self.log(f"Epoch {epoch + 1}/{self.epochs}: {text} ({self.epoch_seconds[-1]:.1f} s)")
 
         def on_train_end(self, logs=None):
@@ -566,12 +590,16 @@ def keras_parts() -> SimpleNamespace:
             self.target, self.path = target, Path(path)
             self.best, self.best_epoch, self.best_weights = math.inf, None, None
 
-        def on_epoch_end(self, epoch, logs=None):
+        def offer(self, epoch: int, logs: dict, model) -> None:
+            """Epoch ``epoch`` (0 = before training) ended with these logs: keep it if it is the best."""
             value = float((logs or {}).get("val_loss", math.nan))
             if math.isfinite(value) and value < self.best:
-                self.best, self.best_epoch = value, epoch + 1
-                self.best_weights = self.model.get_weights()
+                self.best, self.best_epoch = value, epoch
+                self.best_weights = model.get_weights()
                 save_model(self.target, self.path)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.offer(epoch + 1, logs, self.model)
 
         def on_train_end(self, logs=None):
             if self.best_weights is not None:
@@ -704,7 +732,7 @@ def build_siamese_models(config: FinetuneConfig, data: PairData, images: np.ndar
     n_in = 3 if triplet else 2
     slow, size, pre_name = [], 0, ""
     if images is None:  # frozen backbone: only the projection trains, on the cached vectors
-        tower = k.projection(data.vectors.shape[1], config.embedding_dim)
+        tower = k.projection(data.vectors.shape[1], config.embedding_dim, _projection_start(config, data))
         inputs = _pair_inputs(config, k, n_in, None, data.vectors.shape[1])
         embedded = [tower(x) for x in inputs]
         embed_in = keras.Input((data.vectors.shape[1],))
@@ -715,7 +743,7 @@ def build_siamese_models(config: FinetuneConfig, data: PairData, images: np.ndar
             tower = encoder
         else:
             pre_in = keras.Input((size, size, 3), name="preprocessed")
-            proj = k.projection(encoder.output_shape[-1], config.embedding_dim)
+            proj = k.projection(encoder.output_shape[-1], config.embedding_dim, _projection_start(config, data))
             tower = keras.Model(pre_in, proj(encoder(pre_in, training=False)), name="tower")
         inputs = _pair_inputs(config, k, n_in, size, None)
         xs = list(inputs)
@@ -749,6 +777,34 @@ def build_siamese_models(config: FinetuneConfig, data: PairData, images: np.ndar
 
 
 BUILDERS = {"head": build_head_models, "siamese": build_siamese_models}
+
+
+def learned_whitening(vectors: np.ndarray, pairs: Pairs, dim: int, shrinkage: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """A linear map (kernel, bias) of L2-normalised vectors: whitening of the differences between
+    images of one scene, then PCA to ``dim`` (Radenovic, Tolias & Chum 2018, "learned whitening").
+
+    Directions along which views of one scene vary are shrunk; the rest are kept. Only the training
+    pairs are used; ``shrinkage`` (a fraction of the mean eigenvalue) keeps it stable with few pairs.
+    """
+    x = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    x = x.astype(np.float64)
+    images = np.unique(np.concatenate([pairs.left, pairs.right]))
+    mean = x[images].mean(axis=0)
+    pos = pairs.label == 1
+    diffs = x[pairs.left[pos]] - x[pairs.right[pos]]
+    within = diffs.T @ diffs / max(len(diffs), 1)
+    within += shrinkage * np.trace(within) / len(within) * np.eye(len(within))
+    eigval, eigvec = np.linalg.eigh(within)
+    whiten = (eigvec / np.sqrt(eigval)) @ eigvec.T
+    centred = (x[images] - mean) @ whiten
+    _, _, components = np.linalg.svd(centred - centred.mean(axis=0), full_matrices=False)
+    kernel = whiten @ components[:min(dim, len(components))].T
+    kernel /= kernel.std() * np.sqrt(kernel.shape[0])  # Glorot-like scale, so Adam's steps are meaningful
+    return kernel, -mean @ kernel
+
+
+def _projection_start(config: FinetuneConfig, data: PairData):
+    return learned_whitening(data.vectors, data.train, config.embedding_dim) if config.init == "whitening" else None
 
 
 # --------------------------------------------------------------------------- tuned towers as backbones
@@ -871,9 +927,15 @@ def _train_and_score(config: FinetuneConfig, dataset, store, run_id: str, progre
     val_batches = k.IndexBatches(built.source, built.val_x, built.val_y, config.batch_size)
     curves = k.LiveCurves(store, run_id, train_batches.batch_sizes(), config.epochs, progress, should_stop, log)
     best = k.BestCheckpoint(built.scorer, folder / "best.keras")
-    stop_early = k.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)
-    built.trainer.compile(optimizer=k.keras.optimizers.Adam(config.learning_rate), loss=built.loss,
+    built.trainer.compile(optimizer=k.keras.optimizers.Adam(config.rate), loss=built.loss,
                           metrics=built.metrics)
+    progress(0, 0, "Validating the starting point")
+    start = curves.record(0, {f"val_{name}": value for name, value in
+                              built.trainer.evaluate(val_batches, verbose=0, return_dict=True).items()})
+    best.offer(0, start, built.trainer)
+    log("Before training: " + " · ".join(f"{k} {v:.4f}" for k, v in sorted(start.items())))
+    stop_early = k.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                                 baseline=start.get("val_loss"))
     t_fit = time.perf_counter()
     built.trainer.fit(train_batches, validation_data=val_batches, epochs=config.epochs, shuffle=False, verbose=0,
                       callbacks=[curves, best, stop_early])
@@ -883,12 +945,12 @@ def _train_and_score(config: FinetuneConfig, dataset, store, run_id: str, progre
     progress(0, 0, "Scoring the best checkpoint on the test pairs")
     metrics, prob, extra = _score(config, built, data, dataset, run_id)
     status = "cancelled" if curves.stopped else "done"
-    n_epochs = len(curves.history)
+    n_epochs = len(curves.epoch_seconds)
     metrics |= {"n_train": len(data.train), "n_val": len(data.val), "epochs_run": n_epochs,
                 "best_epoch": best.best_epoch, "best_val_loss": None if best.best_epoch is None else best.best,
                 "stopped": curves.stopped} | extra
     if best.best_epoch is not None:
-        metrics["best_val_accuracy"] = curves.history[best.best_epoch - 1].get("val_accuracy")
+        metrics["best_val_accuracy"] = curves.history.get(best.best_epoch, {}).get("val_accuracy")
     t_end = time.perf_counter()
     timings = {"total": t_end - t_start, "prepare": t_fit - t_start, "train": t_scored - t_fit,
                "score": t_end - t_scored, "epochs": curves.epoch_seconds,
@@ -989,7 +1051,10 @@ def add_cli(subparsers, data_args) -> None:
     p.add_argument("--margin", type=float, default=d.margin)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.learning_rate, help="learning rate of the head / projection")
+    p.add_argument("--init", default=d.init, choices=list(INITS),
+                   help="siamese projection: learned whitening of the training pairs (default) or random")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate of the head / projection (default 1e-3; 1e-4 from whitening)")
     p.add_argument("--unfreeze", type=int, default=d.unfreeze, metavar="K",
                    help="also train the backbone's top K weighted layers, at lr x --backbone-lr-factor")
     p.add_argument("--backbone-lr-factor", type=float, default=d.backbone_lr_factor)
@@ -1008,7 +1073,7 @@ def add_cli(subparsers, data_args) -> None:
 def cmd_finetune(args) -> int:
     config = FinetuneConfig(
         dataset=args.dataset, mode=args.mode, backbone=args.backbone, weights=args.weights, merge=args.merge,
-        tower=args.tower, loss=args.loss, margin=args.margin, epochs=args.epochs, batch_size=args.batch_size,
+        tower=args.tower, init=args.init, loss=args.loss, margin=args.margin, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.lr, unfreeze=args.unfreeze, backbone_lr_factor=args.backbone_lr_factor,
         augment=args.augment, same_transform=not args.independent, steps_per_epoch=args.steps_per_epoch,
         patience=args.patience, split=args.split, test_size=args.test_size, negative_ratio=args.negative_ratio,

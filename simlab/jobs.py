@@ -254,7 +254,8 @@ def reap_stale(store: Store | str | Path | None = None) -> list[str]:
             continue
         alive = _pid_alive(job.get("pid"))
         beat = job.get("heartbeat") or job.get("created") or now
-        if job.get("cancel") and alive and now - job["cancel"] > CANCEL_GRACE:
+        asked = job.get("cancel") or 0  # the time of the cancel request (cancel_job writes a timestamp)
+        if asked > 1e9 and alive and now - asked > CANCEL_GRACE:
             with contextlib.suppress(OSError):
                 os.killpg(job["pid"], signal.SIGKILL)
             store.update_job(job["id"], status="cancelled", finished=now,

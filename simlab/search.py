@@ -139,7 +139,7 @@ def _new_index(vectors, kind: str, seed: int = 0):
         params = {"nlist": nlist, "m": m, "nbits": nbits}
     index.cp.seed = seed
     index.cp.niter = 10
-    sample = min(n, 32 * nlist if kind == "ivf" else max(32 * nlist, 39 * 256))
+    sample = min(n, 40 * nlist if kind == "ivf" else max(40 * nlist, 39 * 256))  # FAISS wants >= 39 per list
     rows = np.arange(n) if sample >= n else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
     index.train(normalised(np.asarray(vectors)[rows]))
     _add_in_chunks(index, vectors)
@@ -398,12 +398,13 @@ def query_position(paths: list[str], query: str) -> int | None:
 
 def search_dataset(dataset, query: str, backbone: str | None = None, weights: str | None = None, k: int = 10,
                    rerank: str | None = None, kind: str = "auto", shortlist: int | None = None,
-                   stage: Stage | None = None) -> SearchResult:
+                   stage: Stage | None = None, progress=None) -> SearchResult:
     """The ``k`` images of ``dataset`` most like the image at ``query``, best first.
 
     Uses the dataset's cached vectors (computed if missing) and a cached index. A query outside the
     dataset is vectorised alone with the same backbone. ``rerank`` (a run id) re-orders a shortlist
     of ``shortlist`` neighbours (default 3k) by that run's pair classifier's P(same scene).
+    ``progress(done, total, img_per_s, eta_s)`` reports a vectorisation of the dataset, if one is needed.
     """
     from simlab.backbones import DEFAULT_BACKBONE
     from simlab.vectors import compute_vectors, vectorize
@@ -421,7 +422,7 @@ def search_dataset(dataset, query: str, backbone: str | None = None, weights: st
         backbone, weights = settings["backbone"], settings["weights"]
     backbone = backbone or DEFAULT_BACKBONE
     say(f"Loading the {backbone} vectors of {dataset.spec}")
-    vs = vectorize(dataset, backbone, weights)
+    vs = vectorize(dataset, backbone, weights, progress=progress)
     if len(vs.vectors) == 0:
         raise ValueError(f"None of the images of {dataset.spec} could be vectorised.")
     position = query_position(vs.paths, query)
@@ -488,18 +489,23 @@ def cmd_search(args) -> int:
         if args.stages or not args.json:
             print(f"stage: {message}", file=sys.stderr, flush=True)
 
+    from simlab.cli import ProgressBar
+
     dataset = load_dataset(args.dataset)
+    bar = ProgressBar() if not args.json else None
     result = search_dataset(dataset, args.query, args.backbone, args.weights, k=args.k, rerank=args.rerank,
-                            kind=args.index, shortlist=args.shortlist, stage=stage)
+                            kind=args.index, shortlist=args.shortlist, stage=stage,
+                            progress=(lambda d, t, rate, eta: bar(d, t, f"vectorising: {rate:.1f} img/s, ETA {eta:.0f} s"))
+                            if bar else None)
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
     where = f"group {result.query_group}" if result.query_group is not None else "not in the dataset"
-    print(f"{len(result.results)} nearest to {args.query} ({where}) · {result.backbone} ({result.weights}) · "
+    print(f"{len(result.results)} nearest to {args.query} ({where}) in {dataset.root} · {result.backbone} ({result.weights}) · "
           f"{result.kind} index" + (f" · re-ranked by run {result.rerank}" if result.rerank else ""))
     cols = ["rank", "score", "prob", "group", "path"] if result.rerank else ["rank", "score", "group", "path"]
-    rows = [{**r, "score": f"{r['score']:.4f}", **({"prob": f"{r['prob']:.3f}"} if "prob" in r else {})}
-            for r in result.results]
+    rows = [{**r, "path": _relative(r["path"], dataset.root), "score": f"{r['score']:.4f}",
+             **({"prob": f"{r['prob']:.3f}"} if "prob" in r else {})} for r in result.results]
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols))
     for r in rows:
@@ -508,3 +514,10 @@ def cmd_search(args) -> int:
     if result.query_group is not None:
         print("* same group as the query")
     return 0
+
+
+def _relative(path: str, root) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path

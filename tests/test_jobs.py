@@ -200,3 +200,23 @@ def test_cancel_of_a_finished_job_changes_nothing(store):
     store.update_job(job_id, status="done")
     jobs.cancel_job(job_id, store.path)
     assert store.get_job(job_id)["status"] == "done" and not store.get_job(job_id)["cancel"]
+
+
+def test_a_terminated_worker_ends_its_job_as_cancelled(store, big):
+    job_id = jobs.start_job("vectorize", {"dataset": big, "backbones": ["efficientnet_lite0"], "weights": "random"},
+                            store_path=store.path)
+    job = wait_running_with_progress(store, job_id)
+    os.kill(job["pid"], signal.SIGTERM)
+    assert wait_finished(store, job_id, timeout=60)["status"] == "cancelled"
+
+
+def test_a_worker_that_ignores_cancel_is_killed_after_the_grace_period(store, big, monkeypatch):
+    job_id = jobs.start_job("vectorize", {"dataset": big, "backbones": ["efficientnet_lite0"], "weights": "random"},
+                            store_path=store.path)
+    job = wait_running_with_progress(store, job_id)
+    jobs.cancel_job(job_id, store.path)
+    monkeypatch.setattr(jobs, "CANCEL_GRACE", -1.0)  # the grace period is over at once
+    assert jobs.reap_stale(store) == [job_id]
+    job = store.get_job(job_id)
+    assert job["status"] == "cancelled" and "did not stop in time" in job["message"]
+    assert wait_for(lambda: pid_gone(job["pid"]), 30, "the worker to be killed")

@@ -1,0 +1,98 @@
+"""Wall time of a full grid on Holidays-sized data, with a per-classifier breakdown.
+
+Every backbone is already vectorised: synthetic vectors with group structure (1,491 images in
+500 groups, 2,072 positive pairs, like INRIA Holidays) for five backbones (512, 4096 and three
+2048-d sets) are written to the vector cache of an isolated benchmark cache; then
+``simlab.experiment.run_grid`` itself runs every merge (dot, l1, l2) with every classifier of the
+registry, writing runs and predictions to that cache's store (pages.py reads it afterwards).
+
+    .venv/bin/python benchmarks/grid.py [--classifiers a,b] [--merges dot,l1] [--json]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+from benchmarks._common import (  # noqa: E402
+    GRID_BACKBONES, emit, log, machine, prepare_grid_vectors, table, use_bench_cache, verdict)
+
+GOAL_S = 300.0
+
+
+def run(classifiers: list[str] | None = None, merges: list[str] | None = None,
+        backbones: list[str] | None = None, fresh_store: bool = True) -> dict:
+    cache = use_bench_cache()
+    from simlab.classifiers import CLASSIFIERS
+    from simlab.experiment import GridConfig, run_grid
+    from simlab.store import Store
+
+    t_prep = time.perf_counter()
+    spec, dims = prepare_grid_vectors()
+    t_prep = time.perf_counter() - t_prep
+    db = cache / "simlab.db"
+    if fresh_store:  # the benchmark's own store: one grid in it, not one per run of this script
+        for f in cache.glob("simlab.db*"):
+            f.unlink()
+    config = GridConfig(dataset=spec, backbones=backbones or list(GRID_BACKBONES), merges=merges or ["dot", "l1", "l2"],
+                        classifiers=classifiers or list(CLASSIFIERS), weights="random")
+    n_cells = len(config.cells())
+    log(f"grid benchmark: {n_cells} cells ({len(config.backbones)} backbones x {len(config.merges)} merges x "
+        f"{len(config.classifiers)} classifiers) on {spec}")
+    cells = []
+    began: list[float] = []  # when each cell started (run_grid reports "train" before each one)
+
+    def progress(stage, done, total, message):
+        if stage == "train" and done < total:
+            began.append(time.perf_counter())
+
+    start = time.perf_counter()
+    for summary in run_grid(config, store=Store(db), progress=progress):
+        now = time.perf_counter()
+        wall = now - began[-1]
+        cells.append({"backbone": summary["backbone"], "dim": dims[summary["backbone"]], "merge": summary["merge"],
+                      "classifier": summary["classifier"], "wall_s": round(wall, 3),
+                      "fit_predict_s": summary["seconds"], "accuracy": round(summary["accuracy"], 4)})
+        log(f"  {len(cells)}/{n_cells} {summary['backbone']:12s} {summary['merge']:4s} {summary['classifier']:8s} "
+            f"{wall:6.2f} s  acc {summary['accuracy']:.3f}")
+    total = time.perf_counter() - start
+    by_clf = []
+    for name in config.classifiers:
+        mine = [c for c in cells if c["classifier"] == name]
+        walls = [c["wall_s"] for c in mine]
+        by_clf.append({"classifier": name, "cells": len(mine), "total_s": round(sum(walls), 2),
+                       "mean_s": round(sum(walls) / len(walls), 2), "max_s": round(max(walls), 2),
+                       "share": f"{100 * sum(walls) / total:.0f}%",
+                       "mean_acc": round(sum(c["accuracy"] for c in mine) / len(mine), 3)})
+    return {"benchmark": "grid", "dataset": spec, "cells": n_cells, "total_s": round(total, 2),
+            "setup_s": round(began[0] - start, 2) if began else None,
+            "prepare_vectors_s": round(t_prep, 2), "store": str(db), "by_classifier": by_clf, "runs": cells,
+            "goal_s": GOAL_S, "goal_met": total < GOAL_S, "machine": machine()}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--classifiers", default=None, help="comma-separated (default: every one in the registry)")
+    ap.add_argument("--merges", default=None, help="comma-separated (default: dot,l1,l2)")
+    ap.add_argument("--backbones", default=None, help=f"comma-separated subset of {','.join(GRID_BACKBONES)}")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+    split = lambda s: s.split(",") if s else None  # noqa: E731
+    out = run(split(args.classifiers), split(args.merges), split(args.backbones))
+    text = (f"Grid: {out['cells']} runs on Holidays-sized synthetic vectors "
+            f"({', '.join(f'{b} {d}-d' for b, d in GRID_BACKBONES.items())}), "
+            f"{out['machine']['device']}, load {out['machine'].get('load_avg')}\n\n"
+            + table(out["by_classifier"], floatfmt="{:.2f}")
+            + f"\n\nsetup (vectors from cache, pairs, mAP): {out['setup_s']} s"
+            + f"\ntotal wall time: {out['total_s']:.1f} s  (goal < {GOAL_S:.0f} s: {verdict(out['goal_met'])})")
+    emit(out, args.json, text)
+    return out
+
+
+if __name__ == "__main__":
+    main()

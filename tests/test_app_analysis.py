@@ -1,0 +1,347 @@
+"""The analysis pages (Train, Compare, Inspect) with real parts: a generated image folder, a real grid of
+runs (bundled backbone, real classifiers), the real SQLite store and Streamlit's AppTest on app.py.
+
+Every test points SIMLAB_CACHE at a temporary folder, so nothing touches the repository's cache/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from helpers import write_group_folder
+from simlab.experiment import GridConfig, run_grid
+from simlab.reference import STUDY_BACKBONES, STUDY_CLASSIFIERS, STUDY_MERGES, published_accuracies
+from simlab.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+TIMEOUT = 180  # seconds per AppTest run: the first one imports TensorFlow and friends
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A 12-group folder dataset and a 2 x 2 grid run on it, in a cache of its own (built once)."""
+    root = tmp_path_factory.mktemp("analysis")
+    cache, data = root / "cache", write_group_folder(root / "scenes", n_groups=12, per_group=3, size=64)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIMLAB_CACHE", str(cache))
+        config = GridConfig(dataset=f"folder:{data}", backbones=["efficientnet_lite0"], weights="random",
+                            merges=["dot", "l1"], classifiers=["cosine", "logreg"])
+        summaries = list(run_grid(config))
+    return {"cache": cache, "data": data, "spec": f"folder:{data.resolve()}", "runs": summaries}
+
+
+@pytest.fixture
+def with_runs(lab, monkeypatch):
+    monkeypatch.setenv("SIMLAB_CACHE", str(lab["cache"]))
+    monkeypatch.setenv("SIMLAB_DATASET", lab["spec"])
+    return lab
+
+
+@pytest.fixture
+def empty(tmp_path, monkeypatch, lab):
+    monkeypatch.setenv("SIMLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SIMLAB_DATASET", lab["spec"])
+    return tmp_path
+
+
+def open_page(page: str, **state) -> AppTest:
+    """app.py (navigation, sidebar) switched to one page, optionally with session state set first."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(elements) -> list[str]:
+    return [str(e.value) for e in elements]
+
+
+def shown_range(at: AppTest) -> tuple[int, int]:
+    """(shown on this page, total matching) from Inspect's "Showing pairs a–b of n" caption."""
+    for text in texts(at.caption):
+        m = re.search(r"Showing pairs (\d+)–(\d+) of (\d+)", text)
+        if m:
+            return int(m[2]) - int(m[1]) + 1, int(m[3])
+    raise AssertionError("no 'Showing pairs' caption")
+
+
+def study_runs(store: Store, base_run: dict, split: str, shift: float) -> None:
+    """Runs of the 2017 grid recorded in the store (test data: the published numbers, shifted)."""
+    preds = store.predictions(base_run["id"])
+    for r in published_accuracies().itertuples():
+        acc = r.accuracy + shift
+        config = dict(base_run["config"], backbones=[r.backbone], merges=[r.merge], classifiers=[r.classifier],
+                      split=split, negatives="same_left", weights="imagenet")
+        run_id = store.add_run(dataset=base_run["dataset"], fingerprint=base_run["fingerprint"],
+                               backbone=r.backbone, merge=r.merge, classifier=r.classifier, split=split, seed=0,
+                               config=config)
+        store.finish_run(run_id, {"accuracy": acc, "accuracy_lo": acc - 0.02, "accuracy_hi": acc + 0.02,
+                                  "f1": acc, "auc": acc, "map": 0.5, "n_test": 1244}, preds)
+
+
+# --------------------------------------------------------------------------- empty store
+
+
+@pytest.mark.parametrize("page", ["pages/compare.py", "pages/inspect.py"])
+def test_empty_store_says_what_to_do(empty, page):
+    at = open_page(page)
+    assert any("No runs yet - run the demo experiment on Home or start a grid on Train" in t for t in texts(at.info))
+    assert not at.error
+
+
+def test_train_renders_on_empty_store(empty):
+    at = open_page("pages/train.py")
+    assert {m.key for m in at.multiselect} >= {"train_backbones", "train_merges", "train_classifiers"}
+    assert any("No grid yet" in t for t in texts(at.info))
+    assert any("This grid makes **9 runs**" in t for t in texts(at.markdown))
+    assert not at.error
+
+
+# --------------------------------------------------------------------------- reference table
+
+
+def test_published_table_is_tidy_and_matches_the_guide():
+    table = published_accuracies()
+    assert len(table) == len(STUDY_BACKBONES) * len(STUDY_MERGES) * len(STUDY_CLASSIFIERS) == 60
+    assert list(table.columns) == ["backbone", "merge", "classifier", "accuracy"]
+    cell = table.set_index(["backbone", "merge", "classifier"])["accuracy"]
+    assert cell["inceptionv3", "dot", "xgboost"] == pytest.approx(0.937)
+    assert cell["resnet50", "l1", "xgboost"] == pytest.approx(0.941)
+    assert cell["vgg19_fc2", "dot", "linsvc"] == pytest.approx(0.781)
+    assert cell["xception", "l2", "rf"] == pytest.approx(0.816)
+
+
+# --------------------------------------------------------------------------- Compare
+
+
+def test_compare_heatmaps_and_leaderboard(with_runs):
+    at = open_page("pages/compare.py")
+    assert not at.error
+    assert at.radio(key="compare_metric").options == ["Accuracy", "F1", "ROC AUC", "Retrieval mAP"]
+    board = at.dataframe[0].value
+    assert len(board) == len(with_runs["runs"]) == 4  # one row per run
+    assert set(board["id"]) == {r["run_id"] for r in with_runs["runs"]}
+    assert at.get("download_button")[0].label == "Download CSV"
+    # the heatmap is drawn as square markers carrying the run ids, so that a click selects a run
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    cells = [t for t in spec["data"] if t.get("mode") == "markers+text"]
+    assert {t["marker"]["symbol"] for t in cells} == {"square"}
+    assert {row[0] for t in cells for row in t["customdata"]} == set(board["id"])
+    assert any("random" in t for t in texts(at.warning))  # random weights are labelled
+
+    at.radio(key="compare_metric").set_value("auc").run()
+    assert not at.exception
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert spec["layout"]["coloraxis"]["colorbar"]["title"]["text"] == "ROC AUC"
+    at.radio(key="compare_layout").set_value("merge").run()
+    assert not at.exception
+    assert at.selectbox(key="compare_merge").options[0].startswith("dot")
+
+
+def test_compare_sets_runs_beside_the_2017_study(lab, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    shutil.copytree(lab["cache"], cache)
+    monkeypatch.setenv("SIMLAB_CACHE", str(cache))
+    monkeypatch.setenv("SIMLAB_DATASET", lab["spec"])
+    store = Store(cache / "simlab.db")
+    base = store.get_run(lab["runs"][0]["run_id"])
+    study_runs(store, base, "pair", +0.01)
+    study_runs(store, base, "group", -0.05)
+    at = open_page("pages/compare.py")
+    assert "Beside the 2017 study" in texts(at.subheader)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Cells reproduced"] == "60 / 60"
+    assert metrics["Mean difference"] == "+0.010"
+    assert metrics["Group split vs pair split"] == "-0.060"
+    table = at.dataframe[-1].value
+    assert len(table) == 60 and {"published", "accuracy", "delta", "group"} <= set(table.columns)
+
+
+# --------------------------------------------------------------------------- Inspect
+
+
+def test_inspect_threshold_rescores_everything(with_runs):
+    run = max(with_runs["runs"], key=lambda r: r["accuracy"] < 1)  # one that makes mistakes
+    at = open_page("pages/inspect.py", inspect_run=run["run_id"])
+    assert at.selectbox(key="inspect_select").value == run["run_id"]
+    assert at.slider(key="inspect_threshold").value == 0.5
+    assert at.metric[0].label == "Accuracy"
+    assert float(at.metric[0].value) == pytest.approx(run["accuracy"], abs=5e-4)
+    preds = Store(with_runs["cache"] / "simlab.db").predictions(run["run_id"])
+    # a threshold above every probability predicts "different" for all: accuracy = share of negatives
+    at.slider(key="inspect_threshold").set_value(1.0).run()
+    assert not at.exception
+    assert float(at.metric[0].value) == pytest.approx((preds.label == 0).mean(), abs=5e-4)
+    assert float(at.metric[0].value) != pytest.approx(run["accuracy"], abs=5e-4)
+    assert at.metric[0].delta  # shown against the run's own threshold
+
+
+def test_inspect_filters_reduce_the_pairs(with_runs):
+    run = max(with_runs["runs"], key=lambda r: r["accuracy"] < 1)
+    preds = Store(with_runs["cache"] / "simlab.db").predictions(run["run_id"])
+    wrong = int(((preds.prob >= 0.5).astype(int) != preds.label).sum())
+    assert 0 < wrong < len(preds)
+    at = open_page("pages/inspect.py", inspect_run=run["run_id"])
+    assert shown_range(at)[1] == len(preds)
+    at.radio(key="inspect_show").set_value("errors").run()
+    assert shown_range(at)[1] == wrong
+    at.radio(key="inspect_show").set_value("all").run()
+    at.slider(key="inspect_prob").set_value((0.5, 1.0)).run()
+    assert shown_range(at)[1] == int((preds.prob >= 0.5).sum())
+    at.slider(key="inspect_prob").set_value((0.0, 1.0)).run()
+    group = str(preds.left_group.iloc[0])
+    at.multiselect(key="inspect_groups").set_value([group]).run()
+    expected = int(((preds.left_group == group) | (preds.right_group == group)).sum())
+    assert shown_range(at)[1] == expected < len(preds)
+    at.radio(key="inspect_view").set_value("Table").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert len(table) == expected
+    assert table["left"].str.startswith("data:image/jpeg;base64,").all()  # small thumbnails, never the files
+
+
+def test_inspect_sorts_and_opens_a_pair_with_its_neighbours(with_runs):
+    run = max(with_runs["runs"], key=lambda r: r["accuracy"] < 1)
+    at = open_page("pages/inspect.py", inspect_run=run["run_id"])
+    at.selectbox(key="inspect_sort").set_value("hardest").run()
+    probs = [float(m) for m in re.findall(r"P\(same\) \*\*([0-9.]+)\*\*", " ".join(texts(at.markdown)))]
+    assert probs and np.all(np.diff(np.abs(np.array(probs) - 0.5)) >= -1e-3)  # nearest the threshold first
+    opens = [b for b in at.button if (b.key or "").startswith("inspect_open_")]
+    assert len(opens) == min(24, shown_range(at)[0])
+    opens[0].click().run()
+    assert not at.exception
+    shown = " ".join(texts(at.markdown) + texts(at.caption))
+    assert "Other images of group" in shown
+    assert "Neighbours of" in shown  # the run's vectors are a cache hit
+    assert not at.error
+
+
+# --------------------------------------------------------------------------- Train
+
+
+def test_train_preset_fills_the_form_with_the_2017_protocol(empty):
+    at = open_page("pages/train.py")
+    at.button(key="train_preset_2017").click().run()
+    assert not at.exception
+    assert at.multiselect(key="train_backbones").value == list(STUDY_BACKBONES)
+    assert at.multiselect(key="train_merges").value == ["dot", "l1", "l2"]
+    assert at.multiselect(key="train_classifiers").value == ["gnb", "linsvc", "xgboost", "rf"]
+    assert at.radio(key="train_split").value == "pair"
+    assert at.radio(key="train_negatives").value == "same_left"
+    assert at.slider(key="train_test_size").value == pytest.approx(0.3)
+    assert any("This grid makes **60 runs**" in t for t in texts(at.markdown))
+    assert any("download their ImageNet weights" in t for t in texts(at.warning))
+    at.button(key="train_preset_group").click().run()
+    assert at.radio(key="train_split").value == "group"
+    assert at.multiselect(key="train_backbones").value == list(STUDY_BACKBONES)
+    at.button(key="train_reset").click().run()
+    assert at.multiselect(key="train_backbones").value == ["efficientnet_lite0"]
+
+
+def test_train_counts_runs_and_refuses_an_empty_grid(empty):
+    at = open_page("pages/train.py")
+    at.multiselect(key="train_merges").set_value(["dot", "l1"]).run()
+    at.multiselect(key="train_classifiers").set_value(["cosine", "logreg"]).run()
+    assert any("This grid makes **4 runs**" in t for t in texts(at.markdown))
+    assert at.button(key="train_start").label == "Start 4 runs"
+    at.multiselect(key="train_classifiers").set_value([]).run()
+    assert not at.exception
+    assert at.button(key="train_start").disabled
+    assert any("at least one" in t for t in texts(at.warning))
+
+
+def test_train_runs_a_grid_in_the_background_and_fills_the_table(lab, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    shutil.copytree(lab["cache"], cache)  # vectors cached: the worker only trains
+    monkeypatch.setenv("SIMLAB_CACHE", str(cache))
+    monkeypatch.setenv("SIMLAB_DATASET", lab["spec"])
+    at = open_page("pages/train.py")
+    at.selectbox(key="train_weights").set_value("random").run()
+    at.multiselect(key="train_merges").set_value(["dot"]).run()
+    at.multiselect(key="train_classifiers").set_value(["cosine", "logreg"]).run()
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    job_id = at.session_state["train_job"]
+    store = Store(cache / "simlab.db")
+    deadline = time.time() + 240
+    while store.get_job(job_id)["status"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(1)
+    job = store.get_job(job_id)
+    assert job["status"] == "done", job.get("error")
+    time.sleep(2.1)  # the pages' run list is cached for 2 s
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["status"]) == ["done", "done"]
+    assert table["accuracy"].between(0, 1).all()
+    assert set(table["id"]) == {r["id"] for r in store.runs() if r.get("job_id") == job_id}
+
+
+# --------------------------------------------------------------------------- a real browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Chromium at /usr/bin/chromium")
+def test_clicking_a_heatmap_square_opens_that_run_on_inspect(with_runs):
+    """Streamlit returns no selection for go.Heatmap clicks; our square markers must, in a real browser."""
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", APP, "--server.headless", "true",
+                               "--server.port", str(port), "--server.fileWatcherType", "none",
+                               "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            for _ in range(60):
+                try:
+                    page.goto(f"http://localhost:{port}/")
+                    break
+                except Exception:
+                    time.sleep(0.5)
+            page.get_by_role("link", name="Compare").click(timeout=90_000)
+            plot = page.locator(".js-plotly-plot").first
+            try:
+                plot.wait_for(timeout=90_000)
+            except Exception:
+                page.screenshot(path="/tmp/simlab_scratch/shots/failed_browser_test.png")
+                raise
+            point = plot.locator("g.trace.scatter").nth(1).locator("path.point").first
+            box = point.bounding_box()
+            page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.wait_for_url(re.compile(r".*/inspect\?run=r[0-9a-f]+"), timeout=60_000)
+            run_id = page.url.split("run=")[1]
+            assert run_id in {r["run_id"] for r in with_runs["runs"]}
+            page.get_by_text("Showing pairs").wait_for(timeout=60_000)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
