@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -31,6 +32,7 @@ KINDS = {"auto": "Auto", "flat": "Exact (flat)", "ivf": "IVF", "hnsw": "HNSW"}
 WEIGHT_LABELS = {"imagenet": "ImageNet", "random": "random weights — for tests only"}
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
 CLI_TIMEOUT = 900  # seconds: the first re-rank refits the run's classifier
+BOX_BG = (240, 242, 246)  # letterbox colour of the square thumbnails (Streamlit's light grey)
 
 
 # --------------------------------------------------------------------------- data
@@ -66,6 +68,28 @@ def vector_index(path: str, mtime: float, set_key: str, fingerprint: str, kind: 
 
     vectors, _ = read_set(path, mtime)
     return build_index(vectors, kind, cache_key=(set_key, fingerprint))
+
+
+@st.cache_data(show_spinner=False, max_entries=4000)
+def _square(path: str, mtime: float, size: int) -> bytes | None:
+    from PIL import Image, ImageOps
+
+    thumb = thumb_path(path, 256)
+    if not thumb:
+        return None
+    with Image.open(thumb) as im:
+        boxed = ImageOps.pad(im.convert("RGB"), (size, size), color=BOX_BG)
+    buffer = io.BytesIO()
+    boxed.save(buffer, "JPEG", quality=88)
+    return buffer.getvalue()
+
+
+def square_thumb(path: str, size: int = 224) -> bytes | None:
+    """The image letterboxed into a square (so that the cards of the grid line up), or None."""
+    try:
+        return _square(str(path), os.stat(path).st_mtime, size)
+    except OSError:
+        return None
 
 
 def set_label(s: dict) -> str:
@@ -167,7 +191,7 @@ st.caption("Pick an image and see the images whose vectors are nearest (cosine s
 
 dataset = load_current_dataset()
 if dataset is None:
-    st.info("Choose a dataset that loads on the Data page first.", icon="👉")
+    st.info("Choose a dataset that loads on the Data page first.", icon=":material/arrow_forward:")
     st.stop()
 
 sets = vector_sets(dataset.fingerprint)
@@ -175,7 +199,7 @@ if not sets:
     from simlab.backbones import DEFAULT_BACKBONE
 
     st.info(f"No vectors for **{escape_md(dataset.spec)}** yet: search needs one vector per image. "
-            f"Vectorise the {dataset.n_images} images first (the bundled backbone runs offline).", icon="🔎")
+            f"Vectorise the {dataset.n_images} images first (the bundled backbone runs offline).", icon=":material/image_search:")
     job = latest_job("vectorize", active_only=True)
     if job is not None:
         job_panel(job["id"])
@@ -207,7 +231,7 @@ with c4:
                           disabled=not runs)
 if s["weights"] == "random":
     st.warning("These vectors come from **random weights**: they exist to test the pipeline; the neighbours "
-               "mean nothing.", icon="⚠️")
+               "mean nothing.", icon=":material/warning:")
 
 mtime = os.stat(s["path"]).st_mtime
 _, digests = read_set(s["path"], mtime)
@@ -224,7 +248,7 @@ source = st.radio("Query", ["An image of the dataset", "Upload an image"], horiz
 query_path: str | None = None
 query_group: str | None = None
 position: int | None = None
-q_left, q_right = st.columns([1, 3], vertical_alignment="top")
+q_left, q_right = st.columns([1, 4], vertical_alignment="top")
 if source == "An image of the dataset":
     groups = list(dict.fromkeys(str(dataset.groups[i]) for i in index_of))
     with q_right:
@@ -241,12 +265,12 @@ else:
         saved, problem = save_upload(upload)
         if problem:
             with q_right:
-                st.error(f"This file cannot be used: {problem}.", icon="🖼️")
+                st.error(f"This file cannot be used: {problem}.", icon=":material/broken_image:")
         else:
             query_path = str(saved)
 with q_left:
     if query_path:
-        thumb = thumb_path(query_path, 256)
+        thumb = square_thumb(query_path, 256)
         if thumb:
             st.image(thumb, width="stretch")
         st.text(short_path(query_path, dataset) if position is not None else f"uploaded: {upload.name}")
@@ -270,7 +294,7 @@ if request not in cache:
 answer = cache[request]
 if "error" in answer:
     cache.pop(request, None)
-    st.error(f"The search failed: {escape_md(answer['error'])}", icon="❌")
+    st.error(f"The search failed: {escape_md(answer['error'])}", icon=":material/error:")
     st.stop()
 
 results = answer["results"]
@@ -283,18 +307,23 @@ if query_group is not None:
     others = sum(1 for i in index_of if str(dataset.groups[i]) == query_group) - 1
     summary += f" · {same} of the {others} other image(s) of the query's group found"
 st.markdown(summary)
+order = ("ordered by the run's probability that the pair shows the same scene, P(same)" if rerank
+         else "ordered by cosine similarity")
 if query_group is not None:
-    st.caption("The query's own group is marked **same group**; the query itself comes first with similarity 1.")
+    st.caption(f"Neighbours {order}. Images of the query's own group are marked **same group**; the query "
+               "itself has similarity 1.")
+else:
+    st.caption(f"Neighbours {order}.")
 
 for start in range(0, len(results), COLUMNS):
     cols = st.columns(COLUMNS)
     for col, r in zip(cols, results[start:start + COLUMNS]):
         with col, st.container(border=True):
-            thumb = thumb_path(r["path"], 192)
+            thumb = square_thumb(r["path"])
             if thumb:
                 st.image(thumb, width="stretch")
             else:
-                st.caption("⚠️ unreadable")
+                st.caption(":material/broken_image: unreadable")
             if position is not None and r["path"] == query_path:
                 st.badge("query", icon=":material/center_focus_strong:", color="blue")
             elif query_group is not None and r["group"] == query_group:

@@ -306,20 +306,28 @@ def ray_vectorize(paths: list[str], backbone: str, weights: str, fit: str = "cro
 
 def _pipeline(ray, paths, bb, weights, fit, batch_size, gpus, tracker, crash_once):
     """The Ray Data plan (lazy): items -> decode tasks -> embedding actors."""
+    import warnings
+
     n = len(paths)
-    blocks = max(1, min(n // batch_size + 1, 4 * max(cluster_cpus(), 1)))
+    # enough blocks to keep every CPU busy, small enough (~2k images) for retries to be cheap
+    blocks = max(1, min(-(-n // batch_size), max(4 * cluster_cpus(), n // 2048)))
     items = [{"index": i, "path": str(p)} for i, p in enumerate(paths)]
     ds = ray.data.from_items(items, override_num_blocks=blocks)
-    ds = ds.map_batches(decode_batch, batch_size=batch_size, num_cpus=1, max_retries=TASK_RETRIES,
-                        fn_kwargs={"size": bb.input_size, "fit": fit, "crash_once": crash_once})
     if gpus:
         actors = {"num_gpus": 1, "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=gpus)}
     else:  # the decode tasks need CPUs too: at most half the cluster's for the model
         actors = {"num_cpus": 1, "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cluster_cpus() // 2))}
-    return ds.map_batches(Embedder, batch_size=batch_size, max_restarts=ACTOR_RESTARTS,
-                          max_task_retries=ACTOR_RESTARTS,
-                          fn_constructor_kwargs={"backbone": bb.name, "weights": weights, "batch_size": batch_size,
-                                                 "tracker": tracker, "crash_once": crash_once}, **actors)
+    with warnings.catch_warnings():
+        # Bounded retries are still passed as remote args in Ray 2.60 (deprecated for 2.64, which
+        # will name them); without them Ray retries forever.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
+        ds = ds.map_batches(decode_batch, batch_size=batch_size, num_cpus=1, max_retries=TASK_RETRIES,
+                            fn_kwargs={"size": bb.input_size, "fit": fit, "crash_once": crash_once})
+        return ds.map_batches(Embedder, batch_size=batch_size, max_restarts=ACTOR_RESTARTS,
+                              max_task_retries=ACTOR_RESTARTS,
+                              fn_constructor_kwargs={"backbone": bb.name, "weights": weights,
+                                                     "batch_size": batch_size, "tracker": tracker,
+                                                     "crash_once": crash_once}, **actors)
 
 
 def gather_shards(shard_dir: str, n: int, dim: int) -> tuple[np.ndarray, list[str]]:

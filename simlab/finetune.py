@@ -238,9 +238,9 @@ def prepare_data(config: FinetuneConfig, dataset, log: Callable[[str], None],
         vs = vectorize(dataset, config.backbone, config.weights, progress=report, should_stop=should_stop)
         if vs.computed:
             log(f"{vs.computed} frozen vectors computed (cached for next time)")
-        reasons = {p.path: p.reason for p in vs.problems}
+        reasons, good = {p.path: p.reason for p in vs.problems}, set(vs.digests)
         bad = {d: reasons.get(p, "could not be vectorised") for p, d in zip(dataset.paths, dataset.digests)
-               if d not in set(vs.digests)}
+               if d not in good}
         vectors, paths, groups, digests = vs.vectors, vs.paths, vs.groups, vs.digests
     groups_arr = np.asarray(groups)
     pairs, train_mask, test_mask = build_pairs(groups_arr, config.split, config.test_size, config.negative_ratio,
@@ -410,15 +410,36 @@ def keras_parts() -> SimpleNamespace:
 
         return contrastive
 
+    class ThresholdAccuracy(keras.metrics.Metric):
+        """Pair accuracy at the best distance threshold, from histograms of the distances of same and
+        different pairs seen so far (the run sets its threshold the same way, on validation pairs)."""
+
+        def __init__(self, bins: int = 400, max_distance: float = 2.0, name: str = "accuracy", **kwargs):
+            super().__init__(name=name, **kwargs)
+            self.bins, self.max_distance = bins, max_distance
+            self.same = self.add_variable(shape=(bins,), initializer="zeros", name="same")
+            self.other = self.add_variable(shape=(bins,), initializer="zeros", name="other")
+
+        def update_state(self, y_true, distance, sample_weight=None):
+            y = ops.cast(ops.reshape(y_true, (-1, 1)), "float32")
+            where = ops.cast(ops.reshape(distance, (-1,)) / self.max_distance * self.bins, "int32")
+            hot = ops.one_hot(ops.clip(where, 0, self.bins - 1), self.bins)
+            self.same.assign_add(ops.sum(hot * y, axis=0))
+            self.other.assign_add(ops.sum(hot * (1.0 - y), axis=0))
+
+        def result(self):
+            # "same" below the cut, "different" at or above it; every cut between bins is tried.
+            same_below = ops.concatenate([ops.zeros((1,)), ops.cumsum(self.same)])
+            other_above = ops.sum(self.other) - ops.concatenate([ops.zeros((1,)), ops.cumsum(self.other)])
+            total = ops.maximum(ops.sum(self.same) + ops.sum(self.other), 1.0)
+            return ops.max(same_below + other_above) / total
+
+        def reset_state(self):
+            self.same.assign(ops.zeros((self.bins,)))
+            self.other.assign(ops.zeros((self.bins,)))
+
     def contrastive_accuracy(margin: float):
-        """Share of pairs on the right side of half the margin (the real threshold is set on validation)."""
-
-        def accuracy(y_true, distance):
-            y = ops.cast(ops.reshape(y_true, (-1,)), "float32")
-            same = ops.cast(ops.reshape(distance, (-1,)) < margin / 2, "float32")
-            return ops.cast(ops.equal(same, y), "float32")
-
-        return keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")
+        return ThresholdAccuracy(max_distance=max(2.0, 2 * margin))
 
     def triplet_loss(margin: float):
         """distances = [d(anchor, positive), d(anchor, negative)]: the negative must be a margin farther."""
@@ -779,12 +800,13 @@ def build_siamese_models(config: FinetuneConfig, data: PairData, images: np.ndar
 BUILDERS = {"head": build_head_models, "siamese": build_siamese_models}
 
 
-def learned_whitening(vectors: np.ndarray, pairs: Pairs, dim: int, shrinkage: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+def learned_whitening(vectors: np.ndarray, pairs: Pairs, dim: int, shrinkage: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """A linear map (kernel, bias) of L2-normalised vectors: whitening of the differences between
     images of one scene, then PCA to ``dim`` (Radenovic, Tolias & Chum 2018, "learned whitening").
 
     Directions along which views of one scene vary are shrunk; the rest are kept. Only the training
-    pairs are used; ``shrinkage`` (a fraction of the mean eigenvalue) keeps it stable with few pairs.
+    pairs are used; ``shrinkage`` (times the mean eigenvalue, added to the within-scene covariance)
+    blends it with plain cosine and keeps it stable with few pairs.
     """
     x = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     x = x.astype(np.float64)
@@ -920,11 +942,18 @@ def _train_and_score(config: FinetuneConfig, dataset, store, run_id: str, progre
         f"{len(data.test)} test pairs ({'pixels' if images is not None else 'cached frozen vectors'})")
     progress(0, 0, "Building the model")
     k.keras.utils.set_random_seed(config.seed)  # the same initial weights whatever ran before
-    built = BUILDERS[config.mode](config, data, images)
+    policy = k.keras.mixed_precision.global_policy()
+    k.keras.mixed_precision.set_global_policy("float32")  # distances and thresholds need float32, even on a GPU
+    try:
+        built = BUILDERS[config.mode](config, data, images)
+    finally:
+        k.keras.mixed_precision.set_global_policy(policy)
     folder = run_folder(run_id)
     train_batches = k.IndexBatches(built.source, built.train_x, built.train_y, config.batch_size, seed=config.seed,
                                    max_batches=config.steps_per_epoch)
     val_batches = k.IndexBatches(built.source, built.val_x, built.val_y, config.batch_size)
+    artifacts = {"folder": str(folder), "steps_per_epoch": len(train_batches)}  # the page's x axis needs it
+    store.update_run(run_id, artifacts=artifacts)
     curves = k.LiveCurves(store, run_id, train_batches.batch_sizes(), config.epochs, progress, should_stop, log)
     best = k.BestCheckpoint(built.scorer, folder / "best.keras")
     built.trainer.compile(optimizer=k.keras.optimizers.Adam(config.rate), loss=built.loss,
@@ -961,7 +990,7 @@ def _train_and_score(config: FinetuneConfig, dataset, store, run_id: str, progre
     predictions = pd.DataFrame({"left_path": data.paths[left], "right_path": data.paths[right],
                                 "left_group": data.groups[left], "right_group": data.groups[right],
                                 "label": data.test.label.astype(int), "prob": prob})
-    artifacts = {"folder": str(folder), "checkpoint": str(folder / "best.keras")}
+    artifacts["checkpoint"] = str(folder / "best.keras")
     if "tuned_backbone" in extra:
         artifacts["tower"] = str(folder / "tower.keras")
     store.finish_run(run_id, metrics, predictions, status=status, timings=timings, artifacts=artifacts)

@@ -131,6 +131,7 @@ JOB_KINDS: dict[str, JobFn | str] = {
     "vectorize": vectorize_job,
     "grid": grid_job,
     "demo": demo_job,
+    "finetune": "simlab.finetune:finetune_job",
 }
 
 #: What each kind does, for pages and the CLI (kinds missing here show their name).

@@ -284,8 +284,11 @@ def run_model_path(run_id: str) -> Path:
 
 def _run_config(run: dict) -> dict:
     config = dict(run.get("config") or {})
-    one = lambda key, fallback: (config.get(key) or [fallback])[0] if isinstance(config.get(key), list) \
-        else config.get(key) or fallback  # noqa: E731
+
+    def one(key: str, fallback):  # a grid cell's config holds one-item lists
+        value = config.get(key)
+        return (value or [fallback])[0] if isinstance(value, list) else value or fallback
+
     return {"dataset": config.get("dataset") or run.get("dataset"),
             "backbone": one("backbones", run.get("backbone")), "merge": one("merges", run.get("merge")),
             "classifier": one("classifiers", run.get("classifier")),

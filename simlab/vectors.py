@@ -64,12 +64,28 @@ def _cache_folder(key: str) -> Path:
     return cache_dir("vectors", key)
 
 
+def _npz_shape(f: Path, name: str = "vectors") -> tuple[int, ...]:
+    """Shape of one array in an ``.npz`` from its header alone (the data is not read)."""
+    import zipfile
+
+    with zipfile.ZipFile(f) as zf, zf.open(f"{name}.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(fh)[0]
+        if version == (2, 0):
+            return np.lib.format.read_array_header_2_0(fh)[0]
+    with np.load(f) as z:  # a header version this code does not know: read the array
+        return z[name].shape
+
+
 def cached_sets() -> list[dict]:
     """Every cached vector set: backbone configuration, dataset fingerprint, count, dim, size on disk."""
     out = []
     for f in sorted(cache_dir("vectors").glob("*/*.npz")):
-        with np.load(f) as z:
-            n, d = z["vectors"].shape
+        try:
+            n, d = _npz_shape(f)
+        except Exception:  # unreadable (torn by a crash?): not listed; vectorize recomputes it
+            continue
         out.append({"key": f.parent.name, "fingerprint": f.stem, "images": n, "dim": d,
                     "mb": round(f.stat().st_size / 2**20, 2), "path": str(f),
                     "backbone": f.parent.name.split("-")[0], "weights": f.parent.name.split("-")[1]})
@@ -183,10 +199,7 @@ def vectorize(dataset: Dataset, backbone: str = DEFAULT_BACKBONE, weights: str |
     target = folder / f"{dataset.fingerprint}.npz"
     if target.exists():
         try:
-            with np.load(target) as z:
-                vectors, digests, bad = z["vectors"], list(z["digests"]), z["bad"]
-            return _assemble(dataset, backbone, weights, key, dict(zip(digests, vectors)),
-                             json.loads(str(bad)), computed=0)
+            return _load_hit(target, dataset, backbone, weights, key)
         except Exception:
             pass  # unreadable: recompute below and overwrite
     known = _read_bank(folder, set(dataset.digests))
@@ -208,11 +221,27 @@ def vectorize(dataset: Dataset, backbone: str = DEFAULT_BACKBONE, weights: str |
     return result
 
 
+def _load_hit(target: Path, dataset: Dataset, backbone: str, weights: str, key: str) -> VectorSet:
+    """The cached set for this dataset's fingerprint. The file holds the vectors in dataset order
+    (failed images left out), so the usual answer is the array as stored, with no per-image work."""
+    with np.load(target) as z:
+        vectors, digests, bad = z["vectors"], z["digests"].tolist(), json.loads(str(z["bad"]))
+    keep = [i for i, d in enumerate(dataset.digests) if d not in bad]
+    if len(keep) == len(digests) and all(dataset.digests[i] == d for i, d in zip(keep, digests)):
+        if vectors.dtype != np.float32 or vectors.ndim != 2:
+            raise ValueError(f"{target}: unexpected vectors {vectors.dtype} {vectors.shape}")
+        problems = [Problem(p, f"could not be vectorised: {bad[d]}")
+                    for p, d in zip(dataset.paths, dataset.digests) if d in bad]
+        return VectorSet(vectors, [dataset.paths[i] for i in keep], [dataset.groups[i] for i in keep],
+                         digests, backbone, weights, key, problems, 0)
+    return _assemble(dataset, backbone, weights, key, dict(zip(digests, vectors)), bad, computed=0)
+
+
 def _assemble(dataset: Dataset, backbone: str, weights: str, key: str, known: dict, bad: dict,
               computed: int) -> VectorSet:
     keep = [i for i, d in enumerate(dataset.digests) if d in known]
     dim = get_backbone(backbone).dim
-    vectors = np.stack([known[dataset.digests[i]] for i in keep]).astype(np.float32) if keep \
+    vectors = np.stack([known[dataset.digests[i]] for i in keep]).astype(np.float32, copy=False) if keep \
         else np.zeros((0, dim), np.float32)
     problems = [Problem(p, f"could not be vectorised: {bad[d]}")
                 for p, d in zip(dataset.paths, dataset.digests) if d in bad]

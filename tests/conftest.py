@@ -73,7 +73,22 @@ def make_folder(directory, sizes, size: tuple[int, int] = (64, 48), ext: str = "
     return paths
 
 
-@pytest.fixture
-def holidays_factory():
-    """The :func:`make_holidays` helper, as a fixture."""
+@pytest.fixture(name="make_holidays")
+def _make_holidays_fixture():
+    """The :func:`make_holidays` helper as a fixture: ``def test_x(make_holidays, tmp_path): ...``
+    (or ``from conftest import make_holidays``)."""
     return make_holidays
+
+
+@pytest.fixture(name="make_folder")
+def _make_folder_fixture():
+    """The :func:`make_folder` helper as a fixture."""
+    return make_folder
+
+
+@pytest.fixture
+def holidays_dir(tmp_path) -> Path:
+    """A ready tiny Holidays folder: 6 groups of sizes 3, 2, 1, 4, 2, 3 (15 JPEGs, 64x48)."""
+    d = tmp_path / "holidays"
+    make_holidays(d, [3, 2, 1, 4, 2, 3])
+    return d

@@ -311,10 +311,11 @@ def test_clicking_a_heatmap_square_opens_that_run_on_inspect(with_runs):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    log = open(with_runs["cache"].parent / "streamlit.log", "wb")  # read it when this test fails
     server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", APP, "--server.headless", "true",
                                "--server.port", str(port), "--server.fileWatcherType", "none",
                                "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=log, stderr=subprocess.STDOUT)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
@@ -327,13 +328,10 @@ def test_clicking_a_heatmap_square_opens_that_run_on_inspect(with_runs):
                     break
                 except Exception:
                     time.sleep(0.5)
-            page.get_by_role("link", name="Compare").click(timeout=90_000)
+            page.get_by_text("Explore", exact=True).wait_for(timeout=90_000)  # app.py's navigation is up
+            page.goto(f"http://localhost:{port}/compare")
             plot = page.locator(".js-plotly-plot").first
-            try:
-                plot.wait_for(timeout=90_000)
-            except Exception:
-                page.screenshot(path="/tmp/simlab_scratch/shots/failed_browser_test.png")
-                raise
+            plot.wait_for(timeout=90_000)
             point = plot.locator("g.trace.scatter").nth(1).locator("path.point").first
             box = point.bounding_box()
             page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
@@ -345,3 +343,4 @@ def test_clicking_a_heatmap_square_opens_that_run_on_inspect(with_runs):
     finally:
         server.terminate()
         server.wait(timeout=30)
+        log.close()

@@ -20,6 +20,12 @@ from simlab.data import images
 from simlab.data.images import ImageError, check_image, load_for_model, open_rgb, thumbnail, thumbnail_data_uri
 
 
+@pytest.fixture(autouse=True)
+def _never_the_repo_cache(tmp_cache):
+    """Every test here writes (thumbnails, memo) into a temporary cache only."""
+    return tmp_cache
+
+
 # --------------------------------------------------------------------------- bad-file makers
 
 
@@ -426,3 +432,16 @@ def test_memo_survives_corrupt_database(tmp_cache, tmp_path):
     (tmp_cache / "datasets").mkdir(parents=True, exist_ok=True)
     (tmp_cache / "datasets" / "files.sqlite").write_bytes(b"garbage" * 100)
     assert load_dataset(f"holidays:{d}").n_images == 2
+
+
+def test_conftest_fixtures(tmp_cache, make_holidays, make_folder, holidays_dir, tmp_path):
+    assert os.environ["SIMLAB_CACHE"] == str(tmp_cache)
+    ds = load_dataset(f"holidays:{holidays_dir}")
+    assert ds.n_images == 15 and ds.n_groups == 6 and ds.problems == []
+    # views of one group look alike, groups look different
+    a = [np.asarray(open_rgb(p), dtype=float) for p in ds.paths[:2]]
+    b = np.asarray(open_rgb(ds.paths[3]), dtype=float)
+    assert np.abs(a[0] - a[1]).mean() < np.abs(a[0] - b).mean()
+    make_folder(tmp_path / "f", [2])
+    assert load_dataset(f"folder:{tmp_path / 'f'}").n_images == 2
+    assert make_holidays(tmp_path / "h2", [1])[0].name == "100000.jpg"

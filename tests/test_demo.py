@@ -125,12 +125,16 @@ def test_demo_versioning_and_atomic_dir(tmp_cache):
     assert demo.ensure_demo(small) == folder
     assert json.loads(marker.read_text())["version"] == demo.GENERATOR_VERSION
     assert {p.name: file_digest(p) for p in folder.glob("*.jpg")} == first
-    # a half-written temp folder from a killed run is not a demo
-    (folder.parent / ".demo-killed").mkdir()
-    (folder.parent / ".demo-killed" / "100000.jpg").write_bytes(b"half")
+    # a half-written temp folder from a killed run is not a demo, and is swept once stale
+    killed = folder.parent / ".demo-killed"
+    killed.mkdir()
+    (killed / "100000.jpg").write_bytes(b"half")
     assert demo.ensure_demo(small) == folder
     assert not any(p.name.startswith(".demo-old") for p in folder.parent.iterdir())
+    os.utime(killed, (time.time() - 7200, time.time() - 7200))
     # a missing marker (e.g. a killed run before the rename) triggers a rebuild
     marker.unlink()
     demo.ensure_demo(small)
     assert marker.is_file()
+    assert not killed.exists()
+    assert {p.name: file_digest(p) for p in folder.glob("*.jpg")} == first

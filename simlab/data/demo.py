@@ -33,6 +33,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -371,31 +372,48 @@ def demo_dir() -> Path:
     return cache_dir("datasets") / "demo"
 
 
+_lock = threading.Lock()
+
+
+def _remove_stale_temps(parent: Path, older_than_s: float = 3600) -> None:
+    """Temp folders of generations killed mid-way (a live one is never an hour old)."""
+    now = time.time()
+    for p in parent.glob(".demo-*"):
+        with contextlib.suppress(OSError):
+            if p.is_dir() and now - p.stat().st_mtime > older_than_s:
+                shutil.rmtree(p, ignore_errors=True)
+
+
 def ensure_demo(cfg: Config = DEFAULT) -> Path:
     """The demo folder (Holidays layout), generated on first use or when the generator changed."""
     target = demo_dir()
     if _marker_ok(target, cfg):
         return target
-    parent = target.parent
-    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=parent))
-    try:
-        stats = generate(tmp, cfg)
-        stats["config"] = config_key(cfg)
-        (tmp / MARKER).write_text(json.dumps(stats, indent=1))
-        if _marker_ok(target, cfg):  # another process finished first
+    with _lock:  # one generation per process; other processes may race, the rename settles it
+        if _marker_ok(target, cfg):
             return target
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=".demo-old-", dir=parent))
-            os.replace(target, old / "demo")
-            shutil.rmtree(old, ignore_errors=True)
+        parent = target.parent
+        _remove_stale_temps(parent)
+        tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=parent))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the demo is an ordinary folder
         try:
-            os.replace(tmp, target)
-        except OSError:
-            if not _marker_ok(target, cfg):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            stats = generate(tmp, cfg)
+            stats["config"] = config_key(cfg)
+            (tmp / MARKER).write_text(json.dumps(stats, indent=1))
+            if _marker_ok(target, cfg):  # another process finished first
+                return target
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=".demo-old-", dir=parent))
+                os.replace(target, old / "demo")
+                shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not _marker_ok(target, cfg):
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

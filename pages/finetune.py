@@ -1,0 +1,347 @@
+"""Fine-tune: the study's neural head trained on image pairs, or a true Siamese network, learning live."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from pages.common import (
+    escape_md,
+    fmt_duration,
+    fmt_when,
+    get_job,
+    job_panel,
+    latest_job,
+    load_current_dataset,
+    page_link,
+    start_job,
+    store,
+)
+from simlab import jobs
+from simlab.finetune import INITS, LOSSES, MODES, TOWERS, FinetuneConfig
+from simlab.merge import MERGES
+from simlab.pairs import NEGATIVE_SCHEMES, SPLITS
+
+MODE_LABELS = {"head": "Neural head (the 2017 fine-tune)", "siamese": "Siamese network"}
+TOWER_LABELS = {"backbone": "Backbone + projection", "small-cnn": "Small CNN from scratch"}
+INIT_LABELS = {"whitening": "Learned whitening", "random": "Random"}
+WEIGHT_LABELS = {"imagenet": "ImageNet (pretrained)", "random": "Random: untrained, for tests only"}
+SPLIT_LABELS = {"group": "Group split: whole scenes held out (recommended)", "pair": "Pair split: 2017 protocol, leaky"}
+RATES = [None, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5]
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+           "#7f7f7f"]
+AUGMENT_HELP = ("Random flip, rotation (up to 18°), zoom (15%), shift (10%) and contrast (20%) on the raw pixels, "
+                "before the backbone's own preprocessing. The backbone then runs on every step: minutes per "
+                "epoch on a CPU instead of seconds.")
+
+
+@st.cache_resource(show_spinner="Loading the backbone registry…")
+def pretrained_backbones() -> list[str]:
+    """Backbones to fine-tune from (tuned Siamese towers are results, not starting points)."""
+    from simlab.backbones import list_backbones
+
+    return [b.name for b in list_backbones() if not b.options.get("tuned")]
+
+
+def weights_label(name: str) -> str:
+    from simlab.backbones import weights_status
+
+    status = weights_status(name)
+    return name + {"bundled": " (bundled)", "cached": "", "download": " (downloads weights)"}.get(status, "")
+
+
+# --------------------------------------------------------------------------- the form
+
+
+def settings(dataset, running: bool) -> FinetuneConfig | None:
+    """The run's settings; returns a validated config when the user presses Start."""
+    mode = st.segmented_control("Mode", list(MODES), format_func=MODE_LABELS.get, default="siamese",
+                                key="ft_mode") or "siamese"
+    st.caption(MODES[mode])
+    names = pretrained_backbones()
+    d = FinetuneConfig()
+    with st.form("ft_form", border=True):
+        c1, c2, c3 = st.columns(3)
+        tower, loss, margin, init, merge = d.tower, d.loss, d.margin, d.init, d.merge
+        with c1:
+            if mode == "siamese":
+                tower = st.radio("Tower", list(TOWERS), format_func=TOWER_LABELS.get, key="ft_tower",
+                                 help="\n\n".join(f"**{TOWER_LABELS[k]}**: {v}" for k, v in TOWERS.items()))
+            backbone = st.selectbox("Backbone", names, format_func=weights_label, key="ft_backbone",
+                                    help="The pretrained network both images go through (the small CNN ignores it).")
+            weights = st.radio("Weights", list(WEIGHT_LABELS), format_func=WEIGHT_LABELS.get, key="ft_weights")
+        with c2:
+            if mode == "head":
+                merge = st.selectbox("Merge", list(MERGES), key="ft_merge",
+                                     format_func=lambda m: f"{m} — {MERGES[m].description}")
+            else:
+                loss = st.radio("Loss", list(LOSSES), key="ft_loss", horizontal=True,
+                                help="\n\n".join(f"**{k}**: {v}" for k, v in LOSSES.items()))
+                margin = st.number_input("Margin", 0.1, 2.0, d.margin, 0.1, key="ft_margin",
+                                         help="Embeddings are unit vectors, so distances lie between 0 and 2.")
+                init = st.radio("Projection starts from", list(INITS), format_func=INIT_LABELS.get, horizontal=True,
+                                key="ft_init", help="\n\n".join(f"**{INIT_LABELS[k]}**: {v}" for k, v in INITS.items()))
+            epochs = st.number_input("Epochs", 1, 500, 5, key="ft_epochs",
+                                     help="At most; training stops early when validation loss stops improving.")
+            rate = st.selectbox("Learning rate", RATES, key="ft_lr",
+                                format_func=lambda r: "default (1e-3; 1e-4 from whitening)" if r is None else f"{r:g}")
+        with c3:
+            augment = st.toggle("Augment pixels", key="ft_augment", help=AUGMENT_HELP)
+            same = st.radio("Transforms", [True, False], horizontal=True, key="ft_same",
+                            format_func=lambda v: "same for both images" if v else "one per image",
+                            help="With augmentation: one random transform shared by the pair, or one each.")
+            unfreeze = st.number_input("Unfreeze the top K layers", 0, 100, 0, key="ft_unfreeze",
+                                       help="Also train the backbone's top K layers that carry weights, at a tenth of "
+                                            "the learning rate. The backbone then runs on every step.")
+            steps = st.number_input("Batches per epoch (0 = every pair)", 0, 100_000, 0, key="ft_steps",
+                                    help="A fresh random subset of the training pairs each epoch: keeps epochs short "
+                                         "when the backbone runs on every step.")
+        with st.expander("Split and training details"):
+            e1, e2, e3 = st.columns(3)
+            with e1:
+                split = st.radio("Split", list(SPLITS), format_func=SPLIT_LABELS.get, key="ft_split")
+                test_size = st.slider("Test fraction", 0.1, 0.5, d.test_size, 0.05, key="ft_test_size")
+            with e2:
+                negative_ratio = st.number_input("Negatives per positive", 0.5, 5.0, d.negative_ratio, 0.5,
+                                                 key="ft_neg_ratio")
+                negatives = st.selectbox("Negatives", list(NEGATIVE_SCHEMES), key="ft_negatives")
+            with e3:
+                seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="ft_seed")
+                batch_size = st.number_input("Batch size", 2, 1024, d.batch_size, key="ft_batch")
+                patience = st.number_input("Patience (epochs)", 1, 100, d.patience, key="ft_patience")
+            st.caption("Test pairs are built exactly as for grid runs with the same split, seed and negatives, so "
+                       "results compare with the frozen-vector baselines. Validation pairs (early stopping, the "
+                       "Siamese threshold) come from scenes carved out of the training side, never from test.")
+        pressed = st.form_submit_button("Start fine-tuning", type="primary", disabled=running,
+                                        help="A fine-tuning run is in progress: see below." if running else None)
+    if not pressed:
+        return None
+    config = FinetuneConfig(
+        dataset=dataset.spec, mode=mode, backbone=backbone, weights=weights, merge=merge, tower=tower, init=init,
+        loss=loss, margin=float(margin), epochs=int(epochs), batch_size=int(batch_size), learning_rate=rate,
+        unfreeze=int(unfreeze), augment=bool(augment), same_transform=bool(same),
+        steps_per_epoch=int(steps) or None, patience=int(patience), split=split, test_size=float(test_size),
+        negative_ratio=float(negative_ratio), negatives=negatives, seed=int(seed))
+    try:
+        return config.validate()
+    except ValueError as exc:
+        st.error(escape_md(str(exc)), icon="⚠️")
+        return None
+
+
+# --------------------------------------------------------------------------- runs and curves
+
+
+def finetune_runs(fingerprint: str) -> list[dict]:
+    return store().runs(kind="finetune", fingerprint=fingerprint)
+
+
+def run_label(run: dict) -> str:
+    c = run.get("config") or {}
+    what = (f"head · {c.get('merge', 'dot')}" if c.get("mode") == "head"
+            else f"siamese · {c.get('loss', 'contrastive')}")
+    extra = [x for x, on in (("aug", c.get("augment")), (f"top{c.get('unfreeze')}", c.get("unfreeze"))) if on]
+    m = run.get("metrics") or {}
+    score = f" · acc {m['accuracy']:.3f}" if m.get("accuracy") is not None else ""
+    status = "" if run.get("status") == "done" else f" · {run.get('status')}"
+    return (f"{run['id']} · {what}{' + ' + ' + '.join(extra) if extra else ''} · {run.get('backbone')}"
+            f"{score}{status} · {fmt_when(run.get('created'))[5:16]}")
+
+
+def run_of_job(job_id: str) -> dict | None:
+    return next((r for r in store().runs(kind="finetune") if r.get("job_id") == job_id), None)
+
+
+def _fractional_epochs(batch: pd.DataFrame, per_epoch: int | None) -> pd.Series:
+    """x of each batch point: epoch e's j-th batch sits at e - 1 + j / batches per epoch."""
+    j = batch.groupby("epoch").cumcount() + 1
+    n = per_epoch or batch.groupby("epoch")["step"].transform("count")
+    return batch["epoch"] - 1 + j / n
+
+
+def curves_figure(runs: list[dict]) -> go.Figure:
+    """Loss (per batch, thin; per epoch, train solid and validation dashed) and accuracy, one colour per run."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.07)
+    for i, run in enumerate(runs):
+        color = PALETTE[i % len(PALETTE)]
+        curves = store().curves(run["id"])
+        name = f"{run['id']} · {run.get('merge')} · {run.get('classifier')}"
+        per_epoch = (run.get("artifacts") or {}).get("steps_per_epoch")
+        batch = curves[curves.name == "batch_loss"]
+        first = True
+        if len(batch):
+            fig.add_trace(go.Scatter(x=_fractional_epochs(batch, per_epoch), y=batch.value, mode="lines",
+                                     line=dict(width=1, color=color), opacity=0.35, name=name, legendgroup=run["id"],
+                                     showlegend=first, hovertemplate="batch %{customdata}<br>loss %{y:.4f}<extra></extra>",
+                                     customdata=batch.step), row=1, col=1)
+            first = False
+        for metric, col in (("loss", 1), ("val_loss", 1), ("accuracy", 2), ("val_accuracy", 2)):
+            points = curves[curves.name == metric]
+            if points.empty:
+                continue
+            val = metric.startswith("val_")
+            fig.add_trace(go.Scatter(
+                x=points.epoch, y=points.value, mode="lines+markers", name=name, legendgroup=run["id"],
+                showlegend=first, line=dict(color=color, width=2, dash="dash" if val else "solid"),
+                marker=dict(size=7, symbol="circle-open" if val else "circle"),
+                hovertemplate=f"{'validation' if val else 'training'} {metric.removeprefix('val_')}<br>"
+                              "epoch %{x}<br>%{y:.4f}<extra></extra>"), row=1, col=col)
+            first = False
+    fig.update_xaxes(title_text="epoch", rangemode="tozero")
+    fig.update_yaxes(rangemode="tozero", row=1, col=1)
+    fig.update_layout(height=430, margin=dict(l=10, r=10, t=40, b=10), uirevision="finetune-curves",
+                      legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
+                      hovermode="closest")
+    return fig
+
+
+CURVES_NOTE = ("Thin line: loss of each batch; solid: training, per epoch; dashed with open markers: validation "
+               "(epoch 0 is the starting point). Siamese accuracy is at the best distance threshold.")
+
+
+@st.fragment(run_every=1)
+def live(job_id: str, others: list[str]) -> None:
+    """Progress, Stop, and the curves of the running job (plus the runs picked for comparison), every second."""
+    job = get_job(job_id)
+    if job is None or job["status"] not in jobs.ACTIVE:
+        jobs.reap_stale(store())
+        st.rerun()  # the whole page: results replace the live view, and this fragment stops polling
+    done, total = job.get("done") or 0, job.get("total") or 0
+    elapsed = fmt_duration(time.time() - (job.get("started") or job.get("created")))
+    c1, c2 = st.columns([6, 1], vertical_alignment="center")
+    with c1:
+        st.progress(min(done / total, 1.0) if total else 0.0, text=f"{job.get('message') or 'Starting'} ({elapsed})")
+    with c2:
+        stopping = bool(job.get("cancel"))
+        if st.button("Stopping…" if stopping else "Stop", key=f"ft_stop_{job_id}", disabled=stopping,
+                     width="stretch", help="End after the current batch; the best checkpoint is still scored."):
+            jobs.cancel_job(job_id, store().path)
+            st.rerun(scope="fragment")
+    run = run_of_job(job_id)
+    shown = ([run] if run else []) + [r for r in (store().get_run(i) for i in others)
+                                      if r and (run is None or r["id"] != run["id"])]
+    if shown:
+        st.plotly_chart(curves_figure(shown), width="stretch", key="ft_curves_live")
+        st.caption(CURVES_NOTE)
+
+
+# --------------------------------------------------------------------------- results
+
+
+def baselines(run: dict) -> list[dict]:
+    """Frozen-vector grid runs on the same dataset, backbone, split, seed and weights (newest per cell)."""
+    c = run.get("config") or {}
+    seen, out = set(), []
+    for r in store().runs(status="done", fingerprint=run.get("fingerprint")):
+        rc = r.get("config") or {}
+        if r.get("kind") not in (None, "pair") or r.get("backbone") != c.get("backbone"):
+            continue
+        if (r.get("split"), r.get("seed"), rc.get("weights", "imagenet"), rc.get("test_size", 0.3),
+                rc.get("negative_ratio", 1.0), rc.get("negatives", "random")) != (
+                c.get("split"), c.get("seed"), c.get("weights"), c.get("test_size"), c.get("negative_ratio"),
+                c.get("negatives")):
+            continue
+        if (r["merge"], r["classifier"]) not in seen:
+            seen.add((r["merge"], r["classifier"]))
+            out.append(r)
+    return out
+
+
+def result_row(run: dict, kind: str) -> dict:
+    m, t = run.get("metrics") or {}, run.get("timings") or {}
+    return {"": kind, "run": run["id"], "backbone": run.get("backbone"), "merge": run.get("merge"),
+            "classifier": run.get("classifier"), "status": run.get("status"), "accuracy": m.get("accuracy"),
+            "95% CI": (f"{m['accuracy_lo']:.3f} – {m['accuracy_hi']:.3f}" if m.get("accuracy_lo") is not None else ""),
+            "AUC": m.get("auc"), "mAP": m.get("map"),
+            "epochs": (f"{m.get('best_epoch')} of {m.get('epochs_run')}" if "epochs_run" in m else ""),
+            "s / epoch": t.get("per_epoch"), "n_test": m.get("n_test")}
+
+
+def results(runs: list[dict]) -> None:
+    finished = [r for r in runs if r.get("metrics")]
+    if not finished:
+        return
+    st.subheader("Results on the test pairs")
+    rows = [result_row(r, "fine-tuned") for r in finished]
+    base = {b["id"]: b for r in finished for b in baselines(r)}
+    rows += [result_row(b, "frozen vectors") for b in base.values()]
+    frame = pd.DataFrame(rows).sort_values("accuracy", ascending=False, na_position="last")
+    st.dataframe(frame, hide_index=True, width="stretch", column_config={
+        "accuracy": st.column_config.ProgressColumn("accuracy", format="%.3f", min_value=0.5, max_value=1.0),
+        "AUC": st.column_config.NumberColumn(format="%.3f"), "mAP": st.column_config.NumberColumn(
+            format="%.3f", help="Retrieval mean average precision; for Siamese runs on the held-out scenes only."),
+        "s / epoch": st.column_config.NumberColumn(format="%.1f"),
+        "epochs": st.column_config.TextColumn(help="The best epoch (0 = the starting point) of those run.")})
+    notes = []
+    for r in finished:
+        m = r.get("metrics") or {}
+        if m.get("tuned_backbone"):
+            notes.append(f"Run {r['id']}'s tower is now the backbone **{escape_md(m['tuned_backbone'])}** "
+                         f"(test-scene mAP {m['map']:.3f} vs {m.get('map_frozen', float('nan')):.3f} for the "
+                         "frozen vectors): pick it on the Train page to try every merge and classifier on it.")
+    for n in notes:
+        st.caption(n)
+    if not base:
+        run = finished[0]
+        c = run.get("config") or {}
+        st.info("No frozen-vector baseline on the same split yet.", icon="📏")
+        if st.button("Compute the frozen-vector baselines (cosine and the neural head, dot merge)", key="ft_baseline"):
+            params = {"dataset": c.get("dataset") or run.get("dataset"), "backbones": [c.get("backbone")],
+                      "merges": ["dot"], "classifiers": ["cosine", "mlp"], "weights": c.get("weights", "imagenet"),
+                      **{k: c[k] for k in ("split", "test_size", "negative_ratio", "negatives", "seed") if k in c}}
+            st.session_state["ft_baseline_job"] = start_job("grid", params)
+            st.rerun()
+    page_link("pages/compare.py", "Compare every run", icon="📊")
+
+
+# --------------------------------------------------------------------------- page
+
+
+st.title("Fine-tune")
+st.caption("Train on image pairs and watch it learn. **Neural head**: the 2017 study's fine-tune (it reached "
+           "only 88%). **Siamese network**: one shared tower learns the image-to-vector function itself, pulling "
+           "views of one scene together and pushing other scenes apart. Both are scored on the same test pairs as "
+           "the grid runs.")
+
+dataset = load_current_dataset()
+if dataset is None:
+    st.info("Choose a dataset that loads on the Data page first.", icon="👉")
+    st.stop()
+
+job = latest_job("finetune")
+running = job is not None and job["status"] in jobs.ACTIVE
+config = settings(dataset, running)
+if config is not None:
+    job_id = start_job("finetune", asdict(config))
+    st.session_state["ft_job"] = job_id
+    st.rerun()
+
+st.subheader("Training curves")
+runs = finetune_runs(dataset.fingerprint)
+by_id = {r["id"]: r for r in runs}
+current = run_of_job(job["id"]) if job else None
+default = [current["id"]] if current and current["id"] in by_id else [r["id"] for r in runs[:1]]
+picked = st.multiselect("Runs to show", list(by_id), default=default, format_func=lambda i: run_label(by_id[i]),
+                        key=f"ft_runs_{current['id'] if current else 'none'}",
+                        help="Overlay several runs to compare how they learn.")
+if running:
+    live(job["id"], [i for i in picked if not current or i != current["id"]])
+else:
+    if job is not None and st.session_state.get("ft_job") == job["id"]:
+        job_panel(job["id"])  # this session's last run: how it ended
+    shown = [by_id[i] for i in picked]
+    if shown:
+        st.plotly_chart(curves_figure(shown), width="stretch", key="ft_curves")
+        st.caption(CURVES_NOTE)
+    elif not runs:
+        st.info("No fine-tuning runs on this dataset yet: pick the settings above and press **Start fine-tuning**.",
+                icon="👉")
+baseline_job = st.session_state.get("ft_baseline_job")
+if baseline_job:
+    job_panel(baseline_job)
+results([by_id[i] for i in picked if i in by_id])
