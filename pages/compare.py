@@ -294,8 +294,9 @@ def heatmaps(frame: pd.DataFrame, metric: str) -> None:
                              hover=hover, colorscale="Viridis", zmin=zmin, zmax=zmax,
                              colorbar_title=METRICS[metric], facet_labels=clf_labels)
     else:
-        merge = st.selectbox("Merge", merges, key="compare_merge",
-                             format_func=lambda m: f"{m} — {MERGES[m].description}" if m in MERGES else m)
+        merge = st.columns([2, 3])[0].selectbox(
+            "Merge", merges, key="compare_merge",
+            format_func=lambda m: f"{m} — {MERGES[m].description}" if m in MERGES else m)
         part = cells[cells["merge"] == merge]
         fig = square_heatmap(part, rows="backbone", cols="classifier", facet=None, value=metric,
                              row_order=backbone_order(part["backbone"]),

@@ -819,8 +819,8 @@ def learned_whitening(vectors: np.ndarray, pairs: Pairs, dim: int, shrinkage: fl
     eigval, eigvec = np.linalg.eigh(within)
     whiten = (eigvec / np.sqrt(eigval)) @ eigvec.T
     centred = (x[images] - mean) @ whiten
-    _, _, components = np.linalg.svd(centred - centred.mean(axis=0), full_matrices=False)
-    kernel = whiten @ components[:min(dim, len(components))].T
+    _, components = np.linalg.eigh(centred.T @ centred)  # ascending: the main directions come last
+    kernel = whiten @ components[:, ::-1][:, :dim]
     kernel /= kernel.std() * np.sqrt(kernel.shape[0])  # Glorot-like scale, so Adam's steps are meaningful
     return kernel, -mean @ kernel
 

@@ -129,14 +129,14 @@ def test_small_cnn_with_triplet_loss(spec, store):
 
 def test_stop_after_the_first_batches_keeps_and_scores_the_best_checkpoint(tmp_path, store):
     spec = f"folder:{write_group_folder(tmp_path / 'small', n_groups=8, per_group=2, size=64)}"
-    calls = []
+    trained = {"batches": 0}
 
-    def should_stop():
-        calls.append(1)
-        return len(calls) >= 2
+    def progress(done, total, message):
+        if message.startswith("Epoch"):
+            trained["batches"] = done
 
     result = run_finetune(config(spec, mode="head", augment=True, unfreeze=2, epochs=3, batch_size=2), store,
-                          should_stop=should_stop)
+                          progress=progress, should_stop=lambda: trained["batches"] >= 2)
     run = store.get_run(result["run_id"])
     assert run["status"] == "cancelled" and result["status"] == "cancelled"
     assert run["metrics"]["stopped"] and run["metrics"]["epochs_run"] == 1
@@ -205,7 +205,7 @@ def test_config_errors_say_what_to_do(tmp_path, store):
         FinetuneConfig(mode="siamese", tower="small-cnn", unfreeze=2).validate()
     with pytest.raises(ValueError, match="Unknown fine-tune setting"):
         FinetuneConfig.from_params({"epochz": 3})
-    spec = f"folder:{write_group_folder(tmp_path / 'tiny', n_groups=4, per_group=2, size=48)}"
+    spec = f"folder:{write_group_folder(tmp_path / 'tiny', n_groups=5, per_group=2, size=48)}"
     with pytest.raises(ValueError, match="at least 4"):
         run_finetune(config(spec, mode="siamese", tower="small-cnn", cnn_size=32), store)
     assert store.runs(kind="finetune")[0]["status"] == "failed"
