@@ -78,8 +78,13 @@ def make_holidays(seed: int = 0) -> Path:
 
 
 def synthetic_vectors(groups: list[str], dim: int, noise: float, seed: int) -> "np.ndarray":
-    """Post-ReLU-like vectors with group structure: a shared scene code per group plus per-view noise,
-    through a random projection, so classifiers can learn, but not perfectly."""
+    """CNN-like pooled vectors with group structure: a shared scene code per group plus per-view noise,
+    through a random projection, so classifiers can learn, but not perfectly.
+
+    Shaped like real pooled features (EfficientNet-Lite0 on the demo: mean 0.17, half the values
+    about zero, a heavy tail, dims of different scales): ``c * relu(u) ** 1.5`` of a standardised
+    projection ``u``, times a per-dimension log-normal scale.
+    """
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -87,8 +92,9 @@ def synthetic_vectors(groups: list[str], dim: int, noise: float, seed: int) -> "
     latent = 64
     scene = rng.normal(size=(len(codes), latent))
     z = scene[[codes[g] for g in groups]] + noise * rng.normal(size=(len(groups), latent))
-    proj = rng.normal(size=(latent, dim)) / np.sqrt(latent)
-    return np.maximum(z @ proj + 0.5, 0).astype(np.float32)
+    u = z @ (rng.normal(size=(latent, dim)) / np.sqrt(latent * (1 + noise ** 2)))
+    scale = 0.4 * rng.lognormal(0.0, 0.5, dim) / np.exp(0.125)
+    return (np.maximum(u, 0) ** 1.5 * scale).astype(np.float32)
 
 
 def write_vector_cache(dataset, backbone: str, weights: str, vectors) -> Path:
@@ -116,7 +122,7 @@ def prepare_grid_vectors(weights: str = "random") -> tuple[str, dict]:
     spec = f"holidays:{make_holidays()}"
     ds = load_dataset(spec)
     for i, (name, dim) in enumerate(GRID_BACKBONES.items()):
-        write_vector_cache(ds, name, weights, synthetic_vectors(ds.groups, dim, noise=1.3 + 0.1 * i, seed=i))
+        write_vector_cache(ds, name, weights, synthetic_vectors(ds.groups, dim, noise=1.0 + 0.1 * i, seed=i))
         assert vectorize(ds, name, weights).computed == 0, "the written cache was not used"
     return spec, dict(GRID_BACKBONES)
 

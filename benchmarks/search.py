@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -63,7 +62,8 @@ def normalised_inplace(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def timed_queries(index, queries: np.ndarray, truth: np.ndarray | None, min_seconds: float) -> tuple[float, float, np.ndarray]:
+def timed_queries(index, queries: np.ndarray, truth: np.ndarray | None,
+                  min_seconds: float) -> tuple[float, float, np.ndarray]:
     """(queries per second, recall@10, ids): every query once, repeated until min_seconds have passed."""
     index.search(queries[:10], K)  # warm up
     done, t0, ids_all = 0, time.perf_counter(), []
@@ -155,7 +155,8 @@ def main(argv=None) -> int:
             rows.extend(new)
         for row in new:
             log(f"  {row}")
-    result = {"data": args.npz or "synthetic", "n": args.n, "dim": args.dim, "queries": args.queries, "k": K, "vectors_gib": round(gb, 2),
+    result = {"data": args.npz or "synthetic", "n": args.n, "dim": args.dim, "queries": len(queries), "k": K,
+              "vectors_gib": round(gb, 2),
               "threads": faiss.omp_get_max_threads(), "faiss": faiss.__version__, "rows": rows}
     if args.json:
         print(json.dumps(result))

@@ -130,7 +130,7 @@ def settings(dataset, running: bool) -> FinetuneConfig | None:
     try:
         return config.validate()
     except ValueError as exc:
-        st.error(escape_md(str(exc)), icon="⚠️")
+        st.error(escape_md(str(exc)), icon=":material/error:")
         return None
 
 
@@ -170,16 +170,16 @@ def curves_figure(runs: list[dict]) -> go.Figure:
     for i, run in enumerate(runs):
         color = PALETTE[i % len(PALETTE)]
         curves = store().curves(run["id"])
-        name = f"{run['id']} · {run.get('merge')} · {run.get('classifier')}"
+        live_mark = " (live)" if run.get("status") == "running" else ""
+        name = f"{run['id']}{live_mark} · {run.get('merge')} · {run.get('classifier')}"
         per_epoch = (run.get("artifacts") or {}).get("steps_per_epoch")
         batch = curves[curves.name == "batch_loss"]
-        first = True
         if len(batch):
             fig.add_trace(go.Scatter(x=_fractional_epochs(batch, per_epoch), y=batch.value, mode="lines",
                                      line=dict(width=1, color=color), opacity=0.35, name=name, legendgroup=run["id"],
-                                     showlegend=first, hovertemplate="batch %{customdata}<br>loss %{y:.4f}<extra></extra>",
+                                     showlegend=False, hovertemplate="batch %{customdata}<br>loss %{y:.4f}<extra></extra>",
                                      customdata=batch.step), row=1, col=1)
-            first = False
+        first = True
         for metric, col in (("loss", 1), ("val_loss", 1), ("accuracy", 2), ("val_accuracy", 2)):
             points = curves[curves.name == metric]
             if points.empty:
@@ -252,14 +252,15 @@ def baselines(run: dict) -> list[dict]:
     return out
 
 
-def result_row(run: dict, kind: str) -> dict:
+def result_row(run: dict, kind: str, frozen_map: float | None = None) -> dict:
     m, t = run.get("metrics") or {}, run.get("timings") or {}
-    return {"": kind, "run": run["id"], "backbone": run.get("backbone"), "merge": run.get("merge"),
-            "classifier": run.get("classifier"), "status": run.get("status"), "accuracy": m.get("accuracy"),
+    status = "" if run.get("status") == "done" else f" ({run.get('status')})"
+    return {"": kind, "run": run["id"], "method": f"{run.get('merge')} + {run.get('classifier')}{status}",
+            "accuracy": m.get("accuracy"),
             "95% CI": (f"{m['accuracy_lo']:.3f} – {m['accuracy_hi']:.3f}" if m.get("accuracy_lo") is not None else ""),
-            "AUC": m.get("auc"), "mAP": m.get("map"),
+            "AUC": m.get("auc"), "mAP": m.get("map") if frozen_map is None else frozen_map,
             "epochs": (f"{m.get('best_epoch')} of {m.get('epochs_run')}" if "epochs_run" in m else ""),
-            "s / epoch": t.get("per_epoch"), "n_test": m.get("n_test")}
+            "s / epoch": t.get("per_epoch")}
 
 
 def results(runs: list[dict]) -> None:
@@ -269,34 +270,40 @@ def results(runs: list[dict]) -> None:
     st.subheader("Results on the test pairs")
     rows = [result_row(r, "fine-tuned") for r in finished]
     base = {b["id"]: b for r in finished for b in baselines(r)}
-    rows += [result_row(b, "frozen vectors") for b in base.values()]
+    # Grid runs rank all images; fine-tune runs the held-out scenes only: show the frozen vectors' mAP on those.
+    frozen_map = next((r["metrics"]["map_frozen"] for r in finished if r["metrics"].get("map_frozen") is not None),
+                      float("nan"))
+    rows += [result_row(b, "frozen vectors", frozen_map) for b in base.values()]
     frame = pd.DataFrame(rows).sort_values("accuracy", ascending=False, na_position="last")
+    for col in ("accuracy", "AUC", "mAP", "s / epoch"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    backbones = sorted({r.get("backbone") or "" for r in finished})
+    st.caption(f"Backbone {', '.join(backbones)} · {finished[0].get('split')} split, seed {finished[0].get('seed')} · "
+               f"{(finished[0].get('metrics') or {}).get('n_test')} test pairs")
     st.dataframe(frame, hide_index=True, width="stretch", column_config={
         "accuracy": st.column_config.ProgressColumn("accuracy", format="%.3f", min_value=0.5, max_value=1.0),
         "AUC": st.column_config.NumberColumn(format="%.3f"), "mAP": st.column_config.NumberColumn(
-            format="%.3f", help="Retrieval mean average precision; for Siamese runs on the held-out scenes only."),
+            format="%.3f", help="Retrieval mean average precision among the held-out test scenes (each scene's "
+                                "first image queries the others)."),
         "s / epoch": st.column_config.NumberColumn(format="%.1f"),
         "epochs": st.column_config.TextColumn(help="The best epoch (0 = the starting point) of those run.")})
-    notes = []
-    for r in finished:
-        m = r.get("metrics") or {}
-        if m.get("tuned_backbone"):
-            notes.append(f"Run {r['id']}'s tower is now the backbone **{escape_md(m['tuned_backbone'])}** "
-                         f"(test-scene mAP {m['map']:.3f} vs {m.get('map_frozen', float('nan')):.3f} for the "
-                         "frozen vectors): pick it on the Train page to try every merge and classifier on it.")
-    for n in notes:
-        st.caption(n)
+    towers = [f"**{escape_md(m['tuned_backbone'])}** (retrieval mAP on the test scenes {m['map']:.3f}, frozen "
+              f"vectors {m.get('map_frozen', float('nan')):.3f})"
+              for m in (r.get("metrics") or {} for r in finished) if m.get("tuned_backbone")]
+    if towers:
+        st.caption("Each Siamese run's tower is now a backbone: pick it on the Train page to try every merge and "
+                   "classifier on it, or on the Search page. " + "; ".join(towers) + ".")
     if not base:
         run = finished[0]
         c = run.get("config") or {}
-        st.info("No frozen-vector baseline on the same split yet.", icon="📏")
+        st.info("No frozen-vector baseline on the same split yet.", icon=":material/straighten:")
         if st.button("Compute the frozen-vector baselines (cosine and the neural head, dot merge)", key="ft_baseline"):
             params = {"dataset": c.get("dataset") or run.get("dataset"), "backbones": [c.get("backbone")],
                       "merges": ["dot"], "classifiers": ["cosine", "mlp"], "weights": c.get("weights", "imagenet"),
                       **{k: c[k] for k in ("split", "test_size", "negative_ratio", "negatives", "seed") if k in c}}
             st.session_state["ft_baseline_job"] = start_job("grid", params)
             st.rerun()
-    page_link("pages/compare.py", "Compare every run", icon="📊")
+    page_link("pages/compare.py", "Compare every run", icon=":material/grid_on:")
 
 
 # --------------------------------------------------------------------------- page
@@ -310,12 +317,14 @@ st.caption("Train on image pairs and watch it learn. **Neural head**: the 2017 s
 
 dataset = load_current_dataset()
 if dataset is None:
-    st.info("Choose a dataset that loads on the Data page first.", icon="👉")
+    st.info("Choose a dataset that loads on the Data page first.", icon=":material/arrow_back:")
     st.stop()
 
 job = latest_job("finetune")
 running = job is not None and job["status"] in jobs.ACTIVE
-config = settings(dataset, running)
+with st.expander("New run" if not running else "New run (one at a time: available when the run in progress ends)",
+                 expanded=not running and "ft_job" not in st.session_state, icon=":material/tune:"):
+    config = settings(dataset, running)
 if config is not None:
     job_id = start_job("finetune", asdict(config))
     st.session_state["ft_job"] = job_id
@@ -323,14 +332,19 @@ if config is not None:
 
 st.subheader("Training curves")
 runs = finetune_runs(dataset.fingerprint)
-by_id = {r["id"]: r for r in runs}
 current = run_of_job(job["id"]) if job else None
-default = [current["id"]] if current and current["id"] in by_id else [r["id"] for r in runs[:1]]
-picked = st.multiselect("Runs to show", list(by_id), default=default, format_func=lambda i: run_label(by_id[i]),
-                        key=f"ft_runs_{current['id'] if current else 'none'}",
-                        help="Overlay several runs to compare how they learn.")
+if running:  # the live run is always shown; earlier runs can be overlaid
+    by_id = {r["id"]: r for r in runs if not current or r["id"] != current["id"]}
+    picked = st.multiselect("Overlay earlier runs", list(by_id), default=[], format_func=lambda i: run_label(by_id[i]),
+                            key="ft_overlay", help="Compare how they learned with the run in progress.")
+else:
+    by_id = {r["id"]: r for r in runs}
+    default = [current["id"]] if current and current["id"] in by_id else [r["id"] for r in runs[:1]]
+    picked = st.multiselect("Runs to show", list(by_id), default=default, format_func=lambda i: run_label(by_id[i]),
+                            key=f"ft_runs_{default[0] if default else 'none'}",
+                            help="Overlay several runs to compare how they learned.")
 if running:
-    live(job["id"], [i for i in picked if not current or i != current["id"]])
+    live(job["id"], picked)
 else:
     if job is not None and st.session_state.get("ft_job") == job["id"]:
         job_panel(job["id"])  # this session's last run: how it ended
@@ -340,7 +354,7 @@ else:
         st.caption(CURVES_NOTE)
     elif not runs:
         st.info("No fine-tuning runs on this dataset yet: pick the settings above and press **Start fine-tuning**.",
-                icon="👉")
+                icon=":material/arrow_upward:")
 baseline_job = st.session_state.get("ft_baseline_job")
 if baseline_job:
     job_panel(baseline_job)

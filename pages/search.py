@@ -199,7 +199,8 @@ if not sets:
     from simlab.backbones import DEFAULT_BACKBONE
 
     st.info(f"No vectors for **{escape_md(dataset.spec)}** yet: search needs one vector per image. "
-            f"Vectorise the {dataset.n_images} images first (the bundled backbone runs offline).", icon=":material/image_search:")
+            f"Vectorise the {dataset.n_images} images first (the bundled backbone runs offline).",
+            icon=":material/image_search:")
     job = latest_job("vectorize", active_only=True)
     if job is not None:
         job_panel(job["id"])

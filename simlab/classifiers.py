@@ -6,15 +6,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
-
 # OpenMP threads (XGBoost's, scikit-learn's) sleep instead of spinning while they wait at a barrier.
 # Spinning costs nothing on an idle machine but, on a small one shared with the app, a vectorising
 # job or other processes, a spinning thread steals its sibling's core: XGBoost with 2 threads ran
-# 5x slower than with 1 on a loaded 2-core machine (benchmarks/README.md). Read when the OpenMP
-# runtime loads, so it is set before XGBoost is first imported; an explicit setting wins.
+# 5x slower than with 1 on a loaded 2-core machine (benchmarks/README.md). Read once, when the OpenMP
+# runtime loads (with the first import of scikit-learn or XGBoost, which share it), so it is set
+# before those imports; an explicit setting wins. Importing scikit-learn earlier makes it a no-op.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+from sklearn.base import BaseEstimator, ClassifierMixin  # noqa: E402
 
 
 class SimilarityThreshold(ClassifierMixin, BaseEstimator):

@@ -18,6 +18,10 @@ from simlab.pairs import NEGATIVE_SCHEMES, SPLITS
 COMMAND_MODULES = ("simlab.finetune", "simlab.search")
 
 
+RAY_HELP = ("run on Ray: local, auto, HOST:6379 or ray://HOST:10001 (default $SIMLAB_RAY_ADDRESS; "
+            "see docs/scaling.md)")
+
+
 class ProgressBar:
     """A one-line progress bar on stderr, redrawn at most ten times a second."""
 
@@ -67,7 +71,7 @@ def cmd_vectorize(args) -> int:
     get_backbone(args.backbone)  # an unknown name fails before any dataset work
     dataset = load_dataset(args.dataset)
     bar = ProgressBar()
-    vs = vectorize(dataset, args.backbone, args.weights, fit=args.fit,
+    vs = vectorize(dataset, args.backbone, args.weights, fit=args.fit, ray=args.ray,
                    progress=lambda d, t, rate, eta: bar(d, t, f"{rate:.1f} img/s, ETA {eta:.0f} s"))
     for p in [*dataset.problems, *vs.problems]:
         print(f"skipped {p.path}: {p.reason}", file=sys.stderr)
@@ -88,7 +92,7 @@ def cmd_run(args) -> int:
     config = GridConfig(dataset=args.dataset, backbones=args.backbone, merges=args.merge,
                         classifiers=args.classifier, split=args.split, test_size=args.test_size,
                         negative_ratio=args.negative_ratio, negatives=args.negatives, seed=args.seed,
-                        weights=args.weights, fusion=args.fusion)
+                        weights=args.weights, fusion=args.fusion, ray=args.ray)
     bar = ProgressBar()
     rows = []
     for result in run_grid(config, progress=lambda stage, d, t, msg: bar(d, t, msg)):
@@ -136,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--fit", default="crop", choices=["crop", "pad"], help="aspect-preserving center crop or pad")
     p.add_argument("--out", help="write vectors, paths and groups to this .npz")
+    p.add_argument("--ray", metavar="ADDRESS", help=RAY_HELP)
     p.set_defaults(func=cmd_vectorize)
 
     p = sub.add_parser("run", help="train and score every backbone x merge x classifier")
@@ -147,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="group (default, no image in both train and test) or pair (the 2017 study's, leaky)")
     p.add_argument("--test-size", type=float, default=0.3)
     p.add_argument("--negative-ratio", type=float, default=1.0, help="negatives per positive (default 1)")
-    p.add_argument("--negatives", default="random", choices=NEGATIVE_SCHEMES)
+    p.add_argument("--negatives", default="random", choices=[*NEGATIVE_SCHEMES, "hard"],
+                   help="random, same_left (the 2017 study's) or hard (mined near neighbours, FAISS)")
+    p.add_argument("--ray", metavar="ADDRESS", help=RAY_HELP + "; XGBoost cells train with Ray Train")
     p.add_argument("--fusion", action="store_true", help="also run the backbones' vectors concatenated")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_run)

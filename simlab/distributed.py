@@ -316,7 +316,8 @@ def _pipeline(ray, paths, bb, weights, fit, batch_size, gpus, tracker, crash_onc
     if gpus:
         actors = {"num_gpus": 1, "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=gpus)}
     else:  # the decode tasks need CPUs too: at most half the cluster's for the model
-        actors = {"num_cpus": 1, "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cluster_cpus() // 2))}
+        pool = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cluster_cpus() // 2))
+        actors = {"num_cpus": 1, "compute": pool}
     with warnings.catch_warnings():
         # Bounded retries are still passed as remote args in Ray 2.60 (deprecated for 2.64, which
         # will name them); without them Ray retries forever.

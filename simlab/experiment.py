@@ -43,6 +43,7 @@ class GridConfig:
     seed: int = 0
     weights: str = "imagenet"
     fusion: bool = False  # also run the backbones' vectors concatenated, as one more "backbone"
+    ray: str | None = None  # Ray address (docs/scaling.md); None: $SIMLAB_RAY_ADDRESS, or no Ray
 
     def validate(self) -> "GridConfig":
         for name in self.backbones:
@@ -55,8 +56,8 @@ class GridConfig:
             raise ValueError("Pick at least one backbone, one merge and one classifier.")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}")
-        if self.negatives not in NEGATIVE_SCHEMES:
-            raise ValueError(f"negatives must be one of {NEGATIVE_SCHEMES}")
+        if self.negatives not in (*NEGATIVE_SCHEMES, "hard"):
+            raise ValueError(f"negatives must be one of {(*NEGATIVE_SCHEMES, 'hard')}")
         if not 0 < self.test_size < 1:
             raise ValueError("test fraction must be between 0 and 1")
         return self
@@ -113,14 +114,28 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: GridProgr
             say("vectorize", done, total, f"{name}: {done}/{total} images, {rate:.1f} img/s, ETA {eta:.0f} s")
 
         t0 = time.perf_counter()
-        sets[name] = vectorize(dataset, name, config.weights, progress=vec_progress, should_stop=should_stop)
+        sets[name] = vectorize(dataset, name, config.weights, progress=vec_progress, should_stop=should_stop,
+                               ray=config.ray)
         say("vectorize", len(dataset.paths), len(dataset.paths),
             f"{name}: vectors ready in {time.perf_counter() - t0:.1f} s ({sets[name].computed} computed)")
     paths, groups, vectors = common_images(sets)
     if config.fusion and len(config.backbones) > 1:
         vectors["+".join(config.backbones)] = fuse([vectors[b] for b in config.backbones])
-    pairs, train, test = build_pairs(groups, config.split, config.test_size, config.negative_ratio,
-                                     config.negatives, config.seed)
+    pair_sets: dict = {}
+
+    def pairs_for(backbone: str):
+        """The grid's pairs; with hard negatives, mined on each backbone's own vectors (FAISS)."""
+        key = backbone if config.negatives == "hard" else None
+        if key not in pair_sets:
+            scheme, hard = config.negatives, None
+            if scheme == "hard":
+                from simlab.search import hard_negative_pairs
+
+                scheme, hard = "random", hard_negative_pairs(vectors[backbone], groups, config.negative_ratio)
+            pair_sets[key] = build_pairs(groups, config.split, config.test_size, config.negative_ratio, scheme,
+                                         config.seed, hard_negatives=hard)
+        return pair_sets[key]
+
     groups_arr, paths_arr = np.asarray(groups), np.asarray(paths)
     maps = {b: retrieval_map(v, groups) for b, v in vectors.items()}
     cells = config.cells()
@@ -133,8 +148,9 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: GridProgr
                                merge=merge, classifier=clf_name, split=config.split, seed=config.seed,
                                config=cell_config, versions=library_versions(), git=git_commit(), job_id=job_id)
         try:
+            pairs, train, test = pairs_for(backbone)
             summary = _run_cell(store, run_id, vectors[backbone], pairs, train, test, merge, clf_name,
-                                config.seed, maps[backbone], paths_arr, groups_arr)
+                                config.seed, maps[backbone], paths_arr, groups_arr, config.ray)
         except Exception as exc:
             store.update_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
             raise
@@ -142,14 +158,24 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: GridProgr
     say("train", len(cells), len(cells), f"{len(cells)} runs done")
 
 
+def fit_classifier(clf_name: str, X, y, seed: int, ray: str | None = None):
+    """A fitted classifier; XGBoost trains through Ray Train when Ray is on."""
+    from simlab.distributed import ray_address
+
+    if clf_name == "xgboost" and (address := ray_address(ray)):
+        from simlab.distributed import ray_fit_xgboost
+
+        return ray_fit_xgboost(X, y, {"random_state": seed}, address)
+    return make_classifier(clf_name, random_state=seed).fit(X, y)
+
+
 def _run_cell(store: Store, run_id: str, vectors, pairs, train, test, merge: str, clf_name: str, seed: int,
-              map_score: float, paths, groups) -> dict:
+              map_score: float, paths, groups, ray: str | None = None) -> dict:
     t0 = time.perf_counter()
     X_train = merge_pairs(vectors, pairs.left[train], pairs.right[train], merge)
     X_test = merge_pairs(vectors, pairs.left[test], pairs.right[test], merge)
     t1 = time.perf_counter()
-    clf = make_classifier(clf_name, random_state=seed)
-    clf.fit(X_train, pairs.label[train])
+    clf = fit_classifier(clf_name, X_train, pairs.label[train], seed, ray)
     t2 = time.perf_counter()
     prob = clf.predict_proba(X_test)[:, 1]
     t3 = time.perf_counter()

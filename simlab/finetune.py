@@ -994,8 +994,10 @@ def _train_and_score(config: FinetuneConfig, dataset, store, run_id: str, progre
     if "tuned_backbone" in extra:
         artifacts["tower"] = str(folder / "tower.keras")
     store.finish_run(run_id, metrics, predictions, status=status, timings=timings, artifacts=artifacts)
-    log(f"Run {run_id} {status}: test accuracy {metrics['accuracy']:.3f}, AUC {metrics['auc']:.3f} "
-        f"(best epoch {best.best_epoch} of {n_epochs}, {timings['total']:.0f} s)")
+    summary = (f"test accuracy {metrics['accuracy']:.3f}, AUC {metrics['auc']:.3f} "
+               f"(best epoch {best.best_epoch} of {n_epochs}, {timings['total']:.0f} s)")
+    progress(1, 1, f"{'Stopped and scored' if curves.stopped else 'Done'}: {summary}")
+    log(f"Run {run_id} {status}: {summary}")
     return {"run_id": run_id, "mode": config.mode, "backbone": config.backbone_label, "merge": config.merge_label,
             "classifier": config.classifier_label, "status": status, **metrics,
             "seconds": round(timings["total"], 2),
@@ -1013,9 +1015,13 @@ def _score(config: FinetuneConfig, built: Built, data: PairData, dataset, run_id
     from simlab.evaluate import pair_metrics, retrieval_map
 
     test_cols = [data.test.left, data.test.right]
+    test_img = data.test_images
+    extra = {} if data.vectors is None else {
+        "map_frozen": retrieval_map(data.vectors[test_img], data.groups[test_img]),
+        "map_scope": "test images" if config.split == "group" else "all images"}
     if config.mode == "head":
         prob = _predict(built.scorer, built.source, test_cols)[:, 1]
-        return pair_metrics(data.test.label, prob, seed=config.seed), prob, {}
+        return pair_metrics(data.test.label, prob, seed=config.seed), prob, extra
 
     from simlab.classifiers import SimilarityThreshold
 
@@ -1025,13 +1031,10 @@ def _score(config: FinetuneConfig, built: Built, data: PairData, dataset, run_id
     rule = SimilarityThreshold().fit(-d_val[:, None], data.val.label)
     prob = rule.predict_proba(-d_test[:, None])[:, 1]
     metrics = pair_metrics(data.test.label, prob, seed=config.seed)
-    extra = {"distance_threshold": float(-rule.threshold_) if rule.sign_ > 0 else None, "margin": config.margin}
+    extra |= {"distance_threshold": float(-rule.threshold_) if rule.sign_ > 0 else None, "margin": config.margin}
 
     embeddings = np.asarray(_predict(built.embedder, built.source, [np.arange(len(built.source))]), np.float32)
-    test_img = data.test_images
     extra["map"] = retrieval_map(embeddings[test_img], data.groups[test_img])
-    if data.vectors is not None:
-        extra["map_frozen"] = retrieval_map(data.vectors[test_img], data.groups[test_img])
     extra["map_scope"] = "test images" if config.split == "group" else "all images"
 
     tower, size, pre_name = built.tower, built.input_size, built.preprocess

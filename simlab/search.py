@@ -293,7 +293,8 @@ def _run_config(run: dict) -> dict:
             "backbone": one("backbones", run.get("backbone")), "merge": one("merges", run.get("merge")),
             "classifier": one("classifiers", run.get("classifier")),
             "split": config.get("split") or run.get("split") or "group",
-            "test_size": float(config.get("test_size", 0.3)), "negative_ratio": float(config.get("negative_ratio", 1.0)),
+            "test_size": float(config.get("test_size", 0.3)),
+            "negative_ratio": float(config.get("negative_ratio", 1.0)),
             "negatives": config.get("negatives") or "random", "seed": int(config.get("seed", run.get("seed") or 0)),
             "weights": config.get("weights") or "imagenet"}
 
@@ -353,7 +354,8 @@ def pair_probabilities(model, merge: str, query_vector, candidate_vectors) -> np
     """P(same scene) of (query, candidate) for each candidate, by a fitted pair classifier."""
     from simlab.merge import merge_pairs
 
-    vectors = np.vstack([np.asarray(query_vector, np.float32).reshape(1, -1), np.asarray(candidate_vectors, np.float32)])
+    vectors = np.vstack([np.asarray(query_vector, np.float32).reshape(1, -1),
+                         np.asarray(candidate_vectors, np.float32)])
     m = len(vectors) - 1
     X = merge_pairs(vectors, np.zeros(m, np.int64), np.arange(1, m + 1), merge)
     return model.predict_proba(X)[:, 1]
@@ -424,6 +426,8 @@ def search_dataset(dataset, query: str, backbone: str | None = None, weights: st
                              f"--weights {settings['weights']} (or leave --weights out).")
         backbone, weights = settings["backbone"], settings["weights"]
     backbone = backbone or DEFAULT_BACKBONE
+    if not os.path.isfile(query):  # before any vectorising
+        raise FileNotFoundError(f"Query image not found: {query}")
     say(f"Loading the {backbone} vectors of {dataset.spec}")
     vs = vectorize(dataset, backbone, weights, progress=progress)
     if len(vs.vectors) == 0:
@@ -432,8 +436,6 @@ def search_dataset(dataset, query: str, backbone: str | None = None, weights: st
     if position is not None:
         query_vector = vs.vectors[position]
     else:
-        if not os.path.exists(query):
-            raise FileNotFoundError(f"Query image not found: {query}")
         say(f"Vectorising the query image with {backbone}")
         vecs, errors = compute_vectors([query], backbone, vs.weights)
         if errors[0]:
@@ -496,16 +498,18 @@ def cmd_search(args) -> int:
 
     dataset = load_dataset(args.dataset)
     bar = ProgressBar() if not args.json else None
+
+    def progress(done, total, rate, eta):
+        bar(done, total, f"vectorising: {rate:.1f} img/s, ETA {eta:.0f} s")
+
     result = search_dataset(dataset, args.query, args.backbone, args.weights, k=args.k, rerank=args.rerank,
-                            kind=args.index, shortlist=args.shortlist, stage=stage,
-                            progress=(lambda d, t, rate, eta: bar(d, t, f"vectorising: {rate:.1f} img/s, ETA {eta:.0f} s"))
-                            if bar else None)
+                            kind=args.index, shortlist=args.shortlist, stage=stage, progress=progress if bar else None)
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
     where = f"group {result.query_group}" if result.query_group is not None else "not in the dataset"
-    print(f"{len(result.results)} nearest to {args.query} ({where}) in {dataset.root} · {result.backbone} ({result.weights}) · "
-          f"{result.kind} index" + (f" · re-ranked by run {result.rerank}" if result.rerank else ""))
+    print(f"{len(result.results)} nearest to {args.query} ({where}) in {dataset.root} · "
+          f"{result.backbone} ({result.weights}) · {result.kind} index" + (f" · re-ranked by run {result.rerank}" if result.rerank else ""))
     cols = ["rank", "score", "prob", "group", "path"] if result.rerank else ["rank", "score", "group", "path"]
     rows = [{**r, "path": _relative(r["path"], dataset.root), "score": f"{r['score']:.4f}",
              **({"prob": f"{r['prob']:.3f}"} if "prob" in r else {})} for r in result.results]

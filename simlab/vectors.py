@@ -189,8 +189,12 @@ def compute_vectors(paths: list[str], backbone: str, weights: str, fit: str = "c
 
 def vectorize(dataset: Dataset, backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
               fit: str = "crop", batch_size: int | None = None, progress: Progress | None = None,
-              should_stop: Callable[[], bool] | None = None) -> VectorSet:
-    """One vector per image of the dataset, from the cache where possible."""
+              should_stop: Callable[[], bool] | None = None, ray: str | None = None) -> VectorSet:
+    """One vector per image of the dataset, from the cache where possible.
+
+    ``ray``: a Ray address (``local``, ``auto``, ``HOST:6379``...; default ``$SIMLAB_RAY_ADDRESS``)
+    to compute the missing vectors on a Ray cluster; they land in the same cache under the same key.
+    """
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
     weights = weights or default_weights(backbone)
@@ -206,8 +210,15 @@ def vectorize(dataset: Dataset, backbone: str = DEFAULT_BACKBONE, weights: str |
     todo = [i for i, d in enumerate(dataset.digests) if d not in known]
     bad: dict[str, str] = {}
     if todo:
-        vecs, errors = compute_vectors([dataset.paths[i] for i in todo], backbone, weights, fit, batch_size,
-                                       progress, should_stop)
+        from simlab.distributed import ray_address  # imports no Ray
+
+        compute = compute_vectors
+        if address := ray_address(ray):
+            from simlab.distributed import ray_vectorize
+
+            compute = functools.partial(ray_vectorize, address=address)
+        vecs, errors = compute([dataset.paths[i] for i in todo], backbone, weights, fit, batch_size=batch_size,
+                               progress=progress, should_stop=should_stop)
         for i, v, err in zip(todo, vecs, errors):
             if err:
                 bad[dataset.digests[i]] = err

@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,3 +228,18 @@ def test_cli_prints_json_with_the_required_keys(spec, cache):
     assert {"mode", "backbone", "accuracy", "auc", "epochs_run"} <= set(out)
     assert out["mode"] == "siamese" and out["backbone"] == BACKBONE and out["epochs_run"] == 2
     assert "Epoch 1/2" in res.stderr and "Epoch 2/2" in res.stderr
+
+
+def test_page_shows_the_runs_curves_and_results(spec, cache, store, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    if not store.runs(kind="finetune", status="done"):  # usually left by the tests above
+        run_finetune(config(spec, mode="siamese", epochs=1), store)
+    monkeypatch.setenv("SIMLAB_DATASET", spec)
+    page = Path(__file__).resolve().parent.parent / "pages" / "finetune.py"
+    at = AppTest.from_file(str(page), default_timeout=120).run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Fine-tune"
+    assert at.button(key="FormSubmitter:ft_form-Start fine-tuning") is not None
+    assert [s.value for s in at.subheader] == ["Training curves", "Results on the test pairs"]
+    assert len(at.get("plotly_chart")) == 1 and len(at.dataframe) == 1

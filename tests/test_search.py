@@ -191,6 +191,7 @@ def test_cli_text_output_and_clear_errors(in_small, capsys, tmp_path):
     assert "rank" in text and "same group as the query" in text and text.count("g000/") >= 1
     assert cli.main(["search", "--dataset", in_small["spec"], "--query", str(tmp_path / "nope.jpg")]) == 2
     assert "not found" in capsys.readouterr().err
+    assert not list((in_small["cache"] / "vectors").glob("*imagenet*"))  # failed before vectorising anything
     assert cli.main(["search", "--dataset", in_small["spec"], "--query", str(tmp_path), "--rerank", "r_missing"]) == 2
     assert "No run 'r_missing'" in capsys.readouterr().err
 
@@ -238,7 +239,10 @@ def test_search_page_shows_neighbours_with_badges(in_small):
     at = page_test(in_small["spec"]).run()
     assert not at.exception, at.exception
     assert not at.error
-    assert at.selectbox(key="search_set").value == 0
+    vector_set = at.selectbox(key="search_set")
+    random_set = next(i for i, label in enumerate(vector_set.options) if "random weights" in label)
+    vector_set.set_value(random_set).run()
+    assert not at.exception
     texts = [t.value for t in at.text]
     assert any(t.startswith("#1 · g000") for t in texts)  # the first group's first image finds itself first
     assert sum(t.startswith("#") for t in texts) == min(12, 18)

@@ -1,4 +1,6 @@
-import multiprocessing as mp
+import os
+import subprocess
+import sys
 
 import pandas as pd
 
@@ -18,13 +20,12 @@ def _writer(path, worker, n):
 def test_two_processes_writing_at_once_do_not_corrupt_the_store(tmp_path):
     path = tmp_path / "s.db"
     Store(path)
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(str(path), w, 25)) for w in range(2)]
+    # Separate interpreters (not multiprocessing: other tests' Streamlit scripts may have replaced __main__).
+    code = "import sys; from test_store import _writer; _writer(sys.argv[1], int(sys.argv[2]), 25)"
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([os.getcwd(), os.path.dirname(__file__)])}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path), str(w)], env=env) for w in range(2)]
     for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+        assert p.wait(120) == 0
     store = Store(path)
     runs = store.runs()
     assert len(runs) == 50 and all(r["status"] == "done" for r in runs)
