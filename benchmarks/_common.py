@@ -33,9 +33,12 @@ def bench_dir(*parts: str) -> Path:
     return path
 
 
-def use_bench_cache() -> Path:
-    """Point simlab at the benchmarks' own cache (vectors, datasets memo, run store), away from the user's."""
-    path = bench_dir("simlab-cache")
+def use_bench_cache(name: str = "simlab-cache") -> Path:
+    """Point simlab at a benchmark's own cache (vectors, datasets memo, run store), away from the user's.
+
+    grid.py and pages.py share the default one (pages render the grid's runs).
+    """
+    path = bench_dir(name)
     os.environ["SIMLAB_CACHE"] = str(path)
     return path
 

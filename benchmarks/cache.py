@@ -17,7 +17,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The repo root first; and not this folder, which Python puts first and whose script names
+# (pages, grid, ...) would shadow the app's own modules.
+sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse  # noqa: E402
 import time  # noqa: E402
@@ -46,7 +49,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
 
-    use_bench_cache()
+    use_bench_cache("cache-bench")  # not the grid's: its resnet50 set is another one
     import numpy as np
 
     from simlab.data import load_dataset

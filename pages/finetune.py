@@ -260,7 +260,7 @@ def result_row(run: dict, kind: str, frozen_map: float | None = None) -> dict:
             "95% CI": (f"{m['accuracy_lo']:.3f} – {m['accuracy_hi']:.3f}" if m.get("accuracy_lo") is not None else ""),
             "AUC": m.get("auc"), "mAP": m.get("map") if frozen_map is None else frozen_map,
             "epochs": (f"{m.get('best_epoch')} of {m.get('epochs_run')}" if "epochs_run" in m else ""),
-            "s / epoch": t.get("per_epoch")}
+            "seconds": t.get("total")}
 
 
 def results(runs: list[dict]) -> None:
@@ -275,7 +275,7 @@ def results(runs: list[dict]) -> None:
                       float("nan"))
     rows += [result_row(b, "frozen vectors", frozen_map) for b in base.values()]
     frame = pd.DataFrame(rows).sort_values("accuracy", ascending=False, na_position="last")
-    for col in ("accuracy", "AUC", "mAP", "s / epoch"):
+    for col in ("accuracy", "AUC", "mAP", "seconds"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     backbones = sorted({r.get("backbone") or "" for r in finished})
     st.caption(f"Backbone {', '.join(backbones)} · {finished[0].get('split')} split, seed {finished[0].get('seed')} · "
@@ -285,7 +285,7 @@ def results(runs: list[dict]) -> None:
         "AUC": st.column_config.NumberColumn(format="%.3f"), "mAP": st.column_config.NumberColumn(
             format="%.3f", help="Retrieval mean average precision among the held-out test scenes (each scene's "
                                 "first image queries the others)."),
-        "s / epoch": st.column_config.NumberColumn(format="%.1f"),
+        "seconds": st.column_config.NumberColumn(format="%.1f", help="Training and scoring time of the run."),
         "epochs": st.column_config.TextColumn(help="The best epoch (0 = the starting point) of those run.")})
     towers = [f"**{escape_md(m['tuned_backbone'])}** (retrieval mAP on the test scenes {m['map']:.3f}, frozen "
               f"vectors {m.get('map_frozen', float('nan')):.3f})"

@@ -866,8 +866,9 @@ def sync_tuned_backbones() -> None:
     """Register the towers found under ``cache/runs/*/tower.json``; forget those whose folder is gone."""
     root = cache_dir("runs")
     for name, bb in list(BACKBONES.items()):
-        if bb.options.get("tuned") and not (Path(bb.options["folder"]) / "tower.json").exists():
-            del BACKBONES[name]
+        folder = Path(bb.options.get("folder", ""))
+        if bb.options.get("tuned") and (folder.parent != root or not (folder / "tower.json").exists()):
+            del BACKBONES[name]  # deleted, or from another cache (SIMLAB_CACHE changed)
     for meta in root.glob("*/tower.json"):
         name = tuned_name(meta.parent.name)
         if name not in BACKBONES or BACKBONES[name].options.get("folder") != str(meta.parent):

@@ -121,8 +121,16 @@ def load_model(backbone: str, weights: str):
     if has_gpu():
         import keras
 
+        # Mixed precision for this model only: the global policy is put back, so Keras models built
+        # later in the process (the neural head, fine-tuning) keep their own precision.
+        previous = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy("mixed_float16")
-    model = bb.build(weights)
+        try:
+            model = bb.build(weights)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+    else:
+        model = bb.build(weights)
 
     @tf.function(reduce_retracing=True)
     def embed(images):
