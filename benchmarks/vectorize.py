@@ -117,7 +117,7 @@ def bench_backbone(backbone: str, paths: list[str], rounds: int, batch_size: int
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=256, help="photos (default 256)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
     ap.add_argument("--backbones", default="efficientnet_lite0,resnet50")
     ap.add_argument("--batch-size", type=int, default=None, help="default: simlab's own choice for the device")
     ap.add_argument("--images", default=None, help="a folder of JPEGs to use instead of generated photos")
