@@ -425,3 +425,14 @@ def page_link(page: str, label: str, icon: str | None = None, query_params: dict
             st.page_link(page, label=label, icon=icon, query_params=query_params)
         except Exception:  # not registered in st.navigation (e.g. running a page file alone)
             pass
+
+
+def no_runs_yet() -> None:
+    """The empty state of pages that show runs: say so, and link to where runs are made."""
+    st.info("No runs yet - run the demo experiment on Home or start a grid on Train.",
+            icon=":material/lightbulb:")
+    cols = st.columns(4)
+    with cols[0]:
+        page_link("pages/home.py", "Home: the demo experiment", icon=":material/home:")
+    with cols[1]:
+        page_link("pages/train.py", "Train: start a grid", icon=":material/model_training:")

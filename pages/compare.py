@@ -11,7 +11,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 from streamlit.errors import StreamlitAPIException, StreamlitPageNotFoundError
 
-from pages.common import cached_runs, current_dataset_spec, escape_md, page_link
+from pages.common import cached_runs, current_dataset_spec, escape_md, no_runs_yet
 from simlab.backbones import DEFAULT_BACKBONE
 from simlab.classifiers import CLASSIFIERS
 from simlab.merge import MERGES
@@ -219,16 +219,6 @@ def clickable_chart(fig: go.Figure, key: str) -> None:
 # --------------------------------------------------------------------------- sections
 
 
-def empty_page() -> None:
-    st.info("No runs yet - run the demo experiment on Home or start a grid on Train.",
-            icon=":material/lightbulb:")
-    cols = st.columns(4)
-    with cols[0]:
-        page_link("pages/home.py", "Home: the demo experiment", icon=":material/home:")
-    with cols[1]:
-        page_link("pages/train.py", "Train: start a grid", icon=":material/model_training:")
-
-
 def filters(frame: pd.DataFrame) -> pd.DataFrame:
     """Dataset, split and weights pickers; returns the runs they keep."""
     spec = current_dataset_spec()
@@ -425,7 +415,7 @@ def main() -> None:
         st.error(f"Could not read the run store: {escape_md(type(exc).__name__)}: {escape_md(str(exc)[:300])}")
         return
     if all_runs.empty:
-        empty_page()
+        no_runs_yet()
         return
     frame = filters(all_runs)
     metric = st.radio("Metric", list(METRICS), format_func=METRICS.get, horizontal=True, key="compare_metric",

@@ -16,6 +16,7 @@ import streamlit as st
 from pages.common import (
     cached_runs,
     escape_md,
+    no_runs_yet,
     fmt_when,
     load_dataset_cached,
     page_link,
@@ -415,13 +416,7 @@ def main() -> None:
         st.error(f"Could not read the run store: {escape_md(type(exc).__name__)}: {escape_md(str(exc)[:300])}")
         return
     if not runs:
-        st.info("No runs yet - run the demo experiment on Home or start a grid on Train.",
-                icon=":material/lightbulb:")
-        cols = st.columns(4)
-        with cols[0]:
-            page_link("pages/home.py", "Home: the demo experiment", icon=":material/home:")
-        with cols[1]:
-            page_link("pages/train.py", "Train: start a grid", icon=":material/model_training:")
+        no_runs_yet()
         return
     run = pick_run(runs)
     run_caption(run)
