@@ -11,12 +11,13 @@ import platform
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter would hide the tables
 
-PHOTO_VERSION = "1"
+PHOTO_VERSION = "2"
 HOLIDAYS_VERSION = "1"
 # Benchmark scratch space: <simlab cache>/bench, fixed when this module is imported (before a
 # script points SIMLAB_CACHE at its own isolated cache with use_bench_cache()).
@@ -145,11 +146,10 @@ def make_photos(n: int = 256, seed: int = 0, lo: int = 500, hi: int = 1000) -> l
     paths = [str(folder / f"{i:05d}.jpg") for i in range(n)]
     if all(os.path.exists(p) for p in paths):
         return paths
-    rng = np.random.default_rng(seed)
     sources = [load_sample_image(name) for name in ("china.jpg", "flower.jpg")]
-    for i, path in enumerate(paths):
-        if os.path.exists(path):
-            continue
+
+    def write(i: int, path: str) -> None:
+        rng = np.random.default_rng([seed, i])  # one stream per photo: the same files whatever the threads
         src = sources[i % 2]
         h, w = src.shape[:2]
         ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
@@ -158,10 +158,14 @@ def make_photos(n: int = 256, seed: int = 0, lo: int = 500, hi: int = 1000) -> l
         short_side = int(long_side * rng.uniform(0.6, 0.8))
         size = (long_side, short_side) if rng.random() > 0.25 else (short_side, long_side)
         im = Image.fromarray(src[y:y + ch, x:x + cw]).resize(size, Image.Resampling.BICUBIC)
-        a = np.asarray(im, np.float32) + rng.normal(0, 3.0, (size[1], size[0], 3))
+        a = np.asarray(im, np.float32) + rng.normal(0, 3.0, (size[1], size[0], 3)).astype(np.float32)
         tmp = path + ".tmp.jpg"
         Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(tmp, quality=90)
         os.replace(tmp, path)
+
+    todo = [(i, p) for i, p in enumerate(paths) if not os.path.exists(p)]
+    with ThreadPoolExecutor(max(2, min(16, os.cpu_count() or 2))) as pool:
+        list(pool.map(lambda item: write(*item), todo))
     return paths
 
 

@@ -25,6 +25,7 @@ sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
     p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 import time  # noqa: E402
 
 from benchmarks._common import emit, log, machine, make_photos, median, table, verdict  # noqa: E402
@@ -68,13 +69,13 @@ def _way_limit(n, backbone, batch_size, batch):
     _, embed = load_model(backbone, "random")
     out = None
     for _ in range(-(-n // batch_size)):
-        out = embed(batch).numpy()
+        out = embed(batch)
     return out
 
 
 def bench_backbone(backbone: str, paths: list[str], rounds: int, batch_size: int) -> dict:
     import numpy as np
-    import tensorflow as tf
+    from keras import ops
 
     from simlab.backbones import get_backbone
     from simlab.data.images import load_for_model
@@ -82,7 +83,7 @@ def bench_backbone(backbone: str, paths: list[str], rounds: int, batch_size: int
     bb = get_backbone(backbone)
     n = len(paths)
     reps = [paths[i % n] for i in range(batch_size)]
-    batch = tf.constant(np.stack([load_for_model(p, bb.input_size) for p in reps]))
+    batch = ops.convert_to_tensor(np.stack([load_for_model(p, bb.input_size) for p in reps]))
     runs = {
         "simlab": lambda: _way_simlab(paths, backbone, batch_size),
         "naive": lambda: _way_naive(paths, backbone, batch_size),
@@ -121,6 +122,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--backbones", default="efficientnet_lite0,resnet50")
     ap.add_argument("--batch-size", type=int, default=None, help="default: simlab's own choice for the device")
     ap.add_argument("--images", default=None, help="a folder of JPEGs to use instead of generated photos")
+    ap.add_argument("--long-side", default="500-1000", metavar="LO-HI",
+                    help="long side of the generated photos in px (default 500-1000; camera photos: 2000-3300)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
 
@@ -128,7 +131,8 @@ def main(argv=None) -> dict:
         paths = sorted(str(p) for p in Path(args.images).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
         paths = paths[:args.n]
     else:
-        paths = make_photos(args.n)
+        lo, hi = (int(v) for v in args.long_side.split("-"))
+        paths = make_photos(args.n, lo=lo, hi=hi)
     from simlab.vectors import default_batch_size
 
     batch_size = args.batch_size or default_batch_size()
@@ -137,7 +141,14 @@ def main(argv=None) -> dict:
     results = [bench_backbone(b, paths, args.rounds, batch_size) for b in args.backbones.split(",")]
     goals = {r["backbone"]: {"simlab/limit>=0.9": r["simlab/limit"] >= GOAL_LIMIT,
                              "simlab/naive>=2": r["simlab/naive"] >= GOAL_NAIVE} for r in results}
-    out = {"benchmark": "vectorize", "images": len(paths), "rounds": args.rounds, "batch_size": batch_size,
+    import keras
+    from PIL import Image
+
+    sizes = sorted(max(Image.open(p).size) for p in paths)
+    photos = {"source": args.images or "generated", "long_side_px": [sizes[0], sizes[len(sizes) // 2], sizes[-1]],
+              "mean_kb": round(sum(os.path.getsize(p) for p in paths) / len(paths) / 1024, 1)}
+    out = {"benchmark": "vectorize", "images": len(paths), "photos": photos, "keras_backend": keras.config.backend(),
+           "rounds": args.rounds, "batch_size": batch_size,
            "machine": info, "results": results, "goals": goals}
     rows = [{"backbone": r["backbone"], "simlab img/s": r["simlab_img_s"], "naive img/s": r["naive_img_s"],
              "limit img/s": r["limit_img_s"], "simlab/limit": r["simlab/limit"],
@@ -146,7 +157,9 @@ def main(argv=None) -> dict:
                                                   f"{r['limit_cpu_ms_img']}",
              "goals (>=0.9, >=2)": f"{verdict(goals[r['backbone']]['simlab/limit>=0.9'])}, "
                                    f"{verdict(goals[r['backbone']]['simlab/naive>=2'])}"} for r in results]
-    text = (f"Vectorisation: {len(paths)} JPEGs, batch {batch_size}, median of {args.rounds} interleaved rounds "
+    text = (f"Vectorisation: {len(paths)} JPEGs (long side min/median/max {photos['long_side_px']} px, "
+            f"{photos['mean_kb']} kB on average), batch {batch_size}, Keras on {out['keras_backend']}, "
+            f"median of {args.rounds} interleaved rounds "
             f"({info['device']}, load {info.get('load_avg')})\n\n" + table(rows, floatfmt="{:.2f}"))
     emit(out, args.json, text)
     return out

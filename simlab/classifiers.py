@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-# OpenMP threads (XGBoost's, scikit-learn's) sleep instead of spinning while they wait at a barrier.
-# Spinning costs nothing on an idle machine but, on a small one shared with the app, a vectorising
-# job or other processes, a spinning thread steals its sibling's core: XGBoost with 2 threads ran
-# 5x slower than with 1 on a loaded 2-core machine (benchmarks/README.md). Read once, when the OpenMP
-# runtime loads (with the first import of scikit-learn or XGBoost, which share it), so it is set
-# before those imports; an explicit setting wins. Importing scikit-learn earlier makes it a no-op.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import numpy as np  # noqa: E402
-from sklearn.base import BaseEstimator, ClassifierMixin  # noqa: E402
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 
 class SimilarityThreshold(ClassifierMixin, BaseEstimator):
@@ -74,6 +66,12 @@ def build_head(input_dim: int, dropout: float = 0.2):
     ], name="pair_head")
 
 
+# Keras seeds process-wide (Python, NumPy and backend generators), so two heads training at once
+# (grid cells run concurrently) would draw from each other's streams; one at a time keeps each
+# fit reproducible from its random_state.
+_KERAS_FIT = threading.Lock()
+
+
 class KerasHead(ClassifierMixin, BaseEstimator):
     """The study's neural head on merged vectors: Adam, batch 32, 10 epochs, best validation loss kept.
 
@@ -90,6 +88,10 @@ class KerasHead(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
 
     def fit(self, X, y, callbacks=None):
+        with _KERAS_FIT:
+            return self._fit(X, y, callbacks)
+
+    def _fit(self, X, y, callbacks):
         import keras
 
         keras.utils.set_random_seed(self.random_state or 0)
@@ -135,9 +137,14 @@ def _gnb(random_state):
 
 def _linsvc(random_state):
     from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
 
-    return CalibratedClassifierCV(LinearSVC(random_state=random_state), cv=3)
+    # Standardised and regularised: with the study's defaults (raw inputs, C=1) liblinear hit its
+    # 1,000 iterations without converging on wide l1/l2 merges, 4-7x slower and near chance there;
+    # this is also 7-10 points more accurate on the demo's real vectors (benchmarks/README.md).
+    return make_pipeline(StandardScaler(), CalibratedClassifierCV(LinearSVC(C=0.01, random_state=random_state), cv=3))
 
 
 def _rf(random_state):
@@ -171,7 +178,7 @@ CLASSIFIERS: dict[str, Classifier] = {c.name: c for c in (
                "No training: one threshold on cosine similarity (dot) or distance (l1, l2), tuned on train."),
     Classifier("logreg", _logreg, "Logistic regression", "Standardised inputs, L2 penalty C=0.1."),
     Classifier("gnb", _gnb, "Gaussian naive Bayes", "scikit-learn defaults, as in the 2017 study."),
-    Classifier("linsvc", _linsvc, "Linear SVM", "LinearSVC with probabilities calibrated by 3-fold CV."),
+    Classifier("linsvc", _linsvc, "Linear SVM", "Standardised inputs, LinearSVC with C=0.01, probabilities calibrated by 3-fold CV."),
     Classifier("rf", _rf, "Random forest", "100 trees, scikit-learn defaults."),
     Classifier("xgboost", _xgboost, "XGBoost", "Gradient-boosted trees, hist method (64 bins); on the GPU when there is one."),
     Classifier("mlp", lambda rs: KerasHead(random_state=rs), "Neural head",

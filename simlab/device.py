@@ -8,9 +8,20 @@ import os
 
 @functools.lru_cache(maxsize=1)
 def gpus() -> tuple[str, ...]:
-    """Names of the GPUs TensorFlow sees (empty on a CPU-only machine)."""
+    """Names of the GPUs the Keras backend sees (empty on a CPU-only machine)."""
     if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
         return ()
+    import keras
+
+    backend = keras.config.backend()
+    if backend == "jax":
+        import jax
+
+        return tuple(d.device_kind for d in jax.devices() if d.platform == "gpu")
+    if backend == "torch":
+        import torch
+
+        return tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     import tensorflow as tf
 
     names = []

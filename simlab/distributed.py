@@ -157,7 +157,7 @@ class Embedder:
         n = len(images)
         if n < self.batch_size:  # one traced shape for the whole run, as compute_vectors does
             images = np.concatenate([images, np.zeros((self.batch_size - n, *images.shape[1:]), np.uint8)])
-        vectors = self.embed(images).numpy()[:n].astype(np.float32)
+        vectors = self.embed(images)[:n].astype(np.float32)
         if self.tracker is not None:
             import ray
 

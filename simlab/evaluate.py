@@ -63,12 +63,15 @@ def retrieval_map(vectors: np.ndarray, groups, queries=None, similarity: np.ndar
     if queries is None:
         _, queries = np.unique(codes, return_index=True)
     v = l2_normalise(np.asarray(vectors, np.float32))
+    queries = np.asarray(queries, int)
     aps = []
-    for q in np.asarray(queries, int):
-        sims = similarity[q] if similarity is not None else v @ v[q]
-        others = np.flatnonzero(np.arange(len(v)) != q)
-        ranked = others[np.argsort(-sims[others], kind="stable")]
-        ap = average_precision(codes[ranked] == codes[q])
-        if not np.isnan(ap):
-            aps.append(ap)
+    for start in range(0, len(queries), 256):  # one matrix product per chunk of queries, bounded memory
+        chunk = queries[start:start + 256]
+        block = similarity[chunk] if similarity is not None else v[chunk] @ v.T
+        for q, sims in zip(chunk, block):
+            others = np.flatnonzero(np.arange(len(v)) != q)
+            ranked = others[np.argsort(-sims[others], kind="stable")]
+            ap = average_precision(codes[ranked] == codes[q])
+            if not np.isnan(ap):
+                aps.append(ap)
     return float(np.mean(aps)) if aps else float("nan")

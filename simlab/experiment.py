@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
+import os
 import platform
 import subprocess
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Callable
@@ -138,24 +141,81 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: GridProgr
 
     groups_arr, paths_arr = np.asarray(groups), np.asarray(paths)
     maps = {b: retrieval_map(v, groups) for b, v in vectors.items()}
-    cells = config.cells()
-    for i, (backbone, merge, clf_name) in enumerate(cells):
-        if should_stop and should_stop():
-            raise InterruptedError("Grid stopped on request.")
-        say("train", i, len(cells), f"{backbone} + {merge} + {clf_name}")
+    cells = collections.deque(config.cells())
+    total, finished, failure = len(cells), 0, None
+    running: dict = {}  # future -> (run id, cell)
+
+    def fail(run_id: str, exc: BaseException) -> None:
+        store.update_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
+
+    def start_next(pool) -> None:
+        nonlocal failure
+        backbone, merge, clf_name = cells.popleft()
         cell_config = asdict(config) | {"backbones": [backbone], "merges": [merge], "classifiers": [clf_name]}
         run_id = store.add_run(dataset=config.dataset, fingerprint=dataset.fingerprint, backbone=backbone,
                                merge=merge, classifier=clf_name, split=config.split, seed=config.seed,
                                config=cell_config, versions=library_versions(), git=git_commit(), job_id=job_id)
         try:
             pairs, train, test = pairs_for(backbone)
-            summary = _run_cell(store, run_id, vectors[backbone], pairs, train, test, merge, clf_name,
-                                config.seed, maps[backbone], paths_arr, groups_arr, config.ray)
         except Exception as exc:
-            store.update_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
-            raise
-        yield {"run_id": run_id, "backbone": backbone, "merge": merge, "classifier": clf_name} | summary
-    say("train", len(cells), len(cells), f"{len(cells)} runs done")
+            fail(run_id, exc)
+            failure = exc
+            return
+        future = pool.submit(_run_cell, vectors[backbone], pairs, train, test, merge, clf_name, config.seed,
+                             maps[backbone], paths_arr, groups_arr, config.ray)
+        running[future] = (run_id, (backbone, merge, clf_name))
+
+    def describe() -> str:
+        return "training " + "; ".join(" + ".join(cell) for _, cell in running.values())
+
+    # Cells train concurrently (grid_workers()), each on its own thread: scikit-learn, XGBoost and
+    # Keras release the GIL while they compute, so a single-threaded classifier no longer leaves a
+    # core idle. The store is written from this thread only; results are yielded as cells finish.
+    workers = grid_workers()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="simlab-cell")
+    try:
+        while cells or running:
+            stop = failure is not None or bool(should_stop and should_stop())
+            while cells and not stop and len(running) < workers:
+                start_next(pool)
+            if not running:
+                break
+            say("train", finished, total, describe())
+            done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                run_id, (backbone, merge, clf_name) = running.pop(future)
+                try:
+                    metrics, predictions, timings = future.result()
+                except Exception as exc:
+                    fail(run_id, exc)
+                    failure = failure or exc
+                    continue
+                store.finish_run(run_id, metrics, predictions, timings=timings)
+                finished += 1
+                yield {"run_id": run_id, "backbone": backbone, "merge": merge, "classifier": clf_name} | metrics | {
+                    "seconds": round(timings["total"], 3)}
+    finally:  # left early (the caller closed the generator, or an error here): no run stays "running"
+        for future, (run_id, _) in running.items():
+            future.cancel()
+            fail(run_id, InterruptedError("the grid ended before this run finished"))
+        pool.shutdown(wait=True, cancel_futures=True)
+    if failure is not None:
+        raise failure
+    if cells:
+        raise InterruptedError(f"Grid stopped on request after {finished} of {total} runs.")
+    say("train", total, total, f"{total} runs done")
+
+
+def grid_workers() -> int:
+    """Grid cells trained at once: ``$SIMLAB_GRID_WORKERS``, else 2 where there are 2 cores or more.
+
+    Two, not one per core: XGBoost, random forests and Keras already use every core within one cell;
+    the second cell fills the gaps the single-threaded ones (liblinear, lbfgs) leave (benchmarks/README.md).
+    """
+    try:
+        return max(1, int(os.environ["SIMLAB_GRID_WORKERS"]))
+    except (KeyError, ValueError):
+        return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
 def fit_classifier(clf_name: str, X, y, seed: int, ray: str | None = None):
@@ -169,8 +229,9 @@ def fit_classifier(clf_name: str, X, y, seed: int, ray: str | None = None):
     return make_classifier(clf_name, random_state=seed).fit(X, y)
 
 
-def _run_cell(store: Store, run_id: str, vectors, pairs, train, test, merge: str, clf_name: str, seed: int,
-              map_score: float, paths, groups, ray: str | None = None) -> dict:
+def _run_cell(vectors, pairs, train, test, merge: str, clf_name: str, seed: int, map_score: float, paths, groups,
+              ray: str | None = None) -> tuple[dict, pd.DataFrame, dict]:
+    """Train and score one cell; returns (metrics, test predictions, timings) for the store."""
     t0 = time.perf_counter()
     X_train = merge_pairs(vectors, pairs.left[train], pairs.right[train], merge)
     X_test = merge_pairs(vectors, pairs.left[test], pairs.right[test], merge)
@@ -185,6 +246,4 @@ def _run_cell(store: Store, run_id: str, vectors, pairs, train, test, merge: str
     predictions = pd.DataFrame({"left_path": paths[left], "right_path": paths[right],
                                 "left_group": groups[left], "right_group": groups[right],
                                 "label": pairs.label[test].astype(int), "prob": prob})
-    timings = {"merge": t1 - t0, "fit": t2 - t1, "predict": t3 - t2, "total": t3 - t0}
-    store.finish_run(run_id, metrics, predictions, timings=timings)
-    return metrics | {"seconds": round(timings["total"], 3)}
+    return metrics, predictions, {"merge": t1 - t0, "fit": t2 - t1, "predict": t3 - t2, "total": t3 - t0}

@@ -98,7 +98,7 @@ def grid_job(params: dict, store: Store, progress: Progress, should_stop, job_id
             progress(int(scale * 0.5 * frac), scale, f"Vectorising · {message}")
         else:
             frac = done / total if total else 1
-            step = f"run {min(done + 1, total)}/{total}: " if done < total else ""
+            step = f"{done}/{total} runs done · " if done < total else ""
             progress(int(scale * (0.5 + 0.5 * frac)), scale, f"Training · {step}{message}")
 
     progress(0, scale, "Loading the models and the dataset")

@@ -113,15 +113,17 @@ def _read_bank(folder: Path, wanted: set[str]) -> dict[str, np.ndarray]:
 
 @functools.lru_cache(maxsize=4)
 def load_model(backbone: str, weights: str):
-    """The backbone's Keras model and a compiled batch function (images uint8 -> vectors float32)."""
-    import tensorflow as tf
+    """The backbone's Keras model and a compiled batch function (images uint8 -> vectors float32, numpy).
+
+    Compiled the way the Keras backend in use compiles: ``tf.function`` on TensorFlow (the default),
+    ``jax.jit`` over the model's stateless call on JAX; on torch, eager calls without gradients.
+    """
+    import keras
 
     from simlab.device import has_gpu
 
     bb = get_backbone(backbone)
     if has_gpu():
-        import keras
-
         # Mixed precision for this model only: the global policy is put back, so Keras models built
         # later in the process (the neural head, fine-tuning) keep their own precision.
         previous = keras.mixed_precision.global_policy()
@@ -132,13 +134,41 @@ def load_model(backbone: str, weights: str):
             keras.mixed_precision.set_global_policy(previous)
     else:
         model = bb.build(weights)
+    return model, _compiled_embed(model, bb.preprocess, keras.config.backend())
 
-    @tf.function(reduce_retracing=True)
-    def embed(images):
-        x = bb.preprocess(tf.cast(images, tf.float32))
-        return tf.cast(model(x, training=False), tf.float32)
 
-    return model, embed
+def _compiled_embed(model, preprocess, backend: str):
+    from keras import ops
+
+    def forward(images):
+        return ops.cast(model(preprocess(ops.cast(images, "float32")), training=False), "float32")
+
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        compiled = tf.function(forward, reduce_retracing=True)
+        return lambda images: compiled(images).numpy()
+    if backend == "jax":
+        import jax
+
+        @jax.jit
+        def stateless(trainable, non_trainable, images):
+            x = preprocess(ops.cast(images, "float32"))
+            out, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+            return ops.cast(out, "float32")
+
+        # the variables' current arrays at each call: Keras' own predict may donate and replace them
+        return lambda images: np.asarray(stateless([v.value for v in model.trainable_variables],
+                                                   [v.value for v in model.non_trainable_variables], images))
+    if backend == "torch":
+        import torch
+
+        def eager(images):
+            with torch.no_grad():
+                return ops.convert_to_numpy(forward(images))
+
+        return eager
+    raise RuntimeError(f"Keras backend {backend!r} is not supported for vectorising (tensorflow, jax or torch).")
 
 
 def decode_workers() -> int:
@@ -215,7 +245,7 @@ def compute_vectors(paths: list[str], backbone: str, weights: str, fit: str = "c
     errors: list[str] = []
     start, done = time.perf_counter(), 0
     for images, n, errs in _image_batches(paths, bb.input_size, fit, batch_size):
-        out[done:done + n] = embed(images).numpy()[:n]
+        out[done:done + n] = embed(images)[:n]
         errors.extend(errs)
         done += n
         if progress:
