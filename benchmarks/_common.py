@@ -226,9 +226,10 @@ def verdict(ok: bool) -> str:
 
 
 def emit(result: dict, as_json: bool, text: str) -> None:
-    """Print the readable report, or (``--json``) exactly one JSON object on stdout."""
+    """Print the readable report, or (``--json``) exactly one JSON object on stdout and the report on stderr."""
     if as_json:
         sys.stdout.write(json.dumps(result, default=_jsonable) + "\n")
+        print(text, file=sys.stderr)
     else:
         print(text)
     sys.stdout.flush()

@@ -147,7 +147,11 @@ def main(argv=None) -> dict:
     sizes = sorted(max(Image.open(p).size) for p in paths)
     photos = {"source": args.images or "generated", "long_side_px": [sizes[0], sizes[len(sizes) // 2], sizes[-1]],
               "mean_kb": round(sum(os.path.getsize(p) for p in paths) / len(paths) / 1024, 1)}
+    from simlab.vectors import decode_mode, decode_workers
+
+    decode = f"{decode_workers()} {decode_mode()}"
     out = {"benchmark": "vectorize", "images": len(paths), "photos": photos, "keras_backend": keras.config.backend(),
+           "decode": decode,
            "rounds": args.rounds, "batch_size": batch_size,
            "machine": info, "results": results, "goals": goals}
     rows = [{"backbone": r["backbone"], "simlab img/s": r["simlab_img_s"], "naive img/s": r["naive_img_s"],
@@ -159,6 +163,7 @@ def main(argv=None) -> dict:
                                    f"{verdict(goals[r['backbone']]['simlab/naive>=2'])}"} for r in results]
     text = (f"Vectorisation: {len(paths)} JPEGs (long side min/median/max {photos['long_side_px']} px, "
             f"{photos['mean_kb']} kB on average), batch {batch_size}, Keras on {out['keras_backend']}, "
+            f"decoding in {decode}{' (CPU column: this process only)' if 'processes' in decode else ''}, "
             f"median of {args.rounds} interleaved rounds "
             f"({info['device']}, load {info.get('load_avg')})\n\n" + table(rows, floatfmt="{:.2f}"))
     emit(out, args.json, text)

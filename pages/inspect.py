@@ -317,7 +317,6 @@ def pair_dialog(run: dict, row: dict, threshold: float) -> None:
 
 
 def pair_detail(run: dict, row: dict, threshold: float) -> None:
-    truth = "the same scene" if row["label"] == 1 else "different scenes"
     st.markdown(f"{BADGE[row['outcome']]} **{OUTCOME[row['outcome']]}** · P(same) = **{row['prob']:.3f}** "
                 f"at threshold {threshold:.2f}")
     big = thumbs([row["left_path"], row["right_path"]], 256)

@@ -113,7 +113,8 @@ def _read_bank(folder: Path, wanted: set[str]) -> dict[str, np.ndarray]:
 
 @functools.lru_cache(maxsize=4)
 def load_model(backbone: str, weights: str):
-    """The backbone's Keras model and a compiled batch function (images uint8 -> vectors float32, numpy).
+    """The backbone's Keras model as built, and a compiled batch function (images uint8 -> vectors
+    float32, numpy) over an inference copy of it with batch norms folded (``simlab.fold``).
 
     Compiled the way the Keras backend in use compiles: ``tf.function`` on TensorFlow (the default),
     ``jax.jit`` over the model's stateless call on JAX; on torch, eager calls without gradients.
@@ -121,6 +122,7 @@ def load_model(backbone: str, weights: str):
     import keras
 
     from simlab.device import has_gpu
+    from simlab.fold import fold_batchnorm
 
     bb = get_backbone(backbone)
     if has_gpu():
@@ -134,7 +136,9 @@ def load_model(backbone: str, weights: str):
             keras.mixed_precision.set_global_policy(previous)
     else:
         model = bb.build(weights)
-    return model, _compiled_embed(model, bb.preprocess, keras.config.backend())
+    # the forward pass runs on an inference copy with batch norms folded into the convolutions
+    # (same vectors up to float rounding, 1.25-1.4x faster on CPU); ``model`` stays as built
+    return model, _compiled_embed(fold_batchnorm(model), bb.preprocess, keras.config.backend())
 
 
 def _compiled_embed(model, preprocess, backend: str):
@@ -146,7 +150,7 @@ def _compiled_embed(model, preprocess, backend: str):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        compiled = tf.function(forward, reduce_retracing=True)
+        compiled = tf.function(forward, reduce_retracing=True, autograph=False)  # no tensor-dependent Python flow
         return lambda images: compiled(images).numpy()
     if backend == "jax":
         import jax
@@ -172,42 +176,65 @@ def _compiled_embed(model, preprocess, backend: str):
 
 
 def decode_workers() -> int:
-    """Threads decoding images ahead of the forward pass: one per core, 2 at least, 16 at most.
+    """Workers decoding images ahead of the forward pass: one per core, 2 at least, 16 at most.
 
     On 2 cores, 2 threads beat 1 and 4 (85 against 81 and 84 img/s, EfficientNet-Lite0); a GPU
-    machine needs many, as its forward pass is far faster than one decoding thread.
+    machine needs many, as its forward pass is far faster than one decoding worker.
     """
     return max(2, min(16, os.cpu_count() or 2))
+
+
+def decode_mode() -> str:
+    """``threads`` or ``processes``: ``$SIMLAB_DECODE``, else processes from 8 cores up.
+
+    Threads overlap Pillow's decoding (it releases the GIL) but not the Python around it (opening,
+    headers, EXIF, copies): on 16 cores they kept about 5 busy (1,100-1,200 img/s on an H200,
+    benchmarks/README.md). Processes have no GIL to share but cost a start-up and a copy of each
+    image back; on small machines threads are as fast and simpler.
+    """
+    mode = os.environ.get("SIMLAB_DECODE", "").strip().lower()
+    if mode in ("threads", "processes"):
+        return mode
+    return "processes" if (os.cpu_count() or 1) >= 8 else "threads"
+
+
+@functools.lru_cache(maxsize=1)
+def _process_pool():
+    """One pool of decoding processes for the whole process (started once, on first use)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: the workers import Pillow and NumPy only, never a copy of a process that holds a model
+    return ProcessPoolExecutor(decode_workers(), mp_context=multiprocessing.get_context("spawn"))
 
 
 def _image_batches(paths: list[str], size: int, fit: str, batch_size: int, ahead: int = 2):
     """Yield ``(images, n, errors)`` per batch, in order: ``images`` is uint8 ``(batch_size, size, size, 3)``
     (the last batch padded with black, so the model sees one shape), ``n`` the real images in it.
 
-    Decoding and resizing run in a thread pool, ``ahead`` batches ahead of the consumer, so they
-    overlap the forward pass (Pillow releases the GIL while it decodes and resizes). Plain threads
-    rather than tf.data with a ``numpy_function``: same vectors, steadier and faster on a small
-    CPU (EfficientNet-Lite0, 2 cores: 74 against 61 img/s, forward pass alone 84; benchmarks/README.md).
+    Decoding and resizing run in a pool of threads or processes (``decode_mode()``), ``ahead``
+    batches ahead of the consumer, so they overlap the forward pass. A plain pool rather than
+    tf.data with a ``numpy_function``: same vectors, steadier and faster on a small CPU
+    (EfficientNet-Lite0, 2 cores: 74 against 61 img/s, forward pass alone 84; benchmarks/README.md).
     """
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    from simlab.data.images import load_for_model
+    from simlab.data.images import load_many
 
-    def load(path):
-        try:
-            return load_for_model(path, size, fit=fit), ""
-        except Exception as exc:  # reported per image, never fatal
-            return None, f"{type(exc).__name__}: {exc}"
-
+    if decode_mode() == "processes":
+        # a few images per task: fewer round trips, every worker still busy with 2 batches queued
+        pool, own, piece = _process_pool(), False, max(1, batch_size // decode_workers())
+    else:
+        pool, own, piece = ThreadPoolExecutor(decode_workers(), thread_name_prefix="simlab-decode"), True, 1
     chunks = iter([paths[i:i + batch_size] for i in range(0, len(paths), batch_size)])
-    pool = ThreadPoolExecutor(decode_workers(), thread_name_prefix="simlab-decode")
     pending: deque = deque()
 
     def submit_next():
         chunk = next(chunks, None)
         if chunk is not None:
-            pending.append([pool.submit(load, p) for p in chunk])
+            pending.append([pool.submit(load_many, chunk[j:j + piece], size, fit)
+                            for j in range(0, len(chunk), piece)])
 
     try:
         for _ in range(ahead):
@@ -217,14 +244,18 @@ def _image_batches(paths: list[str], size: int, fit: str, batch_size: int, ahead
             submit_next()
             images = np.zeros((batch_size, size, size, 3), np.uint8)
             errors = []
-            for j, fut in enumerate(futures):
-                img, err = fut.result()
-                if img is not None:
-                    images[j] = img
-                errors.append(err)
-            yield images, len(futures), errors
+            for fut in futures:
+                for img, err in fut.result():
+                    if img is not None:
+                        images[len(errors)] = img
+                    errors.append(err)
+            yield images, len(errors), errors
     finally:  # also when the consumer stops early: drop what is queued, let running decodes end
-        pool.shutdown(wait=True, cancel_futures=True)
+        for futures in pending:
+            for fut in futures:
+                fut.cancel()
+        if own:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def default_batch_size() -> int:

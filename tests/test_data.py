@@ -308,7 +308,7 @@ def test_csv_source_relative_paths(tmp_cache, tmp_path):
     outside = tmp_path / "elsewhere" / "x.jpg"
     outside.parent.mkdir()
     outside.write_bytes(jpeg_bytes(group=8))
-    rows.append(f"../elsewhere/x.jpg,  outside ")
+    rows.append("../elsewhere/x.jpg,  outside ")
     lst.write_text("\n".join(rows) + "\n")
     ds = load_dataset(f"csv:{lst}")
     assert ds.spec == f"csv:{lst.resolve()}"

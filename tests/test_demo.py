@@ -61,7 +61,7 @@ def test_demo_bounds(demo_ds, demo_cache):
     # several hundred test pairs on a 30% group split: positives alone
     positives = sum(n * (n - 1) // 2 for n in ds.group_sizes().values())
     assert positives * 0.3 >= 200
-    longs, aspects, turned = [], [], 0
+    longs, aspects = [], []
     for p in ds.paths[::7]:
         with Image.open(p) as im:
             assert im.format == "JPEG" and im.mode == "RGB"

@@ -155,6 +155,7 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Im
     is still at least ``draft_size``. Raises :class:`ImageError` for unusable files.
     """
     im = _open(path)
+    out = None
     try:
         if draft_size and im.format in _JPEG_FORMATS:
             im.draft("RGB", (int(draft_size), int(draft_size)))
@@ -170,11 +171,12 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Im
             except Exception:
                 out = im
         out = _to_rgb(out)
-        if out is im:
-            out = im.copy()  # detach from the file handle
+        if out is im and getattr(im, "fp", None) is not None:
+            out = im.copy()  # detach from a file handle still open (multi-frame files keep theirs)
         return out
     finally:
-        im.close()
+        if out is not im:  # a loaded single-frame image has closed its file already: no copy needed
+            im.close()
 
 
 def _resize_crop(im: Image.Image, size: int) -> Image.Image:
@@ -204,6 +206,18 @@ def load_for_model(path: str | os.PathLike, size: int, fit: str = "crop") -> np.
     im = open_rgb(path, draft_size=size)
     out = _resize_crop(im, size) if fit == "crop" else _resize_pad(im, size)
     return np.asarray(out, dtype=np.uint8)
+
+
+def load_many(paths: list[str], size: int, fit: str = "crop") -> list[tuple[np.ndarray | None, str]]:
+    """``load_for_model`` over several files: ``(array, "")`` or ``(None, reason)`` each, never raising
+    (a top-level function, so a pool of processes can run it)."""
+    out = []
+    for path in paths:
+        try:
+            out.append((load_for_model(path, size, fit=fit), ""))
+        except Exception as exc:  # reported per image, never fatal
+            out.append((None, f"{type(exc).__name__}: {exc}"))
+    return out
 
 
 def _thumb_key(path: Path, size: int) -> str:
