@@ -5,7 +5,8 @@ with ``s = gamma / sqrt(var + eps)``. When it directly follows a convolution (or
 whose only consumer it is, the map can be moved into that layer's kernel and bias: same result up
 to float rounding, one pass over the activations fewer per block. TensorFlow's graph optimiser does
 not do this for Keras 3 models (their batch norm is plain arithmetic, not a fused op): folding made
-EfficientNet-Lite0 about 1.4x and ResNet50 about 1.25x faster on 2 CPU cores (benchmarks/README.md).
+EfficientNet-Lite0 1.9x and ResNet50 1.2x faster on 2 CPU cores, ResNet50 1.6x on an H200
+(benchmarks/README.md).
 """
 
 from __future__ import annotations

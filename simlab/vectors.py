@@ -137,7 +137,7 @@ def load_model(backbone: str, weights: str):
     else:
         model = bb.build(weights)
     # the forward pass runs on an inference copy with batch norms folded into the convolutions
-    # (same vectors up to float rounding, 1.25-1.4x faster on CPU); ``model`` stays as built
+    # (same vectors up to float rounding, 1.2-1.9x faster; benchmarks/README.md); ``model`` stays as built
     return model, _compiled_embed(fold_batchnorm(model), bb.preprocess, keras.config.backend())
 
 
