@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,12 +201,22 @@ def decode_mode() -> str:
 
 @functools.lru_cache(maxsize=1)
 def _process_pool():
-    """One pool of decoding processes for the whole process (started once, on first use)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    """One pool of decoding processes for the whole process, all started at once, on first use.
 
-    # spawn: the workers import Pillow and NumPy only, never a copy of a process that holds a model
-    return ProcessPoolExecutor(decode_workers(), mp_context=multiprocessing.get_context("spawn"))
+    Started with ``spawn`` (never a fork of a process that holds a model and its threads) and
+    with a bare ``__main__`` in view: spawn re-imports the parent's main module in every worker,
+    and that module may be anything (a Streamlit page, a notebook, a script without a main
+    guard); the workers only need ``simlab.data.images``, which they import by name.
+    """
+    import multiprocessing
+    import types
+
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        return multiprocessing.get_context("spawn").Pool(decode_workers())
+    finally:
+        sys.modules["__main__"] = main
 
 
 def _image_batches(paths: list[str], size: int, fit: str, batch_size: int, ahead: int = 2):
@@ -224,17 +235,18 @@ def _image_batches(paths: list[str], size: int, fit: str, batch_size: int, ahead
 
     if decode_mode() == "processes":
         # a few images per task: fewer round trips, every worker still busy with 2 batches queued
-        pool, own, piece = _process_pool(), False, max(1, batch_size // decode_workers())
+        processes, threads, piece = _process_pool(), None, max(1, batch_size // decode_workers())
+        submit = lambda *args: processes.apply_async(load_many, args)  # noqa: E731
     else:
-        pool, own, piece = ThreadPoolExecutor(decode_workers(), thread_name_prefix="simlab-decode"), True, 1
+        threads, piece = ThreadPoolExecutor(decode_workers(), thread_name_prefix="simlab-decode"), 1
+        submit = lambda *args: threads.submit(load_many, *args)  # noqa: E731
     chunks = iter([paths[i:i + batch_size] for i in range(0, len(paths), batch_size)])
     pending: deque = deque()
 
     def submit_next():
         chunk = next(chunks, None)
         if chunk is not None:
-            pending.append([pool.submit(load_many, chunk[j:j + piece], size, fit)
-                            for j in range(0, len(chunk), piece)])
+            pending.append([submit(chunk[j:j + piece], size, fit) for j in range(0, len(chunk), piece)])
 
     try:
         for _ in range(ahead):
@@ -245,17 +257,14 @@ def _image_batches(paths: list[str], size: int, fit: str, batch_size: int, ahead
             images = np.zeros((batch_size, size, size, 3), np.uint8)
             errors = []
             for fut in futures:
-                for img, err in fut.result():
+                for img, err in (fut.result() if threads else fut.get()):
                     if img is not None:
                         images[len(errors)] = img
                     errors.append(err)
             yield images, len(errors), errors
     finally:  # also when the consumer stops early: drop what is queued, let running decodes end
-        for futures in pending:
-            for fut in futures:
-                fut.cancel()
-        if own:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if threads:
+            threads.shutdown(wait=True, cancel_futures=True)
 
 
 def default_batch_size() -> int:

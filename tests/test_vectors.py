@@ -3,11 +3,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
 
 from helpers import write_group_folder
+from simlab import vectors
 from simlab.data import load_dataset
 from simlab.vectors import cached_sets, compute_vectors, decode_mode, vectorize
 
@@ -45,6 +47,15 @@ def test_miss_then_hit_then_incremental(tmp_path, cache):
 
 
 def test_decoding_processes_give_the_threads_vectors_and_errors(tmp_path, cache, monkeypatch):
+    # the workers are spawned, and spawn re-imports the parent's main module: here one that must never run
+    unguarded = tmp_path / "unguarded_main.py"
+    unguarded.write_text("raise SystemExit('the main module ran in a decoding worker')\n")
+    main = types.ModuleType("__main__")
+    main.__file__ = str(unguarded)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    if vectors._process_pool.cache_info().currsize:
+        vectors._process_pool().terminate()
+    vectors._process_pool.cache_clear()
     root = write_group_folder(tmp_path / "ds", n_groups=5, per_group=2)
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg at all")
     paths = sorted(str(p) for p in root.rglob("*.jpg")) + [str(tmp_path / "bad.jpg"), str(tmp_path / "gone.jpg")]
@@ -58,6 +69,7 @@ def test_decoding_processes_give_the_threads_vectors_and_errors(tmp_path, cache,
     errors = out["threads"][1]
     assert errors[:-2] == [""] * 10 and "not an image" in errors[-2] and "not found" in errors[-1]
     assert np.abs(out["threads"][0][:10]).sum(axis=1).min() > 0
+    assert sys.modules["__main__"] is main
 
 
 def test_weights_and_fit_key_the_cache(tmp_path, cache):
