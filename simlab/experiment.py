@@ -165,8 +165,10 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: GridProgr
                              maps[backbone], paths_arr, groups_arr, config.ray)
         running[future] = (run_id, (backbone, merge, clf_name))
 
-    def describe() -> str:
-        return "training " + "; ".join(" + ".join(cell) for _, cell in running.values())
+    one_backbone = len({cell[0] for cell in config.cells()}) == 1
+
+    def describe() -> str:  # what is training now, e.g. "now: dot + xgboost, l1 + cosine"
+        return "now: " + ", ".join(" + ".join(cell[1:] if one_backbone else cell) for _, cell in running.values())
 
     # Cells train concurrently (grid_workers()), each on its own thread: scikit-learn, XGBoost and
     # Keras release the GIL while they compute, so a single-threaded classifier no longer leaves a
