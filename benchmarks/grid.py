@@ -77,6 +77,7 @@ def run(classifiers: list[str] | None = None, merges: list[str] | None = None,
                        "mean_acc": round(sum(c["accuracy"] for c in mine) / len(mine), 3)})
     return {"benchmark": "grid", "dataset": spec, "cells": n_cells, "total_s": round(total, 2),
             "cpu_s": round(total_cpu, 1), "workers": grid_workers(),
+            "backbones": {b: dims[b] for b in config.backbones},
             "setup_s": round(setup[0], 2) if setup else None, "setup_cpu_s": round(setup[1], 2) if setup else None,
             "prepare_vectors_s": round(t_prep, 2), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "openmp_policy_applies": openmp_policy_applies, "store": str(db), "by_classifier": by_clf, "runs": cells,
@@ -93,7 +94,7 @@ def main(argv=None) -> dict:
     split = lambda s: s.split(",") if s else None  # noqa: E731
     out = run(split(args.classifiers), split(args.merges), split(args.backbones))
     text = (f"Grid: {out['cells']} runs on Holidays-sized synthetic vectors "
-            f"({', '.join(f'{b} {d}-d' for b, d in GRID_BACKBONES.items())}), "
+            f"({', '.join(f'{b} {d}-d' for b, d in out['backbones'].items())}), "
             f"{out['machine']['device']}, load {out['machine'].get('load_avg')}\n\n"
             + table(out["by_classifier"], floatfmt="{:.2f}")
             + f"\n\nsetup (vectors from cache, pairs, mAP): {out['setup_s']} s (cpu {out['setup_cpu_s']} s)"
