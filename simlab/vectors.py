@@ -219,6 +219,18 @@ def _process_pool():
         sys.modules["__main__"] = main
 
 
+def _get(result, timeout: float = 300.0):
+    """A decoding process's answer. A pool loses the task of a worker that dies (a decoder crash
+    on some file), so wait a bounded time and say so rather than hang."""
+    import multiprocessing
+
+    try:
+        return result.get(timeout)
+    except multiprocessing.TimeoutError:
+        raise RuntimeError(f"A decoding process gave no answer in {timeout:.0f} s (it may have crashed on an "
+                           "image); SIMLAB_DECODE=threads decodes in this process instead.") from None
+
+
 def _image_batches(paths: list[str], size: int, fit: str, batch_size: int, ahead: int = 2):
     """Yield ``(images, n, errors)`` per batch, in order: ``images`` is uint8 ``(batch_size, size, size, 3)``
     (the last batch padded with black, so the model sees one shape), ``n`` the real images in it.
@@ -257,7 +269,7 @@ def _image_batches(paths: list[str], size: int, fit: str, batch_size: int, ahead
             images = np.zeros((batch_size, size, size, 3), np.uint8)
             errors = []
             for fut in futures:
-                for img, err in (fut.result() if threads else fut.get()):
+                for img, err in (fut.result() if threads else _get(fut)):
                     if img is not None:
                         images[len(errors)] = img
                     errors.append(err)

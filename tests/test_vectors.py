@@ -11,6 +11,7 @@ import pytest
 from helpers import write_group_folder
 from simlab import vectors
 from simlab.data import load_dataset
+from simlab.data.images import load_many
 from simlab.vectors import cached_sets, compute_vectors, decode_mode, vectorize
 
 BACKBONE = "efficientnet_lite0"
@@ -133,3 +134,13 @@ def test_the_jax_backend_gives_the_tensorflow_vectors(tmp_path, cache):
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split()[-1] == "jax"
     np.testing.assert_allclose(np.load(out), expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_a_decoding_process_that_dies_is_reported_not_waited_for(tmp_path):
+    pool = vectors._process_pool()
+    lost = pool.apply_async(os._exit, (3,))  # the worker dies with the task, as on a decoder crash
+    with pytest.raises(RuntimeError, match="gave no answer"):
+        vectors._get(lost, timeout=5)
+    # the pool replaces the dead worker and goes on
+    (image, error), = vectors._get(pool.apply_async(load_many, ([str(tmp_path / "gone.jpg")], 32)), timeout=120)
+    assert image is None and "not found" in error
