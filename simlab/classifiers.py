@@ -153,14 +153,21 @@ def _rf(random_state):
     return RandomForestClassifier(n_estimators=100, n_jobs=-1, random_state=random_state)
 
 
-def _xgboost(random_state):
+def _linsvc_defaults(random_state):
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import LinearSVC
+
+    return CalibratedClassifierCV(LinearSVC(random_state=random_state), cv=3)
+
+
+def _xgboost(random_state, max_bin: int = 64):
     from xgboost import XGBClassifier
 
     from simlab.device import has_gpu
 
     # 64 histogram bins instead of 256: split finding scans bins x features at every node, so wide
     # merged vectors (1,280-4,096-d) train 3x faster, with the same accuracy and AUC (benchmarks/README.md).
-    return XGBClassifier(tree_method="hist", max_bin=64, device="cuda" if has_gpu() else "cpu", n_jobs=-1,
+    return XGBClassifier(tree_method="hist", max_bin=max_bin, device="cuda" if has_gpu() else "cpu", n_jobs=-1,
                          random_state=random_state, eval_metric="logloss")
 
 
@@ -171,6 +178,8 @@ class Classifier:
     label: str
     description: str
     params: dict = field(default_factory=dict)
+    # the library's defaults, where simlab's own settings differ (what the 2017 study ran)
+    make_defaults: Callable[[int], object] | None = None
 
 
 CLASSIFIERS: dict[str, Classifier] = {c.name: c for c in (
@@ -178,9 +187,11 @@ CLASSIFIERS: dict[str, Classifier] = {c.name: c for c in (
                "No training: one threshold on cosine similarity (dot) or distance (l1, l2), tuned on train."),
     Classifier("logreg", _logreg, "Logistic regression", "Standardised inputs, L2 penalty C=0.1."),
     Classifier("gnb", _gnb, "Gaussian naive Bayes", "scikit-learn defaults, as in the 2017 study."),
-    Classifier("linsvc", _linsvc, "Linear SVM", "Standardised inputs, LinearSVC with C=0.01, probabilities calibrated by 3-fold CV."),
+    Classifier("linsvc", _linsvc, "Linear SVM", "Standardised inputs, LinearSVC with C=0.01, probabilities calibrated by "
+               "3-fold CV.", make_defaults=_linsvc_defaults),
     Classifier("rf", _rf, "Random forest", "100 trees, scikit-learn defaults."),
-    Classifier("xgboost", _xgboost, "XGBoost", "Gradient-boosted trees, hist method (64 bins); on the GPU when there is one."),
+    Classifier("xgboost", _xgboost, "XGBoost", "Gradient-boosted trees, hist method (64 bins); on the GPU when there is "
+               "one.", make_defaults=lambda rs: _xgboost(rs, max_bin=256)),
     Classifier("mlp", lambda rs: KerasHead(random_state=rs), "Neural head",
                "The study's head: Dense512-Dropout.2-ReLU-Dense128-Dropout.2-ReLU-Dense2, Adam, batch 32, "
                "10 epochs, best validation loss."),
@@ -194,6 +205,8 @@ def get_classifier(name: str) -> Classifier:
         raise ValueError(f"Unknown classifier {name!r}. Choose one of: {', '.join(CLASSIFIERS)}") from None
 
 
-def make_classifier(name: str, random_state: int = 0):
-    """A fresh, unfitted estimator for the named classifier."""
-    return get_classifier(name).make(random_state)
+def make_classifier(name: str, random_state: int = 0, library_defaults: bool = False):
+    """A fresh, unfitted estimator for the named classifier; with ``library_defaults``, the
+    library's own settings where simlab tunes them (LinearSVC, XGBoost), as the 2017 study ran them."""
+    clf = get_classifier(name)
+    return (clf.make_defaults if library_defaults and clf.make_defaults else clf.make)(random_state)

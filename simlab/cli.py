@@ -92,7 +92,7 @@ def cmd_run(args) -> int:
     config = GridConfig(dataset=args.dataset, backbones=args.backbone, merges=args.merge,
                         classifiers=args.classifier, split=args.split, test_size=args.test_size,
                         negative_ratio=args.negative_ratio, negatives=args.negatives, seed=args.seed,
-                        weights=args.weights, fusion=args.fusion, ray=args.ray)
+                        weights=args.weights, fusion=args.fusion, ray=args.ray, library_defaults=args.library_defaults)
     bar = ProgressBar()
     rows = []
     for result in run_grid(config, progress=lambda stage, d, t, msg: bar(d, t, msg)):
@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random, same_left (the 2017 study's) or hard (mined near neighbours, FAISS)")
     p.add_argument("--ray", metavar="ADDRESS", help=RAY_HELP + "; XGBoost cells train with Ray Train")
     p.add_argument("--fusion", action="store_true", help="also run the backbones' vectors concatenated")
+    p.add_argument("--library-defaults", action="store_true",
+                   help="LinearSVC and XGBoost with the libraries' defaults, as the 2017 study ran them")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_run)
 

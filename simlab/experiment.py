@@ -46,6 +46,7 @@ class GridConfig:
     seed: int = 0
     weights: str = "imagenet"
     fusion: bool = False  # also run the backbones' vectors concatenated, as one more "backbone"
+    library_defaults: bool = False  # LinearSVC and XGBoost with the libraries' defaults (the 2017 study's)
     ray: str | None = None  # Ray address (docs/scaling.md); None: $SIMLAB_RAY_ADDRESS, or no Ray
 
     def validate(self) -> "GridConfig":
@@ -162,7 +163,7 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: GridProgr
             failure = exc
             return
         future = pool.submit(_run_cell, vectors[backbone], pairs, train, test, merge, clf_name, config.seed,
-                             maps[backbone], paths_arr, groups_arr, config.ray)
+                             maps[backbone], paths_arr, groups_arr, config.ray, config.library_defaults)
         running[future] = (run_id, (backbone, merge, clf_name))
 
     one_backbone = len({cell[0] for cell in config.cells()}) == 1
@@ -220,25 +221,25 @@ def grid_workers() -> int:
         return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
-def fit_classifier(clf_name: str, X, y, seed: int, ray: str | None = None):
+def fit_classifier(clf_name: str, X, y, seed: int, ray: str | None = None, library_defaults: bool = False):
     """A fitted classifier; XGBoost trains through Ray Train when Ray is on."""
     from simlab.distributed import ray_address
 
     if clf_name == "xgboost" and (address := ray_address(ray)):
         from simlab.distributed import ray_fit_xgboost
 
-        return ray_fit_xgboost(X, y, {"random_state": seed}, address)
-    return make_classifier(clf_name, random_state=seed).fit(X, y)
+        return ray_fit_xgboost(X, y, {"random_state": seed} | ({"max_bin": 256} if library_defaults else {}), address)
+    return make_classifier(clf_name, random_state=seed, library_defaults=library_defaults).fit(X, y)
 
 
 def _run_cell(vectors, pairs, train, test, merge: str, clf_name: str, seed: int, map_score: float, paths, groups,
-              ray: str | None = None) -> tuple[dict, pd.DataFrame, dict]:
+              ray: str | None = None, library_defaults: bool = False) -> tuple[dict, pd.DataFrame, dict]:
     """Train and score one cell; returns (metrics, test predictions, timings) for the store."""
     t0 = time.perf_counter()
     X_train = merge_pairs(vectors, pairs.left[train], pairs.right[train], merge)
     X_test = merge_pairs(vectors, pairs.left[test], pairs.right[test], merge)
     t1 = time.perf_counter()
-    clf = fit_classifier(clf_name, X_train, pairs.label[train], seed, ray)
+    clf = fit_classifier(clf_name, X_train, pairs.label[train], seed, ray, library_defaults)
     t2 = time.perf_counter()
     prob = clf.predict_proba(X_test)[:, 1]
     t3 = time.perf_counter()

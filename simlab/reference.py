@@ -18,7 +18,7 @@ STUDY_MERGES = ("dot", "l1", "l2")
 #: The protocol that reproduces the table (fields of :class:`simlab.experiment.GridConfig`).
 STUDY_PROTOCOL = {"backbones": list(STUDY_BACKBONES), "merges": list(STUDY_MERGES),
                   "classifiers": list(STUDY_CLASSIFIERS), "split": "pair", "test_size": 0.3,
-                  "negative_ratio": 1.0, "negatives": "same_left", "weights": "imagenet"}
+                  "negative_ratio": 1.0, "negatives": "same_left", "weights": "imagenet", "library_defaults": True}
 STUDY_TEST_PAIRS = 1244
 
 # merge -> one row of 20 numbers: 5 backbones x 4 classifiers, in the orders above.

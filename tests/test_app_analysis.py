@@ -248,6 +248,7 @@ def test_train_preset_fills_the_form_with_the_2017_protocol(empty):
     assert at.radio(key="train_split").value == "pair"
     assert at.radio(key="train_negatives").value == "same_left"
     assert at.slider(key="train_test_size").value == pytest.approx(0.3)
+    assert at.toggle(key="train_library_defaults").value is True
     assert any("This grid makes **60 runs**" in t for t in texts(at.markdown))
     assert any("download their ImageNet weights" in t for t in texts(at.warning))
     at.button(key="train_preset_group").click().run()
@@ -255,6 +256,7 @@ def test_train_preset_fills_the_form_with_the_2017_protocol(empty):
     assert at.multiselect(key="train_backbones").value == list(STUDY_BACKBONES)
     at.button(key="train_reset").click().run()
     assert at.multiselect(key="train_backbones").value == ["efficientnet_lite0"]
+    assert at.toggle(key="train_library_defaults").value is False
 
 
 def test_train_counts_runs_and_refuses_an_empty_grid(empty):

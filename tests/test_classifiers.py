@@ -30,6 +30,19 @@ def test_seeded_classifiers_repeat(name):
     np.testing.assert_allclose(a, b)
 
 
+def test_library_defaults_give_the_2017_settings_where_simlab_tunes():
+    from sklearn.pipeline import Pipeline
+
+    tuned, plain = make_classifier("linsvc"), make_classifier("linsvc", library_defaults=True)
+    assert isinstance(tuned, Pipeline) and tuned[-1].estimator.C == 0.01
+    assert not isinstance(plain, Pipeline) and plain.estimator.C == 1.0
+    assert make_classifier("xgboost").get_params()["max_bin"] == 64
+    assert make_classifier("xgboost", library_defaults=True).get_params()["max_bin"] == 256
+    assert make_classifier("rf", library_defaults=True).get_params() == make_classifier("rf").get_params()
+    X, y = toy_problem()
+    assert ((plain.fit(X, y).predict_proba(X)[:, 1] >= 0.5) == y).mean() > 0.95
+
+
 def test_similarity_threshold_learns_the_sign_for_distances():
     X, y = toy_problem()
     clf = make_classifier("cosine").fit(-X, y)  # a distance: small means same
