@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,22 +200,12 @@ def decode_mode() -> str:
 
 @functools.lru_cache(maxsize=1)
 def _process_pool():
-    """One pool of decoding processes for the whole process, all started at once, on first use.
+    """One pool of decoding processes for the whole process, started on first use. Spawned (never
+    a fork of a process that holds a model and its threads), and never running the parent's main
+    module (``simlab.spawn``): the workers only need ``simlab.data.images``, imported by name."""
+    from simlab.spawn import process_pool
 
-    Started with ``spawn`` (never a fork of a process that holds a model and its threads) and
-    with a bare ``__main__`` in view: spawn re-imports the parent's main module in every worker,
-    and that module may be anything (a Streamlit page, a notebook, a script without a main
-    guard); the workers only need ``simlab.data.images``, which they import by name.
-    """
-    import multiprocessing
-    import types
-
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        return multiprocessing.get_context("spawn").Pool(decode_workers())
-    finally:
-        sys.modules["__main__"] = main
+    return process_pool(decode_workers())
 
 
 def _get(result, timeout: float = 300.0):

@@ -21,3 +21,12 @@ def write_group_folder(root: Path, n_groups: int = 8, per_group: int = 3, size: 
             view = scene[y:y + size + size // 2, x:x + size + size // 2]
             Image.fromarray(view).save(folder / f"v{v}.jpg", quality=90)
     return root
+
+
+def pid_after(seconds: float) -> int:
+    """Sleep, then say which process did (run in pool workers, to see how many are alive)."""
+    import os
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()

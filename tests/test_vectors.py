@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from helpers import write_group_folder
+from helpers import pid_after, write_group_folder
 from simlab import vectors
 from simlab.data import load_dataset
 from simlab.data.images import load_many
@@ -48,12 +48,7 @@ def test_miss_then_hit_then_incremental(tmp_path, cache):
 
 
 def test_decoding_processes_give_the_threads_vectors_and_errors(tmp_path, cache, monkeypatch):
-    # the workers are spawned, and spawn re-imports the parent's main module: here one that must never run
-    unguarded = tmp_path / "unguarded_main.py"
-    unguarded.write_text("raise SystemExit('the main module ran in a decoding worker')\n")
-    main = types.ModuleType("__main__")
-    main.__file__ = str(unguarded)
-    monkeypatch.setitem(sys.modules, "__main__", main)
+    main = unguarded_main(tmp_path, monkeypatch)  # in view when the workers start
     if vectors._process_pool.cache_info().currsize:
         vectors._process_pool().terminate()
     vectors._process_pool.cache_clear()
@@ -136,11 +131,25 @@ def test_the_jax_backend_gives_the_tensorflow_vectors(tmp_path, cache):
     np.testing.assert_allclose(np.load(out), expected, atol=1e-4 * np.abs(expected).max())
 
 
-def test_a_decoding_process_that_dies_is_reported_not_waited_for(tmp_path):
+def unguarded_main(tmp_path, monkeypatch) -> types.ModuleType:
+    """Make ``__main__`` a script that must never run again (spawn re-imports the parent's main)."""
+    script = tmp_path / "unguarded_main.py"
+    script.write_text("raise SystemExit('the main module ran in a decoding worker')\n")
+    main = types.ModuleType("__main__")
+    main.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    return main
+
+
+def test_a_decoding_process_that_dies_is_reported_and_replaced(tmp_path, monkeypatch):
     pool = vectors._process_pool()
+    unguarded_main(tmp_path, monkeypatch)  # also in view when the pool starts the replacement
     lost = pool.apply_async(os._exit, (3,))  # the worker dies with the task, as on a decoder crash
     with pytest.raises(RuntimeError, match="gave no answer"):
         vectors._get(lost, timeout=5)
-    # the pool replaces the dead worker and goes on
+    # the pool replaces the dead worker: as many workers as before answer at once
+    workers = vectors.decode_workers()
+    pids = {vectors._get(r, timeout=120) for r in [pool.apply_async(pid_after, (2.0,)) for _ in range(workers)]}
+    assert len(pids) == workers
     (image, error), = vectors._get(pool.apply_async(load_many, ([str(tmp_path / "gone.jpg")], 32)), timeout=120)
     assert image is None and "not found" in error
