@@ -131,6 +131,15 @@ def load_current_dataset():
     return load_dataset_cached(current_dataset_spec())
 
 
+def require_dataset():
+    """The current Dataset; when it does not load, a pointer to the Data page and the page stops here."""
+    dataset = load_current_dataset()
+    if dataset is None:
+        st.info("Choose a dataset that loads on the Data page first.", icon=":material/arrow_forward:")
+        st.stop()
+    return dataset
+
+
 def clear_dataset_cache() -> None:
     """Forget cached datasets (after files changed on disk)."""
     _load_dataset.clear()

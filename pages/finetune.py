@@ -17,8 +17,8 @@ from pages.common import (
     get_job,
     job_panel,
     latest_job,
-    load_current_dataset,
     page_link,
+    require_dataset,
     start_job,
     store,
 )
@@ -315,10 +315,7 @@ st.caption("Train on image pairs and watch it learn. **Neural head**: the 2017 s
            "views of one scene together and pushing other scenes apart. Both are scored on the same test pairs as "
            "the grid runs.")
 
-dataset = load_current_dataset()
-if dataset is None:
-    st.info("Choose a dataset that loads on the Data page first.", icon=":material/arrow_back:")
-    st.stop()
+dataset = require_dataset()
 
 job = latest_job("finetune")
 running = job is not None and job["status"] in jobs.ACTIVE

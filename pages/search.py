@@ -19,8 +19,8 @@ from pages.common import (
     escape_md,
     job_panel,
     latest_job,
-    load_current_dataset,
     page_link,
+    require_dataset,
     short_path,
     start_job,
     thumb_path,
@@ -189,10 +189,7 @@ st.title("Search")
 st.caption("Pick an image and see the images whose vectors are nearest (cosine similarity, FAISS index). "
            "A trained pair classifier can re-rank them by its probability that they show the same scene.")
 
-dataset = load_current_dataset()
-if dataset is None:
-    st.info("Choose a dataset that loads on the Data page first.", icon=":material/arrow_forward:")
-    st.stop()
+dataset = require_dataset()
 
 sets = vector_sets(dataset.fingerprint)
 if not sets:

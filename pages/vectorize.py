@@ -16,7 +16,7 @@ from pages.common import (
     image_grid,
     job_panel,
     latest_job,
-    load_current_dataset,
+    require_dataset,
     start_job,
 )
 from simlab.jobs import ACTIVE
@@ -91,10 +91,7 @@ st.title("Vectorize")
 st.caption("A pretrained network turns each image into one vector. Vectors are cached on disk, keyed by the "
            "images' content and the backbone: computing them again is instant.")
 
-dataset = load_current_dataset()
-if dataset is None:
-    st.info("Choose a dataset that loads on the Data page first.", icon=":material/arrow_forward:")
-    st.stop()
+dataset = require_dataset()
 
 # --------------------------------------------------------------------------- backbones
 

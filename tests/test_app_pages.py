@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from helpers import simlab_cache_at
 from simlab import jobs
 from simlab.paths import REPO_ROOT
 from simlab.store import Store
@@ -47,8 +48,7 @@ def dataset_spec(tmp_path_factory) -> str:
 def cache_with_runs(tmp_path_factory, dataset_spec) -> Path:
     """A cache whose store holds a small grid of finished runs (random weights: seconds)."""
     cache = tmp_path_factory.mktemp("cache_with_runs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIMLAB_CACHE", str(cache))
+    with simlab_cache_at(cache):
         from simlab.experiment import GridConfig, run_grid
 
         config = GridConfig(dataset=dataset_spec, merges=["dot", "l1"], classifiers=["cosine", "logreg"],
@@ -198,6 +198,16 @@ def test_data_page_switches_to_a_valid_folder(empty_cache, tmp_path):
     assert not at.exception, [e.value for e in at.exception]
     assert at.session_state["dataset_spec"] == f"folder:{other.resolve()}"
     assert {m.label: m.value for m in at.metric}["Groups"] == "3"
+
+
+@pytest.mark.parametrize("page", ["pages/vectorize.py", "pages/search.py", "pages/finetune.py"])
+def test_pages_that_need_images_point_to_the_data_page_when_the_dataset_does_not_load(
+        empty_cache, tmp_path, monkeypatch, page):
+    monkeypatch.setenv("SIMLAB_DATASET", f"folder:{tmp_path / 'nowhere'}")
+    at = open_page(page)
+    assert not at.exception
+    assert "Choose a dataset that loads on the Data page first." in [i.value for i in at.info]
+    assert any("Folder not found" in e.value for e in at.error)
 
 
 # --------------------------------------------------------------------------- vectorize
