@@ -135,7 +135,7 @@ def _gnb(random_state):
     return GaussianNB()
 
 
-def _linsvc(random_state):
+def _linsvc(random_state, standardise: bool = True, C: float = 0.01):
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -144,20 +144,14 @@ def _linsvc(random_state):
     # Standardised and regularised: with the study's defaults (raw inputs, C=1) liblinear hit its
     # 1,000 iterations without converging on wide l1/l2 merges, 4-7x slower and near chance there;
     # this is also 7-10 points more accurate on the demo's real vectors (benchmarks/README.md).
-    return make_pipeline(StandardScaler(), CalibratedClassifierCV(LinearSVC(C=0.01, random_state=random_state), cv=3))
+    svm = CalibratedClassifierCV(LinearSVC(C=C, random_state=random_state), cv=3)
+    return make_pipeline(StandardScaler(), svm) if standardise else svm
 
 
 def _rf(random_state):
     from sklearn.ensemble import RandomForestClassifier
 
     return RandomForestClassifier(n_estimators=100, n_jobs=-1, random_state=random_state)
-
-
-def _linsvc_defaults(random_state):
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.svm import LinearSVC
-
-    return CalibratedClassifierCV(LinearSVC(random_state=random_state), cv=3)
 
 
 def _xgboost(random_state, max_bin: int = 64):
@@ -188,7 +182,7 @@ CLASSIFIERS: dict[str, Classifier] = {c.name: c for c in (
     Classifier("logreg", _logreg, "Logistic regression", "Standardised inputs, L2 penalty C=0.1."),
     Classifier("gnb", _gnb, "Gaussian naive Bayes", "scikit-learn defaults, as in the 2017 study."),
     Classifier("linsvc", _linsvc, "Linear SVM", "Standardised inputs, LinearSVC with C=0.01, probabilities calibrated by "
-               "3-fold CV.", make_defaults=_linsvc_defaults),
+               "3-fold CV.", make_defaults=lambda rs: _linsvc(rs, standardise=False, C=1.0)),
     Classifier("rf", _rf, "Random forest", "100 trees, scikit-learn defaults."),
     Classifier("xgboost", _xgboost, "XGBoost", "Gradient-boosted trees, hist method (64 bins); on the GPU when there is "
                "one.", make_defaults=lambda rs: _xgboost(rs, max_bin=256)),

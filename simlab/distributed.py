@@ -126,17 +126,15 @@ def _maybe_crash(stage: str, crash_once: str | None) -> None:
 
 def decode_batch(batch: dict, size: int, fit: str, crash_once: str | None = None) -> dict:
     """Ray Data task: paths -> uint8 images (``size`` x ``size``), with one error string per image."""
-    from simlab.data.images import load_for_model
+    from simlab.data.images import load_many
 
     _maybe_crash("decode", crash_once)
     images = np.zeros((len(batch["path"]), size, size, 3), np.uint8)
     errors = []
-    for i, path in enumerate(batch["path"]):
-        try:
-            images[i] = load_for_model(str(path), size, fit=fit)
-            errors.append("")
-        except Exception as exc:  # reported per image, never fatal (as compute_vectors does)
-            errors.append(f"{type(exc).__name__}: {exc}")
+    for i, (image, error) in enumerate(load_many([str(p) for p in batch["path"]], size, fit)):
+        if image is not None:  # a failed image stays black, reported by its error (as compute_vectors does)
+            images[i] = image
+        errors.append(error)
     return {"index": np.asarray(batch["index"], np.int64), "image": images, "error": np.asarray(errors, object)}
 
 

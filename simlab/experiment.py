@@ -166,7 +166,7 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: GridProgr
                              maps[backbone], paths_arr, groups_arr, config.ray, config.library_defaults)
         running[future] = (run_id, (backbone, merge, clf_name))
 
-    one_backbone = len({cell[0] for cell in config.cells()}) == 1
+    one_backbone = len({backbone for backbone, _, _ in cells}) == 1
 
     def describe() -> str:  # what is training now, e.g. "now: dot + xgboost, l1 + cosine"
         return "now: " + ", ".join(" + ".join(cell[1:] if one_backbone else cell) for _, cell in running.values())
