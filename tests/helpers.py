@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+
+@contextlib.contextmanager
+def simlab_cache_at(path: Path):
+    """``SIMLAB_CACHE`` points at ``path`` for the duration: for module- and session-wide fixtures,
+    which cannot take the function-scoped ``monkeypatch`` (conftest's ``tmp_cache`` does that)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIMLAB_CACHE", str(path))
+        yield path
 
 
 def write_group_folder(root: Path, n_groups: int = 8, per_group: int = 3, size: int = 96, seed: int = 0) -> Path:

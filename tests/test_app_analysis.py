@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from helpers import write_group_folder
+from helpers import simlab_cache_at, write_group_folder
 from simlab.experiment import GridConfig, run_grid
 from simlab.reference import STUDY_BACKBONES, STUDY_CLASSIFIERS, STUDY_MERGES, published_accuracies
 from simlab.store import Store
@@ -38,8 +38,7 @@ def lab(tmp_path_factory):
     """A 12-group folder dataset and a 2 x 2 grid run on it, in a cache of its own (built once)."""
     root = tmp_path_factory.mktemp("analysis")
     cache, data = root / "cache", write_group_folder(root / "scenes", n_groups=12, per_group=3, size=64)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIMLAB_CACHE", str(cache))
+    with simlab_cache_at(cache):
         config = GridConfig(dataset=f"folder:{data}", backbones=["efficientnet_lite0"], weights="random",
                             merges=["dot", "l1"], classifiers=["cosine", "logreg"])
         summaries = list(run_grid(config))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from helpers import simlab_cache_at
 from simlab.data import DATASET_KINDS, file_digest, load_dataset
 from simlab.data import demo
 
@@ -24,8 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def demo_cache(tmp_path_factory):
     """A session-wide cache holding one real demo, generated here (timed)."""
     cache = tmp_path_factory.mktemp("demo-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIMLAB_CACHE", str(cache))
+    with simlab_cache_at(cache):
         t = time.process_time()  # CPU seconds of all threads: a busy machine does not inflate it
         folder = demo.ensure_demo()
         cpu_seconds = time.process_time() - t

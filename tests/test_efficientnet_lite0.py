@@ -11,6 +11,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
+from helpers import simlab_cache_at
 from simlab.torch_legacy import (
     MAGIC_NUMBER,
     PROTOCOL_VERSION,
@@ -86,8 +87,7 @@ def write_legacy(path, state: "OrderedDict[str, _FakeTensor]", storages: list[_F
 def simlab_cache(tmp_path_factory):
     """Every test here writes to a temporary cache, never the repository's."""
     root = tmp_path_factory.mktemp("simlab_cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIMLAB_CACHE", str(root))
+    with simlab_cache_at(root):
         yield root
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import write_group_folder
+from helpers import simlab_cache_at, write_group_folder
 from simlab.finetune import FinetuneConfig, keras_parts, load_checkpoint, pair_pipeline, run_finetune, unfreeze_top
 from simlab.store import Store
 
@@ -21,8 +21,7 @@ BACKBONE = "efficientnet_lite0"
 def cache(tmp_path_factory):
     """One cache for the module, so the frozen vectors are computed once."""
     path = tmp_path_factory.mktemp("ft_cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIMLAB_CACHE", str(path))
+    with simlab_cache_at(path):
         yield path
 
 

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import write_group_folder
+from helpers import simlab_cache_at, write_group_folder
 from simlab.paths import REPO_ROOT
 
 ray = pytest.importorskip("ray")
@@ -32,8 +32,7 @@ def cluster(tmp_path_factory):
     broken = root / "g000" / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     paths.insert(5, str(broken))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIMLAB_CACHE", str(cache))
+    with simlab_cache_at(cache):
         from simlab.distributed import connect
         from simlab.vectors import compute_vectors
 

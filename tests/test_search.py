@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import simlab.search as search
-from helpers import write_group_folder
+from helpers import simlab_cache_at, write_group_folder
 from simlab import cli
 from simlab.evaluate import retrieval_map
 from simlab.paths import REPO_ROOT
@@ -139,8 +139,7 @@ def small(tmp_path_factory):
     """A small folder dataset and a cache holding its (random-weight) vectors and one finished run."""
     root = write_group_folder(tmp_path_factory.mktemp("ds"), n_groups=6, per_group=3, size=64, seed=3)
     cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIMLAB_CACHE", str(cache))
+    with simlab_cache_at(cache):
         from simlab.experiment import GridConfig, run_grid
         from simlab.store import Store
 
