@@ -6,12 +6,9 @@ import collections
 import functools
 import itertools
 import os
-import platform
-import subprocess
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from typing import Callable
 
 import numpy as np
@@ -23,7 +20,7 @@ from simlab.data import load_dataset
 from simlab.evaluate import pair_metrics, retrieval_map
 from simlab.merge import fuse, get_merge, merge_pairs
 from simlab.pairs import NEGATIVE_SCHEMES, SPLITS, build_pairs
-from simlab.paths import REPO_ROOT
+from simlab.provenance import git_commit, library_versions
 from simlab.store import Store
 from simlab.vectors import VectorSet, vectorize
 
@@ -69,27 +66,6 @@ class GridConfig:
     def cells(self) -> list[tuple[str, str, str]]:
         backbones = list(self.backbones) + (["+".join(self.backbones)] if self.fusion and len(self.backbones) > 1 else [])
         return list(itertools.product(backbones, self.merges, self.classifiers))
-
-
-@functools.lru_cache(maxsize=1)
-def library_versions() -> dict:
-    names = ["numpy", "scikit-learn", "xgboost", "tensorflow", "keras", "pillow"]
-    out = {"python": platform.python_version()}
-    for n in names:
-        try:
-            out[n] = metadata.version(n)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def common_images(sets: dict[str, VectorSet]) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
