@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import sqlite3
 import threading
@@ -30,7 +31,10 @@ from simlab.data.sources import (
     list_folder,
     list_holidays,
 )
+from simlab.data.sources import HOLIDAYS_NAME, display_path
 from simlab.paths import cache_dir
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DATASET_KINDS",
@@ -110,6 +114,7 @@ class _Memo:
                 "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
                 "digest TEXT, verdict TEXT, checker TEXT)")
         except (sqlite3.Error, OSError):
+            log.warning("file-check memo disabled", exc_info=True)
             self.close()
 
     def get(self, paths: list[str]) -> dict[str, tuple]:
@@ -123,6 +128,7 @@ class _Memo:
                 for row in self.conn.execute(q, chunk):
                     out[row[0]] = row[1:]
         except sqlite3.Error:
+            log.warning("could not read memoised file checks", exc_info=True)
             return {}
         return out
 
@@ -133,7 +139,7 @@ class _Memo:
             with self.conn:
                 self.conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.Error:
-            pass
+            log.warning("could not memoise file checks", exc_info=True)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -147,33 +153,32 @@ def _checker() -> str:
 
 
 def _inspect(path: str) -> tuple[str, str]:
-    """(digest, verdict) for one file; verdict '' means a usable image."""
+    """(digest, verdict) for one file; verdict '' means a usable image.
+
+    The digest is hashed in chunks and the image is checked from the file, so a huge file is never
+    read whole into memory; a file that is not an image is refused from its header alone."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        digest = file_digest(path)
     except FileNotFoundError:
         return "", "file not found"
     except PermissionError:
         return "", "unreadable (permission denied)"
     except OSError as e:
         return "", f"unreadable ({e.strerror or e})"
-    digest = hashlib.blake2b(data, digest_size=_DIGEST_SIZE).hexdigest()
     try:
-        images.check_image_bytes(data)
+        images.check_image(path)
     except images.ImageError as e:
         return digest, str(e)
     except Exception as e:  # a decoder bug must cost one file, never the dataset
+        log.warning("checking %s failed", display_path(path), exc_info=True)
         return digest, f"unreadable image ({type(e).__name__}: {str(e)[:100]})"
     return digest, ""
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """Content digest of one file (blake2b, 32 hex characters), as in ``Dataset.digests``."""
-    h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
+    """Content digest of one file (blake2b, 32 hex characters), as in ``Dataset.digests``; read in chunks."""
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=_DIGEST_SIZE)).hexdigest()
 
 
 _memo_lock = threading.Lock()
@@ -325,8 +330,6 @@ def parse_spec(spec: str) -> tuple[str, str]:
         if p.is_file() and p.suffix.lower() == ".csv":
             return "csv", str(p)
         if p.is_dir():
-            from simlab.data.sources import HOLIDAYS_NAME
-
             for d in (p, p / "jpg"):
                 if d.is_dir() and any(HOLIDAYS_NAME.match(n) for n in os.listdir(d)):
                     return "holidays", str(p)

@@ -8,6 +8,7 @@ files refused for their name or place). Validation of the files themselves happe
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import re
 from dataclasses import dataclass, field
@@ -43,6 +44,31 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name in ("Thumbs.db", "desktop.ini", "__MACOSX")
 
 
+def display_path(path: str | os.PathLike) -> str:
+    """A path as text that can always be printed and stored: bytes that are not UTF-8 are shown escaped (\\xff)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _utf8_name(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _problem(path: str | os.PathLike, reason: str) -> Problem:
+    return Problem(display_path(path), reason)
+
+
+def _os_reason(e: OSError) -> str:
+    if isinstance(e, PermissionError):
+        return "unreadable (permission denied)"
+    if e.errno == errno.ELOOP:
+        return "symbolic link loop"
+    return f"unreadable ({e.strerror or e})"
+
+
 def _existing_dir(arg: str, kind: str, example: str) -> Path:
     if not arg or not arg.strip():
         raise DatasetError(f"No folder given for '{kind}'. Write it after the colon, e.g. {example}.")
@@ -61,12 +87,51 @@ def _scan(d: Path) -> list[os.DirEntry]:
         raise DatasetError(f"Cannot read folder {d} (permission denied).") from None
 
 
+def _entry_kind(e: os.DirEntry, problems: list[Problem]) -> str:
+    """'dir', 'file' or '' (a problem was recorded: a symlink loop, a dangling link, an unreadable entry)."""
+    try:
+        if e.is_dir():
+            return "dir"
+        if e.is_file():
+            return "file"
+        if e.is_symlink():
+            problems.append(_problem(e.path, "broken symbolic link"))
+            return ""
+        problems.append(_problem(e.path, "not a regular file"))
+    except OSError as err:
+        problems.append(_problem(e.path, _os_reason(err)))
+    return ""
+
+
+class _Files:
+    """Adds files to a listing once each: a file reached twice (by links) is read under its first name."""
+
+    def __init__(self, out: Listing):
+        self.out = out
+        self.seen: dict[str, str] = {}  # real path -> listed path
+
+    def add(self, path: str, group: str, name: str) -> None:
+        if not _utf8_name(path):
+            self.out.problems.append(_problem(path, "file name is not valid UTF-8: rename the file"))
+            return
+        try:
+            real = os.path.realpath(path, strict=True)
+        except OSError as e:
+            self.out.problems.append(_problem(path, _os_reason(e)))
+            return
+        if real in self.seen:
+            self.out.problems.append(_problem(path, f"same file as {display_path(self.seen[real])}: read once"))
+            return
+        self.seen[real] = path
+        self.out.entries.append((path, group, name))
+
+
 def list_holidays(arg: str) -> Listing:
     """INRIA Holidays: ``NNNNNN.jpg`` in DIR or DIR/jpg; group = first 4 digits; first image is the query."""
     d = _existing_dir(arg, "holidays", "holidays:/data/holidays")
     img_dir = d
     entries = _scan(d)
-    has_match = any(e.is_file() and HOLIDAYS_NAME.match(e.name) for e in entries)
+    has_match = any(HOLIDAYS_NAME.match(e.name) for e in entries)
     if not has_match and (d / "jpg").is_dir():
         img_dir = d / "jpg"
         entries = _scan(img_dir)
@@ -74,36 +139,63 @@ def list_holidays(arg: str) -> Listing:
                   looked_for=f"files named NNNNNN.jpg in {d} or {d / 'jpg'}",
                   hint="Point 'holidays:' at the folder holding 100000.jpg, 100001.jpg ... "
                        "or use 'folder:' for one subfolder per group.")
+    files = _Files(out)
     for e in entries:
-        if e.is_dir():
+        kind = _entry_kind(e, out.problems)
+        if kind != "file":
             continue
         m = HOLIDAYS_NAME.match(e.name)
         path = str(img_dir / e.name)
         if m:
-            out.entries.append((path, m.group(1), e.name))
+            files.add(path, m.group(1), e.name)
         else:
-            out.problems.append(Problem(path, "name does not match NNNNNN.jpg"))
+            out.problems.append(_problem(path, "name does not match NNNNNN.jpg"))
     return out
 
 
+def _group_folder_problem(root: Path, gdir: Path, groups: dict[str, str]) -> str:
+    """Why a group folder must be left out ('' when it is fine): it links back to the dataset or to another group."""
+    real = os.path.realpath(gdir)
+    if real == str(root) or str(root).startswith(real.rstrip(os.sep) + os.sep):
+        return "group folder links back to the dataset folder: left out"
+    if real in groups:
+        return f"group folder is the same folder as group {groups[real]!r}: left out"
+    groups[real] = gdir.name
+    return ""
+
+
 def list_folder(arg: str) -> Listing:
-    """One subfolder per group (searched recursively); any format Pillow reads."""
+    """One subfolder per group (searched recursively); any format Pillow reads.
+
+    Problems are listed, never raised: unreadable folders, symbolic link loops, names that are not
+    UTF-8, a group folder that links back to the dataset or to another group, a file reached twice."""
     d = _existing_dir(arg, "folder", "folder:/data/scenes")
     out = Listing(root=d, looked_for=f"images inside the subfolders of {d} (one subfolder per group)",
                   hint="Put each group's images in its own subfolder, e.g. scenes/eiffel/a.jpg, scenes/eiffel/b.jpg.")
+    files, group_dirs = _Files(out), {}
     for e in _scan(d):
-        if e.is_dir():
-            group = e.name
-            gdir = d / e.name
-            for dirpath, dirnames, filenames in os.walk(gdir):
-                dirnames[:] = sorted(n for n in dirnames if not _hidden(n))
-                for fn in sorted(filenames):
-                    if _hidden(fn):
-                        continue
+        kind = _entry_kind(e, out.problems)
+        if kind == "file":
+            out.problems.append(_problem(d / e.name, "not in a group subfolder"))
+        if kind != "dir":
+            continue
+        gdir = d / e.name
+        if not _utf8_name(e.name):
+            out.problems.append(_problem(gdir, "folder name is not valid UTF-8: rename the folder"))
+            continue
+        if reason := _group_folder_problem(d, gdir, group_dirs):
+            out.problems.append(_problem(gdir, reason))
+            continue
+
+        def unreadable(err: OSError) -> None:
+            out.problems.append(_problem(err.filename or gdir, f"folder {_os_reason(err)}"))
+
+        for dirpath, dirnames, filenames in os.walk(gdir, onerror=unreadable):
+            dirnames[:] = sorted(n for n in dirnames if not _hidden(n))
+            for fn in sorted(filenames):
+                if not _hidden(fn):
                     p = Path(dirpath) / fn
-                    out.entries.append((str(p), group, str(p.relative_to(gdir))))
-        else:
-            out.problems.append(Problem(str(d / e.name), "not in a group subfolder"))
+                    files.add(str(p), e.name, str(p.relative_to(gdir)))
     return out
 
 
