@@ -13,6 +13,7 @@ state dict needs; anything else raises :class:`UnsafePickleError` before it is c
 
 from __future__ import annotations
 
+import math
 import pickle
 import struct
 from collections import OrderedDict
@@ -112,6 +113,11 @@ class _PendingTensor:
                 f"tensor (offset {self.offset}, size {self.size}, stride {self.stride}) "
                 f"reaches past its storage of {flat.size} elements"
             )
+        count = math.prod(self.size)
+        if count > flat.size:  # zero or overlapping strides would blow a tiny file up into a huge array
+            raise LegacyFormatError(
+                f"tensor of size {self.size} ({count} elements) is larger than its storage of {flat.size} "
+                f"elements (stride {self.stride}): refused")
         item = flat.itemsize
         view = np.lib.stride_tricks.as_strided(
             flat[self.offset :],

@@ -119,3 +119,20 @@ def test_a_big_non_image_is_hashed_in_chunks_and_refused_from_its_header(tmp_pat
     n, grew_mb, reasons = res.stdout.split(" ", 2)
     assert n == "4" and "not an image" in reasons
     assert int(grew_mb) < 100, f"loading grew by {grew_mb} MB"
+
+
+def test_a_zero_stride_tensor_in_a_tiny_checkpoint_is_refused(tmp_path):
+    """A 200-byte legacy checkpoint whose tensor has stride 0 and a huge size must not become a huge array."""
+    from collections import OrderedDict
+
+    import numpy as np
+    from test_efficientnet_lite0 import _FakeStorage, _FakeTensor, write_legacy
+
+    from simlab.torch_legacy import LegacyFormatError, load_legacy_state_dict
+
+    s = _FakeStorage("1", "FloatStorage", np.arange(1, dtype=np.float32))
+    path = tmp_path / "stride0.pth"
+    write_legacy(path, OrderedDict(bomb=_FakeTensor(s, 0, (30_000, 30_000), (0, 0))), [s])
+    assert path.stat().st_size < 2048
+    with pytest.raises(LegacyFormatError, match="larger than its storage"):
+        load_legacy_state_dict(path)
