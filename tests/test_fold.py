@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from simlab.backbones import get_backbone
-from simlab.fold import fold_batchnorm
+from simlab.vectors.fold import fold_batchnorm
 
 
 def randomise_batchnorms(model, seed=0):

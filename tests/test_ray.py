@@ -52,11 +52,11 @@ def test_plain_simlab_does_not_import_ray():
 
 
 def test_ray_vectors_equal_the_in_process_ones(cluster, tmp_path):
-    from simlab.distributed import ray_vectorize
+    from simlab.vectors.ray import ray_vectorize
 
     seen = []
     vectors, errors = ray_vectorize(cluster["paths"], BACKBONE, "random", address="local", batch_size=4,
-                                    shard_dir=str(tmp_path / "shards"), progress=lambda *a: seen.append(a))
+                                    shard_dir=str(tmp_path / "shards"), progress=lambda *a, **fields: seen.append(a))
     assert vectors.shape == cluster["reference"].shape and vectors.dtype == np.float32
     ok = [i for i, e in enumerate(cluster["errors"]) if not e]
     np.testing.assert_allclose(vectors[ok], cluster["reference"][ok], rtol=1e-4, atol=1e-5)
@@ -67,7 +67,7 @@ def test_ray_vectors_equal_the_in_process_ones(cluster, tmp_path):
 
 
 def test_a_killed_worker_is_retried_and_the_result_is_complete(cluster, tmp_path):
-    from simlab.distributed import ray_vectorize
+    from simlab.vectors.ray import ray_vectorize
 
     decode_marker, embed_marker = tmp_path / "decode.crashed", tmp_path / "embed.crashed"
     vectors, errors = ray_vectorize(cluster["paths"], BACKBONE, "random", address="local", batch_size=4,

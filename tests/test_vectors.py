@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from helpers import pid_after, write_group_folder
-from simlab import vectors
 from simlab.data import load_dataset
 from simlab.data.images import load_many
-from simlab.vectors import cached_sets, compute_vectors, decode_mode, vectorize
+from simlab.vectors import cached_sets, compute_vectors, decode, decode_mode, vectorize
 
 BACKBONE = "efficientnet_lite0"
 
@@ -27,7 +26,7 @@ def test_miss_then_hit_then_incremental(tmp_path, cache):
     root = write_group_folder(tmp_path / "ds", n_groups=6, per_group=2)
     ds = load_dataset(f"folder:{root}")
     seen = []
-    first = vectorize(ds, BACKBONE, "random", progress=lambda *a: seen.append(a))
+    first = vectorize(ds, BACKBONE, "random", progress=lambda *a, **fields: seen.append(a))
     assert first.vectors.shape == (12, 1280) and first.vectors.dtype == np.float32
     assert first.computed == 12 and seen[-1][0] == 12
     assert np.isfinite(first.vectors).all()
@@ -49,9 +48,9 @@ def test_miss_then_hit_then_incremental(tmp_path, cache):
 
 def test_decoding_processes_give_the_threads_vectors_and_errors(tmp_path, cache, monkeypatch):
     main = unguarded_main(tmp_path, monkeypatch)  # in view when the workers start
-    if vectors._process_pool.cache_info().currsize:
-        vectors._process_pool().terminate()
-    vectors._process_pool.cache_clear()
+    if decode._process_pool.cache_info().currsize:
+        decode._process_pool().terminate()
+    decode._process_pool.cache_clear()
     root = write_group_folder(tmp_path / "ds", n_groups=5, per_group=2)
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg at all")
     paths = sorted(str(p) for p in root.rglob("*.jpg")) + [str(tmp_path / "bad.jpg"), str(tmp_path / "gone.jpg")]
@@ -91,7 +90,7 @@ def test_a_killed_vectorisation_leaves_the_cache_readable(tmp_path, cache):
     done = vectorize(load_dataset(f"folder:{write_group_folder(tmp_path / 'small', 3, 2)}"), BACKBONE, "random")
     code = ("import sys; from simlab.data import load_dataset; from simlab.vectors import vectorize\n"
             f"vectorize(load_dataset({f'folder:{root}'!r}), {BACKBONE!r}, 'random',"
-            " progress=lambda d, t, r, e: print(d, flush=True))")
+            " progress=lambda d, t, message, **fields: print(d, flush=True))")
     env = os.environ | {"SIMLAB_CACHE": str(cache), "PYTHONPATH": os.getcwd()}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip()  # the first batch is through: kill it mid-run
@@ -142,14 +141,14 @@ def unguarded_main(tmp_path, monkeypatch) -> types.ModuleType:
 
 
 def test_a_decoding_process_that_dies_is_reported_and_replaced(tmp_path, monkeypatch):
-    pool = vectors._process_pool()
+    pool = decode._process_pool()
     unguarded_main(tmp_path, monkeypatch)  # also in view when the pool starts the replacement
     lost = pool.apply_async(os._exit, (3,))  # the worker dies with the task, as on a decoder crash
     with pytest.raises(RuntimeError, match="gave no answer"):
-        vectors._get(lost, timeout=5)
+        decode._get(lost, timeout=5)
     # the pool replaces the dead worker: as many workers as before answer at once
-    workers = vectors.decode_workers()
-    pids = {vectors._get(r, timeout=120) for r in [pool.apply_async(pid_after, (2.0,)) for _ in range(workers)]}
+    workers = decode.decode_workers()
+    pids = {decode._get(r, timeout=120) for r in [pool.apply_async(pid_after, (2.0,)) for _ in range(workers)]}
     assert len(pids) == workers
-    (image, error), = vectors._get(pool.apply_async(load_many, ([str(tmp_path / "gone.jpg")], 32)), timeout=120)
+    (image, error), = decode._get(pool.apply_async(load_many, ([str(tmp_path / "gone.jpg")], 32)), timeout=120)
     assert image is None and "not found" in error

@@ -12,8 +12,11 @@ EfficientNet-Lite0 1.9x and ResNet50 1.2x faster on 2 CPU cores, ResNet50 1.6x o
 from __future__ import annotations
 
 import functools
+import logging
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 # layer class name -> the weight the batch norm's scale multiplies, and the axis of its output channels
 _FOLDABLE = {"Conv2D": "kernel", "DepthwiseConv2D": "kernel", "SeparableConv2D": "pointwise_kernel",
@@ -105,7 +108,8 @@ def fold_batchnorm(model):
 
     try:
         copy = keras.models.clone_model(model, clone_function=clone)
-    except Exception:  # noqa: BLE001  (an unusual graph: keep the model unfolded, it still works)
+    except Exception as exc:  # an unusual graph: keep the model unfolded, it still works
+        log.warning("Batch norms of %s left unfolded (the model could not be cloned: %s)", model.name, exc)
         return model
     for layer in copy.layers:
         if layer.name in replaced:

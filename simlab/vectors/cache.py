@@ -1,0 +1,160 @@
+"""The on-disk vector cache: the one module that knows its layout.
+
+One folder per backbone configuration (:func:`config_key`: backbone, weights, image size, fit,
+pooling, preprocessing and pipeline versions) under ``cache/vectors/``, holding one ``.npz`` per
+dataset fingerprint with three arrays:
+
+- ``vectors``: float32 ``(N, D)``, the dataset's images in order, those that failed left out;
+- ``digests``: the ``N`` images' content digests, row for row;
+- ``bad``: a JSON object ``{digest: reason}`` for the images that could not be vectorised.
+
+Everyone else goes through :class:`VectorCache` (or :func:`cached_sets` / :func:`read_path` for
+what is listed). Files are written atomically, and a file that does not hold what it should
+raises :class:`CorruptCache`: the caller treats it as a miss and computes the vectors again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from simlab.backbones import get_backbone
+from simlab.paths import atomic_path, cache_dir
+
+log = logging.getLogger(__name__)
+
+PIPELINE_VERSION = "1"  # bump when decoding or resizing changes: it keys the cache
+FITS = ("crop", "pad")
+
+
+class CorruptCache(ValueError):
+    """A cached vector file that cannot be read or does not hold what it should: recompute it."""
+
+
+@dataclass
+class CachedVectors:
+    vectors: np.ndarray  # (N, D) float32
+    digests: list[str]  # N content digests, row for row
+    bad: dict[str, str] = field(default_factory=dict)  # digest -> why it could not be vectorised
+
+
+def config_key(backbone: str, weights: str, fit: str = "crop") -> str:
+    """The cache folder name of one backbone configuration: readable, plus a digest of all of it."""
+    bb = get_backbone(backbone)
+    config = {"backbone": bb.name, "weights": weights, "size": bb.input_size, "fit": fit, "pooling": "avg",
+              "preprocess": bb.preprocessing_version, "pipeline": PIPELINE_VERSION}
+    digest = hashlib.blake2b(json.dumps(config, sort_keys=True).encode(), digest_size=6).hexdigest()
+    return f"{bb.name}-{weights}-{bb.input_size}-{fit}-{digest}"
+
+
+class VectorCache:
+    """The cached vector sets of one backbone configuration, one file per dataset fingerprint.
+
+    >>> cache = VectorCache("efficientnet_lite0", "imagenet")
+    >>> cache.write(dataset.fingerprint, vectors, dataset.digests)
+    >>> cache.read(dataset.fingerprint).vectors
+    """
+
+    def __init__(self, backbone: str, weights: str, fit: str = "crop"):
+        if fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
+        self.backbone, self.weights, self.fit = backbone, weights, fit
+        self.key = config_key(backbone, weights, fit)
+
+    def __repr__(self) -> str:
+        return f"VectorCache({self.key!r})"
+
+    @property
+    def folder(self) -> Path:
+        return cache_dir("vectors", self.key)
+
+    def path(self, fingerprint: str) -> Path:
+        return self.folder / f"{fingerprint}.npz"
+
+    def has(self, fingerprint: str) -> bool:
+        return self.path(fingerprint).exists()
+
+    def read(self, fingerprint: str) -> CachedVectors:
+        """The set cached for this fingerprint. Raises FileNotFoundError when there is none,
+        :class:`CorruptCache` when the file is unreadable or its arrays do not fit together."""
+        return read_path(self.path(fingerprint))
+
+    def write(self, fingerprint: str, vectors: np.ndarray, digests, bad: dict[str, str] | None = None) -> Path:
+        """Store a set (atomically: a killed process leaves no partial file under its name)."""
+        vectors = np.asarray(vectors)
+        digests = [str(d) for d in digests]
+        if vectors.ndim != 2 or len(vectors) != len(digests):
+            raise ValueError(f"{len(digests)} digests for vectors of shape {vectors.shape}")
+        target = self.path(fingerprint)
+        with atomic_path(target, suffix=".npz") as tmp:
+            np.savez(tmp, vectors=vectors.astype(np.float32, copy=False), digests=np.array(digests),
+                     bad=json.dumps(dict(bad or {})))
+        return target
+
+    def bank(self, wanted) -> dict[str, np.ndarray]:
+        """Vectors for the wanted digests found in any cached set of this configuration."""
+        wanted = set(wanted)
+        found: dict[str, np.ndarray] = {}
+        for f in self.folder.glob("*.npz"):
+            try:
+                cached = read_path(f)
+            except (OSError, CorruptCache) as exc:  # an unreadable file is skipped, never fatal
+                log.warning("Skipping the unreadable vector cache file %s: %s", f, exc)
+                continue
+            found.update((d, cached.vectors[i]) for i, d in enumerate(cached.digests)
+                         if d in wanted and d not in found)
+            if len(found) == len(wanted):
+                break
+        return found
+
+
+def read_path(path: str | Path) -> CachedVectors:
+    """Read and check one cached set file (a path from :func:`cached_sets` or :meth:`VectorCache.path`)."""
+    path = Path(path)
+    try:
+        with np.load(path) as z:
+            vectors, digests, bad = z["vectors"], z["digests"].tolist(), json.loads(str(z["bad"]))
+    except FileNotFoundError:
+        raise
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise CorruptCache(f"{path}: unreadable vector cache file ({type(exc).__name__}: {exc})") from exc
+    if vectors.dtype != np.float32 or vectors.ndim != 2:
+        raise CorruptCache(f"{path}: vectors are {vectors.dtype} {vectors.shape}, not a 2-D float32 array")
+    if len(vectors) != len(digests):
+        raise CorruptCache(f"{path}: {len(vectors)} vectors for {len(digests)} digests")
+    if not isinstance(bad, dict):
+        raise CorruptCache(f"{path}: 'bad' is not a JSON object")
+    return CachedVectors(vectors, [str(d) for d in digests], bad)
+
+
+def _npz_shape(f: Path, name: str = "vectors") -> tuple[int, ...]:
+    """Shape of one array in an ``.npz`` from its header alone (the data is not read)."""
+    with zipfile.ZipFile(f) as zf, zf.open(f"{name}.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(fh)[0]
+        if version == (2, 0):
+            return np.lib.format.read_array_header_2_0(fh)[0]
+    with np.load(f) as z:  # a header version this code does not know: read the array
+        return z[name].shape
+
+
+def cached_sets() -> list[dict]:
+    """Every cached vector set: backbone configuration, dataset fingerprint, count, dim, size on disk."""
+    out = []
+    for f in sorted(cache_dir("vectors").glob("*/*.npz")):
+        try:
+            n, d = _npz_shape(f)
+        except Exception as exc:  # unreadable (torn by a crash?): not listed; vectorize recomputes it
+            log.warning("Not listing the unreadable vector cache file %s: %s", f, exc)
+            continue
+        out.append({"key": f.parent.name, "fingerprint": f.stem, "images": n, "dim": d,
+                    "mb": round(f.stat().st_size / 2**20, 2), "path": str(f),
+                    "backbone": f.parent.name.split("-")[0], "weights": f.parent.name.split("-")[1]})
+    return out
