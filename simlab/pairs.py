@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
-NEGATIVE_SCHEMES = ("random", "same_left")
-SPLITS = ("group", "pair")
+from simlab.options import NEGATIVE_SCHEMES, SPLITS
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "NEGATIVE_SCHEMES",
+    "SPLITS",
+    "Pairs",
+    "build_pairs",
+    "group_codes",
+    "group_folds",
+    "hard_negative_pairs",
+    "make_pairs",
+    "mine_hard_negatives",
+    "positive_pairs",
+    "split_groups",
+]
 
 
 @dataclass
@@ -21,7 +37,7 @@ class Pairs:
     def __len__(self) -> int:
         return len(self.label)
 
-    def subset(self, mask: np.ndarray) -> "Pairs":
+    def subset(self, mask: np.ndarray) -> Pairs:
         return Pairs(self.left[mask], self.right[mask], self.label[mask])
 
 
@@ -65,7 +81,7 @@ def make_pairs(groups, negative_ratio: float = 1.0, scheme: str = "random", seed
         raise ValueError("Need at least two groups to build negative pairs.")
     rng = np.random.default_rng(seed)
     pl, pr = positive_pairs(groups)
-    n_neg = int(round(negative_ratio * len(pl)))
+    n_neg = round(negative_ratio * len(pl))
     seen: set[tuple[int, int]] = set()
     nl, nr = [], []
 
@@ -99,7 +115,7 @@ def split_groups(groups, test_size: float = 0.3, seed: int = 0) -> np.ndarray:
     codes = group_codes(groups)
     n_groups = codes.max() + 1
     held = np.zeros(n_groups, bool)
-    held[np.random.default_rng(seed).permutation(n_groups)[: int(round(test_size * n_groups))]] = True
+    held[np.random.default_rng(seed).permutation(n_groups)[: round(test_size * n_groups)]] = True
     return held[codes]
 
 
@@ -119,7 +135,7 @@ def build_pairs(groups, split: str = "group", test_size: float = 0.3, negative_r
             raise ValueError("test_size must be between 0 and 1")
         pairs = make_pairs(groups, negative_ratio, scheme, seed, hard_negatives)
         test = np.zeros(len(pairs), bool)
-        test[np.random.default_rng(seed).permutation(len(pairs))[: int(round(test_size * len(pairs)))]] = True
+        test[np.random.default_rng(seed).permutation(len(pairs))[: round(test_size * len(pairs))]] = True
         return pairs, ~test, test
     if split != "group":
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
@@ -144,3 +160,76 @@ def group_folds(groups, k: int = 5, seed: int = 0) -> list[np.ndarray]:
     codes = group_codes(groups)
     order = np.random.default_rng(seed).permutation(codes.max() + 1)
     return [np.isin(codes, fold) for fold in np.array_split(order, k)]
+
+
+# --------------------------------------------------------------------------- hard negatives
+
+
+class _FlatIndex:
+    """Exact cosine neighbours with FAISS (a flat inner-product index over L2-normalised rows)."""
+
+    def __init__(self, vectors, chunk: int = 65_536):
+        import faiss
+
+        self.n, dim = np.shape(vectors)
+        self.index = faiss.IndexFlatIP(dim)
+        for start in range(0, self.n, chunk):
+            self.index.add(_normalised(vectors[start:start + chunk]))
+
+    def search(self, queries, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(_normalised(queries), max(1, min(int(k), self.n)))
+
+
+def _normalised(vectors) -> np.ndarray:
+    import faiss
+
+    x = np.array(vectors, dtype=np.float32, order="C", copy=True)
+    if x.ndim == 1:
+        x = x[None, :]
+    faiss.normalize_L2(x)
+    return x
+
+
+def mine_hard_negatives(vectors, groups, k: int = 5, index=None) -> np.ndarray:
+    """(M, 2) index pairs of images from *different* groups that sit close together: for each image,
+    its ``k`` nearest neighbours outside its own group. Hardest first in rounds (every image's
+    nearest wrong neighbour, then every image's second...), each unordered pair once.
+
+    ``index``: anything with ``search(queries, k) -> (scores, ids)`` over ``vectors``; default an exact
+    flat FAISS index. :func:`make_pairs`/:func:`build_pairs` (``hard_negatives=``) use them first.
+    """
+    codes = group_codes(groups)
+    n = len(codes)
+    if n < 2 or k <= 0:
+        return np.zeros((0, 2), np.int64)
+    index = _FlatIndex(vectors) if index is None else index
+    depth = min(n, k + int(np.bincount(codes).max()))
+    scores, ids = index.search(vectors, depth)
+    rounds: list[list[tuple[float, int, int]]] = [[] for _ in range(k)]
+    for i in range(n):
+        found = 0
+        for s, j in zip(scores[i], ids[i]):
+            if j < 0 or codes[j] == codes[i]:
+                continue
+            rounds[found].append((-float(s), min(i, int(j)), max(i, int(j))))
+            found += 1
+            if found == k:
+                break
+    seen, out = set(), []
+    for r in rounds:
+        for _, a, b in sorted(r):
+            if (a, b) not in seen:
+                seen.add((a, b))
+                out.append((a, b))
+    return np.asarray(out, np.int64).reshape(-1, 2)
+
+
+def hard_negative_pairs(vectors, groups, negative_ratio: float = 1.0, k: int | None = None,
+                        index=None) -> np.ndarray:
+    """Enough mined hard negatives for ``build_pairs(..., hard_negatives=...)`` at this negative ratio:
+    k neighbours per image, k sized so that they cover the negatives asked for (at most 50)."""
+    n = len(groups)
+    wanted = round(negative_ratio * len(positive_pairs(groups)[0]))
+    k = k or int(max(1, min(50, np.ceil(2 * wanted / max(n, 1)))))
+    log.debug("mining %d hard negatives per image among %d", k, n)
+    return mine_hard_negatives(vectors, groups, k, index=index)
