@@ -55,3 +55,26 @@ def test_jobs_table(tmp_path):
     j = store.get_job(job)
     assert (j["done"], j["total"], j["params"]) == (3, 9, {"dataset": "demo"})
     assert [x["id"] for x in store.jobs(status="running")] == [job]
+
+
+def test_typed_runs_name_what_ran(tmp_path):
+    from simlab.store import Run
+
+    store = Store(tmp_path / "s.db")
+    grid = store.add_run(dataset="demo", backbone="b", merge="l1", classifier="rf", split="pair", seed=3,
+                         config={"split": "pair", "seed": 3, "negatives": "same_left", "weights": "random"})
+    head = store.add_run(kind="finetune", dataset="demo", backbone="b", merge="head-l1", classifier="finetune-head+aug",
+                         config={"mode": "head", "merge": "l1", "augment": True, "unfreeze": 2, "split": "group"})
+    assert [r.id for r in store.list_runs(kind="grid")] == [grid]
+    assert store.get(grid).protocol.to_dict() == {"split": "pair", "test_size": 0.3, "negatives": "same_left",
+                                                  "negative_ratio": 1.0, "seed": 3, "weights": "random", "hard_k": None}
+    tuned = store.get(head)
+    assert (tuned.mode, tuned.head_merge, tuned.loss) == ("head", "l1", None)
+    assert tuned.label == "fine-tune of b: head on l1, augmented, top 2 layers trained"
+    assert Run.from_row(store.get_run(head)) == tuned and Run.from_row(tuned.to_row()) == tuned
+
+
+def test_a_stored_protocol_out_of_todays_bounds_still_shows(tmp_path):
+    store = Store(tmp_path / "s.db")
+    run = store.add_run(dataset="demo", backbone="b", merge="dot", classifier="rf", config={"negative_ratio": 0})
+    assert store.get(run).protocol.negative_ratio == 0
