@@ -102,19 +102,10 @@ def synthetic_vectors(groups: list[str], dim: int, noise: float, seed: int) -> "
 
 
 def write_vector_cache(dataset, backbone: str, weights: str, vectors) -> Path:
-    """Write ``vectors`` as simlab's cached set for (dataset, backbone, weights), the way vectorize does."""
-    import json
+    """Write ``vectors`` as simlab's cached set for (dataset, backbone, weights), as vectorize would."""
+    from simlab.vectors.cache import VectorCache
 
-    import numpy as np
-
-    from simlab.paths import atomic_path, cache_dir
-    from simlab.vectors import config_key
-
-    target = cache_dir("vectors", config_key(backbone, weights)) / f"{dataset.fingerprint}.npz"
-    with atomic_path(target, suffix=".npz") as tmp:
-        np.savez(tmp, vectors=np.asarray(vectors, np.float32), digests=np.array(dataset.digests),
-                 bad=json.dumps({}))
-    return target
+    return VectorCache(backbone, weights).write(dataset.fingerprint, vectors, dataset.digests)
 
 
 def prepare_grid_vectors(weights: str = "random") -> tuple[str, dict]:
@@ -192,6 +183,7 @@ def machine() -> dict:
 
         info["device"] = describe()
     except Exception as exc:  # the description must never stop a benchmark
+        log(f"device description failed: {type(exc).__name__}: {exc}")
         info["device"] = f"unknown ({type(exc).__name__})"
     return info
 

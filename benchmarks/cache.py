@@ -4,7 +4,7 @@ A Holidays-shaped dataset (1,491 tiny JPEGs in 500 groups) and a 1,491 x 2,048 f
 set written for its fingerprint, in an isolated benchmark cache. Timed in-process (process
 start-up excluded), median and worst of ``--repeat`` calls:
 
-- ``read cached file``: the cached ``.npz`` read into arrays (vectors, digests);
+- ``read cached file``: the cached ``.npz`` read and checked (``simlab.vectors.cache.read_path``);
 - ``vectorize (dataset in memory)``: ``vectorize(ds, backbone)`` answered from the cache;
 - ``load_dataset + vectorize``: a repeated request from the spec alone (what a job does);
 - ``cached_sets()``: the listing the Vectorize page shows.
@@ -50,10 +50,9 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     use_bench_cache("cache-bench")  # not the grid's: its resnet50 set is another one
-    import numpy as np
-
     from simlab.data import load_dataset
     from simlab.vectors import cached_sets, vectorize
+    from simlab.vectors.cache import read_path
 
     spec = f"holidays:{make_holidays()}"
     t0 = time.perf_counter()
@@ -63,8 +62,7 @@ def main(argv=None) -> dict:
     log(f"cache benchmark: {ds.n_images} images, {DIM}-d, {target.stat().st_size / 2**20:.1f} MB at {target}")
 
     def read_file():
-        with np.load(target) as z:
-            return z["vectors"], z["digests"]
+        return read_path(target)
 
     def repeat_vectorize():
         vs = vectorize(ds, BACKBONE, WEIGHTS)

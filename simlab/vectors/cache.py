@@ -101,7 +101,7 @@ class VectorCache:
         """Vectors for the wanted digests found in any cached set of this configuration."""
         wanted = set(wanted)
         found: dict[str, np.ndarray] = {}
-        for f in self.folder.glob("*.npz"):
+        for f in _set_files(self.folder):
             try:
                 cached = read_path(f)
             except (OSError, CorruptCache) as exc:  # an unreadable file is skipped, never fatal
@@ -133,6 +133,11 @@ def read_path(path: str | Path) -> CachedVectors:
     return CachedVectors(vectors, [str(d) for d in digests], bad)
 
 
+def _set_files(folder: Path) -> list[Path]:
+    """The set files in a configuration's folder (not the ``.NAME.*`` temp file of a write in progress)."""
+    return [f for f in folder.glob("*.npz") if not f.name.startswith(".")]
+
+
 def _npz_shape(f: Path, name: str = "vectors") -> tuple[int, ...]:
     """Shape of one array in an ``.npz`` from its header alone (the data is not read)."""
     with zipfile.ZipFile(f) as zf, zf.open(f"{name}.npy") as fh:
@@ -148,7 +153,8 @@ def _npz_shape(f: Path, name: str = "vectors") -> tuple[int, ...]:
 def cached_sets() -> list[dict]:
     """Every cached vector set: backbone configuration, dataset fingerprint, count, dim, size on disk."""
     out = []
-    for f in sorted(cache_dir("vectors").glob("*/*.npz")):
+    files = [f for folder in cache_dir("vectors").iterdir() if folder.is_dir() for f in _set_files(folder)]
+    for f in sorted(files):
         try:
             n, d = _npz_shape(f)
         except Exception as exc:  # unreadable (torn by a crash?): not listed; vectorize recomputes it
