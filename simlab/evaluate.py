@@ -1,12 +1,22 @@
-"""Metrics of pair predictions, with bootstrap intervals, and retrieval mAP."""
+"""Metrics of pair predictions, with bootstrap intervals, and retrieval mAP; one definition each.
+
+:data:`METRICS` says what every stored number measures and on what (its scope), so pages and reports
+label a number the same way everywhere: a grid run's ``map`` is the retrieval mAP of its backbone's
+vectors on all of the dataset's images, a fine-tune run's is its embeddings' on the test scenes.
+"""
 
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from simlab.merge import l2_normalise
 from simlab.pairs import group_codes
+
+log = logging.getLogger(__name__)
 
 
 def bootstrap_interval(correct: np.ndarray, n_boot: int = 1000, level: float = 0.95,
@@ -42,7 +52,7 @@ def pair_metrics(y_true, prob, threshold: float = 0.5, n_boot: int = 1000, seed:
         "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
         "accuracy_lo": lo, "accuracy_hi": hi,
         "precision": precision, "recall": recall, "f1": f1, "auc": auc,
-        "tn": tn, "fp": fp, "fn": fn, "tp": tp, "n_test": int(len(y)), "threshold": threshold,
+        "tn": tn, "fp": fp, "fn": fn, "tp": tp, "n_test": len(y), "threshold": threshold,
     }
 
 
@@ -75,3 +85,72 @@ def retrieval_map(vectors: np.ndarray, groups, queries=None, similarity: np.ndar
             if not np.isnan(ap):
                 aps.append(ap)
     return float(np.mean(aps)) if aps else float("nan")
+
+
+def retrieval_map_on(vectors: np.ndarray, groups, images) -> float:
+    """Retrieval mAP among ``images`` only (indices, e.g. ``Protocol.test_images(groups)``): each of their
+    scenes' query ranks the other images of that subset."""
+    images = np.asarray(images, int)
+    return retrieval_map(np.asarray(vectors)[images], np.asarray(groups)[images])
+
+
+# --------------------------------------------------------------------------- what each number means
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A stored metric: its key in a run's metrics, a short label, and what it is measured on.
+
+    ``scope`` may name ``{backbone}`` and ``{images}`` (the images retrieval ranked: "the test scenes"
+    or "all images", a fine-tune run's ``map_scope``); ``kind`` is "grid", "finetune" or None (both)."""
+
+    name: str
+    label: str
+    scope: str
+    kind: str | None = None
+    higher_is_better: bool = True
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("accuracy", "Accuracy", "share of the test pairs classified right (threshold 0.5)"),
+    Metric("accuracy_lo", "Accuracy, 95% CI low", "bootstrap interval of the test accuracy"),
+    Metric("accuracy_hi", "Accuracy, 95% CI high", "bootstrap interval of the test accuracy"),
+    Metric("precision", "Precision", "of 'same scene' on the test pairs"),
+    Metric("recall", "Recall", "of 'same scene' on the test pairs"),
+    Metric("f1", "F1", "of 'same scene' on the test pairs"),
+    Metric("auc", "ROC AUC", "of P(same scene) on the test pairs"),
+    Metric("map", "Retrieval mAP", "retrieval mAP of {backbone} vectors on all images of the dataset "
+           "(every scene's query ranks every other image)", kind="grid"),
+    Metric("map", "Retrieval mAP", "retrieval mAP of the fine-tuned embeddings on {images}", kind="finetune"),
+    Metric("map_frozen", "Retrieval mAP, frozen", "retrieval mAP of the frozen {backbone} vectors on {images}",
+           kind="finetune"),
+    Metric("n_test", "Test pairs", "number of test pairs scored"),
+    Metric("n_train", "Training pairs", "number of pairs the classifier was trained on"),
+    Metric("seconds", "Seconds", "wall time of the run", higher_is_better=False),
+)
+
+
+def metric(name: str, kind: str = "grid") -> Metric | None:
+    """The definition of ``name`` for a run of ``kind`` ("grid" or "finetune"), or None if unknown."""
+    return next((m for m in METRICS if m.name == name and m.kind in (None, kind)), None)
+
+
+def metric_scope(name: str, kind: str = "grid", backbone: str | None = None, images: str | None = None) -> str:
+    """What a stored number measures, in words, e.g. 'retrieval mAP of the frozen resnet50 vectors on the
+    test scenes' (a fine-tune run's ``map_frozen``)."""
+    m = metric(name, kind)
+    if m is None:
+        return name
+    images = {"test images": "the test scenes", None: "the test scenes", "": "the test scenes"}.get(images, images)
+    return m.scope.format(backbone=backbone or "the backbone's", images=images)
+
+
+def run_metric_scope(run, name: str) -> str:
+    """:func:`metric_scope` of a stored run's metric (a ``simlab.store.Run``: its kind, backbone and,
+    for fine-tune runs, the ``map_scope`` it recorded)."""
+    return metric_scope(name, run.kind, run.backbone, (run.metrics or {}).get("map_scope"))
+
+
+def metric_label(name: str, kind: str = "grid") -> str:
+    m = metric(name, kind)
+    return m.label if m else name

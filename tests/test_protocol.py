@@ -118,3 +118,11 @@ def test_bad_settings_are_refused_naming_the_option(bad):
 def test_unchecked_keeps_what_was_stored_for_display():
     assert unchecked(negative_ratio=0, seed=None).negative_ratio == 0
     assert unchecked(seed=None).seed == 0
+
+
+def test_retrieval_map_on_the_test_images_is_the_map_of_that_subset():
+    from simlab.evaluate import retrieval_map, retrieval_map_on
+
+    groups, vectors = scenes()
+    images = Protocol(seed=4).test_images(groups)
+    assert retrieval_map_on(vectors, groups, images) == retrieval_map(vectors[images], groups[images])

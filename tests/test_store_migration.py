@@ -110,3 +110,15 @@ def test_a_new_store_starts_at_the_current_version(tmp_path):
     path = tmp_path / "new.db"
     Store(path)
     assert user_version(path) == SCHEMA_VERSION
+
+
+def test_each_stored_map_says_what_it_was_measured_on(tmp_path):
+    from simlab.evaluate import metric_label, run_metric_scope
+
+    store = Store(old_store(tmp_path))
+    grid, tuned = store.get("r0grid00001"), store.get("f0tune00001")
+    assert run_metric_scope(grid, "map").startswith("retrieval mAP of efficientnet_lite0 vectors on all images")
+    assert run_metric_scope(tuned, "map") == "retrieval mAP of the fine-tuned embeddings on the test scenes"
+    assert run_metric_scope(tuned, "map_frozen") == ("retrieval mAP of the frozen efficientnet_lite0 vectors on "
+                                                     "the test scenes")
+    assert metric_label("auc") == "ROC AUC" and run_metric_scope(grid, "unknown") == "unknown"
