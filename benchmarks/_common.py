@@ -13,6 +13,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter would hide the tables
@@ -81,7 +85,7 @@ def make_holidays(seed: int = 0) -> Path:
     return folder
 
 
-def synthetic_vectors(groups: list[str], dim: int, noise: float, seed: int) -> "np.ndarray":
+def synthetic_vectors(groups: list[str], dim: int, noise: float, seed: int) -> np.ndarray:
     """CNN-like pooled vectors with group structure: a shared scene code per group plus per-view noise,
     through a random projection, so classifiers can learn, but not perfectly.
 

@@ -124,7 +124,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import faiss
 
-    log = (lambda *a: print(*a, file=sys.stderr, flush=True))
+    def log(*a):
+        print(*a, file=sys.stderr, flush=True)
+
     t0 = time.perf_counter()
     if args.npz:
         with np.load(args.npz) as z:

@@ -111,7 +111,8 @@ def test_a_killed_write_leaves_no_partial_file(cache, fingerprint):
             "    open(path, 'wb').write(b'PK half a zip')\n"
             "    os._exit(9)\n"
             "np.savez = dying_savez\n"
-            f"VectorCache({BACKBONE!r}, 'random').write({fingerprint!r}, np.zeros((4, 3), np.float32), {digests(4)!r})\n")
+            f"VectorCache({BACKBONE!r}, 'random').write({fingerprint!r}, np.zeros((4, 3), np.float32),"
+            f" {digests(4)!r})\n")
     env = os.environ | {"SIMLAB_CACHE": str(cache), "PYTHONPATH": os.getcwd()}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 9, res.stderr[-2000:]
