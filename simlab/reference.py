@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import pandas as pd
 
+from simlab.protocol import Protocol
+
 #: The study's backbone order, as simlab registry names.
 STUDY_BACKBONES = ("vgg16_fc2", "vgg19_fc2", "inceptionv3", "resnet50", "xception")
 #: The study's classifier order (GaussianNB, LinearSVC, XGBoost, RandomForest), as registry names.
 STUDY_CLASSIFIERS = ("gnb", "linsvc", "xgboost", "rf")
 STUDY_MERGES = ("dot", "l1", "l2")
-#: The protocol that reproduces the table (fields of :class:`simlab.experiment.GridConfig`).
+#: The study's evaluation: pair split 70/30, one negative per positive sharing its left image.
+STUDY = Protocol(split="pair", test_size=0.3, negatives="same_left", negative_ratio=1.0, weights="imagenet")
+#: The grid that reproduces the table (fields of :class:`simlab.experiment.GridConfig`; the seed is the form's).
 STUDY_PROTOCOL = {"backbones": list(STUDY_BACKBONES), "merges": list(STUDY_MERGES),
-                  "classifiers": list(STUDY_CLASSIFIERS), "split": "pair", "test_size": 0.3,
-                  "negative_ratio": 1.0, "negatives": "same_left", "weights": "imagenet", "library_defaults": True}
+                  "classifiers": list(STUDY_CLASSIFIERS), "split": STUDY.split, "test_size": STUDY.test_size,
+                  "negative_ratio": STUDY.negative_ratio, "negatives": STUDY.negatives, "weights": STUDY.weights,
+                  "library_defaults": True}
 STUDY_TEST_PAIRS = 1244
 
 # merge -> one row of 20 numbers: 5 backbones x 4 classifiers, in the orders above.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from simlab import search
-from simlab.pairs import build_pairs
+from simlab.pairs import build_pairs, mine_hard_negatives
 from simlab.protocol import Protocol, SplitPairs, unchecked
 
 
@@ -49,10 +49,10 @@ def test_pairs_are_the_ones_simlab_built_before(key):
 
 
 @pytest.mark.parametrize("split", ["group", "pair"])
-def test_hard_negatives_match_mining_with_the_search_index(split):
+def test_hard_negatives_are_the_same_with_the_search_index_or_the_exact_default(split):
     groups, vectors = scenes(seed=11)
     index = search.build_index(vectors, kind="flat")
-    hard = search.mine_hard_negatives(vectors, groups, k=2, index=index)
+    hard = mine_hard_negatives(vectors, groups, k=2, index=index)
     expected = build_pairs(groups, split, 0.3, 1.5, "random", 5, hard_negatives=hard)
     protocol = Protocol(split=split, negatives="hard", negative_ratio=1.5, seed=5, hard_k=2)
     assert digest(*protocol.pairs(groups, vectors)) == digest(*expected)
@@ -126,3 +126,13 @@ def test_retrieval_map_on_the_test_images_is_the_map_of_that_subset():
     groups, vectors = scenes()
     images = Protocol(seed=4).test_images(groups)
     assert retrieval_map_on(vectors, groups, images) == retrieval_map(vectors[images], groups[images])
+
+
+def test_the_study_grid_is_the_study_protocol():
+    from simlab.reference import STUDY, STUDY_PROTOCOL
+
+    assert Protocol.from_config(STUDY_PROTOCOL) == STUDY
+    assert STUDY_PROTOCOL == {"backbones": ["vgg16_fc2", "vgg19_fc2", "inceptionv3", "resnet50", "xception"],
+                              "merges": ["dot", "l1", "l2"], "classifiers": ["gnb", "linsvc", "xgboost", "rf"],
+                              "split": "pair", "test_size": 0.3, "negative_ratio": 1.0, "negatives": "same_left",
+                              "weights": "imagenet", "library_defaults": True}
