@@ -54,8 +54,8 @@ def run(classifiers: list[str] | None = None, merges: list[str] | None = None,
     cells = []
     setup: list[float] = []  # wall and CPU time when the first cells started training (run_grid's first "train")
 
-    def progress(stage, done, total, message):
-        if stage == "train" and not setup:
+    def progress(done, total, message="", **fields):
+        if fields.get("stage") == "train" and not setup:
             setup.extend([time.perf_counter() - start, time.process_time() - cpu_start])
 
     start, cpu_start = time.perf_counter(), time.process_time()

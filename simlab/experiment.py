@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import collections
-import functools
 import itertools
+import logging
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -17,15 +16,17 @@ import pandas as pd
 from simlab.backbones import DEFAULT_BACKBONE, get_backbone
 from simlab.classifiers import get_classifier, make_classifier
 from simlab.data import load_dataset
+from simlab.distributed import ray_address, ray_fit_xgboost
 from simlab.evaluate import pair_metrics, retrieval_map
 from simlab.merge import fuse, get_merge, merge_pairs
-from simlab.pairs import NEGATIVE_SCHEMES, SPLITS, build_pairs
+from simlab.pairs import NEGATIVE_SCHEMES, SPLITS, build_pairs, hard_negative_pairs
+from simlab.progress import Cancelled, Progress, ShouldStop, silent
 from simlab.provenance import git_commit, library_versions
+from simlab.search import build_index
 from simlab.store import Store
 from simlab.vectors import VectorSet, vectorize
 
-# stage, done, total, message
-GridProgress = Callable[[str, int, int, str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,7 +47,7 @@ class GridConfig:
     library_defaults: bool = False  # LinearSVC and XGBoost with the libraries' defaults (the 2017 study's)
     ray: str | None = None  # Ray address (docs/scaling.md); None: $SIMLAB_RAY_ADDRESS, or no Ray
 
-    def validate(self) -> "GridConfig":
+    def validate(self) -> GridConfig:
         for name in self.backbones:
             get_backbone(name)
         for name in self.merges:
@@ -81,23 +82,35 @@ def common_images(sets: dict[str, VectorSet]) -> tuple[list[str], list[str], dic
     return [first.paths[i] for i in idx], [first.groups[i] for i in idx], vectors
 
 
-def run_grid(config: GridConfig, store: Store | None = None, progress: GridProgress | None = None,
-             should_stop: Callable[[], bool] | None = None, job_id: str | None = None):
-    """Run every (backbone, merge, classifier) cell; yield each finished run's summary as it lands."""
+def _vectorizing(progress: Progress, backbone: str) -> Progress:
+    """The grid's report of one backbone's vectorisation: counts, speed and time left in the message."""
+    def report(done: int, total: int, message: str = "", **fields) -> None:
+        rate, eta = fields.get("rate") or 0.0, fields.get("eta") or 0.0
+        progress(done, total, f"{backbone}: {done}/{total} images, {rate:.1f} img/s, ETA {eta:.0f} s",
+                 **(fields | {"stage": "vectorize", "backbone": backbone}))
+
+    return report
+
+
+def run_grid(config: GridConfig, store: Store | None = None, progress: Progress | None = None,
+             should_stop: ShouldStop | None = None, job_id: str | None = None):
+    """Run every (backbone, merge, classifier) cell; yield each finished run's summary as it lands.
+
+    ``progress`` hears ``stage="vectorize"`` (with ``backbone``, ``rate``, ``eta``) for each backbone's
+    vectors, then ``stage="train"`` (done and total in runs). Stopping raises :class:`Cancelled`.
+    """
     config.validate()
     store = store or Store()
-    say = progress or (lambda *a: None)
+    say = progress or silent
     dataset = load_dataset(config.dataset)
     sets = {}
-    for b_i, name in enumerate(config.backbones):
-        def vec_progress(done, total, rate, eta, name=name):
-            say("vectorize", done, total, f"{name}: {done}/{total} images, {rate:.1f} img/s, ETA {eta:.0f} s")
-
+    for name in config.backbones:
         t0 = time.perf_counter()
-        sets[name] = vectorize(dataset, name, config.weights, progress=vec_progress, should_stop=should_stop,
-                               ray=config.ray)
-        say("vectorize", len(dataset.paths), len(dataset.paths),
-            f"{name}: vectors ready in {time.perf_counter() - t0:.1f} s ({sets[name].computed} computed)")
+        sets[name] = vectorize(dataset, name, config.weights, progress=_vectorizing(say, name),
+                               should_stop=should_stop, ray=config.ray)
+        say(len(dataset.paths), len(dataset.paths),
+            f"{name}: vectors ready in {time.perf_counter() - t0:.1f} s ({sets[name].computed} computed)",
+            stage="vectorize", backbone=name)
     paths, groups, vectors = common_images(sets)
     if config.fusion and len(config.backbones) > 1:
         vectors["+".join(config.backbones)] = fuse([vectors[b] for b in config.backbones])
@@ -109,9 +122,8 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: GridProgr
         if key not in pair_sets:
             scheme, hard = config.negatives, None
             if scheme == "hard":
-                from simlab.search import hard_negative_pairs
-
-                scheme, hard = "random", hard_negative_pairs(vectors[backbone], groups, config.negative_ratio)
+                v = vectors[backbone]
+                scheme, hard = "random", hard_negative_pairs(v, groups, config.negative_ratio, index=build_index(v))
             pair_sets[key] = build_pairs(groups, config.split, config.test_size, config.negative_ratio, scheme,
                                          config.seed, hard_negatives=hard)
         return pair_sets[key]
@@ -123,6 +135,7 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: GridProgr
     running: dict = {}  # future -> (run id, cell)
 
     def fail(run_id: str, exc: BaseException) -> None:
+        log.warning("Run %s failed: %s: %s", run_id, type(exc).__name__, exc)
         store.update_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
 
     def start_next(pool) -> None:
@@ -134,7 +147,7 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: GridProgr
                                config=cell_config, versions=library_versions(), git=git_commit(), job_id=job_id)
         try:
             pairs, train, test = pairs_for(backbone)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - logged and stored on the run; the grid raises it at the end
             fail(run_id, exc)
             failure = exc
             return
@@ -159,13 +172,13 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: GridProgr
                 start_next(pool)
             if not running:
                 break
-            say("train", finished, total, describe())
+            say(finished, total, describe(), stage="train")
             done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
             for future in done:
                 run_id, (backbone, merge, clf_name) = running.pop(future)
                 try:
                     metrics, predictions, timings = future.result()
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - logged and stored on the run; raised at the end
                     fail(run_id, exc)
                     failure = failure or exc
                     continue
@@ -176,13 +189,13 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: GridProgr
     finally:  # left early (the caller closed the generator, or an error here): no run stays "running"
         for future, (run_id, _) in running.items():
             future.cancel()
-            fail(run_id, InterruptedError("the grid ended before this run finished"))
+            fail(run_id, Cancelled("the grid ended before this run finished"))
         pool.shutdown(wait=True, cancel_futures=True)
     if failure is not None:
         raise failure
     if cells:
-        raise InterruptedError(f"Grid stopped on request after {finished} of {total} runs.")
-    say("train", total, total, f"{total} runs done")
+        raise Cancelled(f"Grid stopped on request after {finished} of {total} runs.")
+    say(total, total, f"{total} runs done", stage="train")
 
 
 def grid_workers() -> int:
@@ -199,11 +212,7 @@ def grid_workers() -> int:
 
 def fit_classifier(clf_name: str, X, y, seed: int, ray: str | None = None, library_defaults: bool = False):
     """A fitted classifier; XGBoost trains through Ray Train when Ray is on."""
-    from simlab.distributed import ray_address
-
     if clf_name == "xgboost" and (address := ray_address(ray)):
-        from simlab.distributed import ray_fit_xgboost
-
         return ray_fit_xgboost(X, y, {"random_state": seed} | ({"max_bin": 256} if library_defaults else {}), address)
     return make_classifier(clf_name, random_state=seed, library_defaults=library_defaults).fit(X, y)
 

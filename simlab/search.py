@@ -1,4 +1,4 @@
-"""Nearest-neighbour search over a vector set with FAISS, re-ranking, retrieval mAP and hard negatives.
+"""Nearest-neighbour search over a vector set with FAISS, re-ranking by a run's classifier, retrieval mAP.
 
 >>> index = build_index(vectors, kind="auto", cache_key=(vs.key, dataset.fingerprint))
 >>> scores, ids = index.search(query_vectors, k=10)     # cosine similarities, dataset indices
@@ -9,23 +9,33 @@ up to :data:`FLAT_MAX` vectors, then IVF (inverted lists, ``nprobe`` lists searc
 cached beside the vectors under ``cache/index/<vector set key>/`` keyed by the dataset fingerprint,
 the kind and the count, and written atomically.
 
-Also the ``search`` sub-command of ``python -m simlab`` (see :func:`add_cli`). FAISS, TensorFlow and
-the classifiers are imported inside the functions.
+:func:`search_dataset` reports its steps through one :class:`simlab.progress.Progress`, each with a
+``stage`` field (see :data:`SEARCH_STAGES`). FAISS is imported inside the functions.
 """
 
 from __future__ import annotations
 
-import json
+import functools
+import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+import joblib
 import numpy as np
 
+from simlab.backbones import DEFAULT_BACKBONE
+from simlab.classifiers import make_classifier
+from simlab.data import load_dataset
+from simlab.merge import merge_pairs
+from simlab.pairs import build_pairs, group_codes, hard_negative_pairs
 from simlab.paths import atomic_path, cache_dir
+from simlab.progress import Progress, ShouldStop, silent
+from simlab.store import Store
+from simlab.vectors import compute_vectors, vectorize
+
+log = logging.getLogger(__name__)
 
 INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 FLAT_MAX = 100_000  # exact search up to here (a flat scan of 100k x 1280 floats is ~10 ms a query)
@@ -33,7 +43,10 @@ IVF_MAX = 2_000_000  # IVF with full vectors up to here; IVF-PQ (compressed) abo
 HNSW_M = 32
 INDEX_VERSION = "1"  # bump when the way an index is built changes: it keys the cache
 
-Stage = Callable[[str], None]  # a short message per step, for a progress display
+#: The steps of :func:`search_dataset`, in order: each is reported as ``progress(position, steps, message,
+#: stage=name)``; a step that is not needed (cached index, query in the dataset) is skipped. While the
+#: dataset is vectorised, the vectors' own progress comes through with ``stage="vectorize"`` (images).
+SEARCH_STAGES = ("load", "query", "index", "search", "refit", "rerank")
 
 
 # --------------------------------------------------------------------------- the index
@@ -154,7 +167,7 @@ def index_path(set_key: str, fingerprint: str, kind: str, n: int) -> Path:
 
 
 def build_index(vectors, kind: str = "auto", cache_key: tuple[str, str] | None = None,
-                stage: Stage | None = None) -> VectorIndex:
+                progress: Progress = silent) -> VectorIndex:
     """A FAISS index over ``vectors`` (N, D); cached on disk when ``cache_key=(set_key, fingerprint)``.
 
     A second call with the same key and kind loads the file instead of building.
@@ -172,10 +185,9 @@ def build_index(vectors, kind: str = "auto", cache_key: tuple[str, str] | None =
             if index.ntotal == n and index.d == dim:
                 out = VectorIndex(index, kind, n, dim, path, from_cache=True, params=_params_of(index))
                 return out
-        except RuntimeError:
-            pass  # unreadable: build again and overwrite
-    if stage:
-        stage(f"Building the {kind} index of {n} vectors")
+        except RuntimeError as exc:  # unreadable: build again and overwrite
+            log.warning("Rebuilding the unreadable index %s: %s", path, exc)
+    progress(0, 1, f"Building the {kind} index of {n} vectors", stage="index")
     t0 = time.perf_counter()
     index, params = _new_index(vectors, kind)
     seconds = time.perf_counter() - t0
@@ -195,7 +207,7 @@ def _params_of(index) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------- retrieval mAP and hard negatives
+# --------------------------------------------------------------------------- retrieval mAP
 
 
 def retrieval_map_index(index: VectorIndex, vectors, groups, queries=None, k: int | None = None) -> float:
@@ -205,8 +217,6 @@ def retrieval_map_index(index: VectorIndex, vectors, groups, queries=None, k: in
     itself is left out, and AP is over all of the group's other images, so a truncated list loses
     what it did not retrieve. With a flat index and ``k=None`` it equals ``retrieval_map``.
     """
-    from simlab.pairs import group_codes
-
     codes = group_codes(groups)
     if queries is None:
         _, queries = np.unique(codes, return_index=True)
@@ -229,52 +239,6 @@ def retrieval_map_index(index: VectorIndex, vectors, groups, queries=None, k: in
     return float(np.mean(aps)) if aps else float("nan")
 
 
-def mine_hard_negatives(vectors, groups, k: int = 5, index: VectorIndex | None = None) -> np.ndarray:
-    """(M, 2) index pairs of images from *different* groups that sit close together: for each image,
-    its ``k`` nearest neighbours outside its own group. Hardest first in rounds (every image's
-    nearest wrong neighbour, then every image's second...), each unordered pair once.
-
-    ``simlab.pairs.make_pairs/build_pairs(hard_negatives=...)`` use them before random negatives.
-    """
-    from simlab.pairs import group_codes
-
-    codes = group_codes(groups)
-    n = len(codes)
-    if n < 2 or k <= 0:
-        return np.zeros((0, 2), np.int64)
-    index = index or build_index(vectors)
-    depth = min(n, k + int(np.bincount(codes).max()))
-    scores, ids = index.search(vectors, depth)
-    rounds: list[list[tuple[float, int, int]]] = [[] for _ in range(k)]
-    for i in range(n):
-        found = 0
-        for s, j in zip(scores[i], ids[i]):
-            if j < 0 or codes[j] == codes[i]:
-                continue
-            rounds[found].append((-float(s), min(i, int(j)), max(i, int(j))))
-            found += 1
-            if found == k:
-                break
-    seen, out = set(), []
-    for r in rounds:
-        for _, a, b in sorted(r):
-            if (a, b) not in seen:
-                seen.add((a, b))
-                out.append((a, b))
-    return np.asarray(out, np.int64).reshape(-1, 2)
-
-
-def hard_negative_pairs(vectors, groups, negative_ratio: float = 1.0, k: int | None = None) -> np.ndarray:
-    """Enough mined hard negatives for ``build_pairs(..., hard_negatives=...)`` at this negative ratio:
-    k neighbours per image with k sized so that they cover the negatives asked for."""
-    from simlab.pairs import positive_pairs
-
-    n = len(groups)
-    wanted = int(round(negative_ratio * len(positive_pairs(groups)[0])))
-    k = k or int(max(1, min(50, np.ceil(2 * wanted / max(n, 1)))))
-    return mine_hard_negatives(vectors, groups, k)
-
-
 # --------------------------------------------------------------------------- re-ranking with a run's classifier
 
 
@@ -283,6 +247,7 @@ def run_model_path(run_id: str) -> Path:
 
 
 def _run_config(run: dict) -> dict:
+    """The settings a refit needs, read from a stored run row (a grid cell's config holds one-item lists)."""
     config = dict(run.get("config") or {})
 
     def one(key: str, fallback):  # a grid cell's config holds one-item lists
@@ -301,8 +266,6 @@ def _run_config(run: dict) -> dict:
 
 def run_settings(run_id: str, store=None) -> dict:
     """The settings of a finished pair run needed to refit its classifier (backbone, merge, ...)."""
-    from simlab.store import Store
-
     run = (store or Store()).get_run(run_id)
     if run is None:
         raise ValueError(f"No run {run_id!r} in the store. List runs with: python -m simlab runs")
@@ -316,31 +279,24 @@ def run_settings(run_id: str, store=None) -> dict:
     return settings
 
 
-def run_classifier(run_id: str, store=None, stage: Stage | None = None):
+def run_classifier(run_id: str, store=None, progress: Progress = silent):
     """The run's fitted classifier: refitted once on the run's training pairs, then cached with joblib
     under ``cache/runs/<run_id>/model.joblib`` (classifiers are not stored with runs)."""
-    import joblib
-
     path = run_model_path(run_id)
     if path.exists():
         try:
             return joblib.load(path)
-        except Exception:
-            pass  # unreadable or from another library version: refit below
+        except Exception:  # unreadable or from another library version: refit below
+            log.warning("Refitting run %s's classifier: %s could not be loaded", run_id, path, exc_info=True)
     settings = run_settings(run_id, store)
-    if stage:
-        stage(f"Refitting run {run_id}'s classifier ({settings['classifier']}) on its training pairs")
-    from simlab.classifiers import make_classifier
-    from simlab.data import load_dataset
-    from simlab.merge import merge_pairs
-    from simlab.pairs import build_pairs
-    from simlab.vectors import vectorize
-
+    progress(0, 1, f"Refitting run {run_id}'s classifier ({settings['classifier']}) on its training pairs",
+             stage="refit")
     dataset = load_dataset(settings["dataset"])
     vs = vectorize(dataset, settings["backbone"], settings["weights"])
     scheme, hard = settings["negatives"], None
     if scheme == "hard":
-        scheme, hard = "random", hard_negative_pairs(vs.vectors, vs.groups, settings["negative_ratio"])
+        scheme, hard = "random", hard_negative_pairs(vs.vectors, vs.groups, settings["negative_ratio"],
+                                                     index=build_index(vs.vectors))
     pairs, train, _ = build_pairs(vs.groups, settings["split"], settings["test_size"], settings["negative_ratio"],
                                   scheme, settings["seed"], hard_negatives=hard)
     X = merge_pairs(vs.vectors, pairs.left[train], pairs.right[train], settings["merge"])
@@ -352,8 +308,6 @@ def run_classifier(run_id: str, store=None, stage: Stage | None = None):
 
 def pair_probabilities(model, merge: str, query_vector, candidate_vectors) -> np.ndarray:
     """P(same scene) of (query, candidate) for each candidate, by a fitted pair classifier."""
-    from simlab.merge import merge_pairs
-
     vectors = np.vstack([np.asarray(query_vector, np.float32).reshape(1, -1),
                          np.asarray(candidate_vectors, np.float32)])
     m = len(vectors) - 1
@@ -401,22 +355,32 @@ def query_position(paths: list[str], query: str) -> int | None:
     return None
 
 
+def _step(progress: Progress, stage: str, steps: int) -> Progress:
+    """A Progress for one step of a search: reports the step's place among ``steps``, with its stage."""
+    position = SEARCH_STAGES.index(stage)
+
+    def report(done: int, total: int, message: str = "", **fields) -> None:
+        progress(position, steps, message, **(fields | {"stage": stage}))
+
+    return report
+
+
 def search_dataset(dataset, query: str, backbone: str | None = None, weights: str | None = None, k: int = 10,
                    rerank: str | None = None, kind: str = "auto", shortlist: int | None = None,
-                   stage: Stage | None = None, progress=None) -> SearchResult:
+                   progress: Progress | None = None, should_stop: ShouldStop | None = None,
+                   store: Store | None = None) -> SearchResult:
     """The ``k`` images of ``dataset`` most like the image at ``query``, best first.
 
     Uses the dataset's cached vectors (computed if missing) and a cached index. A query outside the
-    dataset is vectorised alone with the same backbone. ``rerank`` (a run id) re-orders a shortlist
-    of ``shortlist`` neighbours (default 3k) by that run's pair classifier's P(same scene).
-    ``progress(done, total, img_per_s, eta_s)`` reports a vectorisation of the dataset, if one is needed.
+    dataset is vectorised alone with the same backbone. ``rerank`` (a run id of ``store``) re-orders a
+    shortlist of ``shortlist`` neighbours (default 3k) by that run's pair classifier's P(same scene).
+    ``progress`` hears each step (:data:`SEARCH_STAGES`) and a vectorisation of the dataset, if one is needed.
     """
-    from simlab.backbones import DEFAULT_BACKBONE
-    from simlab.vectors import compute_vectors, vectorize
-
-    say = stage or (lambda message: None)
+    progress = progress or silent
+    steps = len(SEARCH_STAGES) if rerank else SEARCH_STAGES.index("search") + 1
+    step = functools.partial(_step, progress, steps=steps)
     t0 = time.perf_counter()
-    settings = run_settings(rerank) if rerank else None
+    settings = run_settings(rerank, store) if rerank else None
     if settings:
         if backbone and backbone != settings["backbone"]:
             raise ValueError(f"Run {rerank} was trained on {settings['backbone']} vectors; search with "
@@ -428,29 +392,29 @@ def search_dataset(dataset, query: str, backbone: str | None = None, weights: st
     backbone = backbone or DEFAULT_BACKBONE
     if not os.path.isfile(query):  # before any vectorising
         raise FileNotFoundError(f"Query image not found: {query}")
-    say(f"Loading the {backbone} vectors of {dataset.spec}")
-    vs = vectorize(dataset, backbone, weights, progress=progress)
+    step("load")(0, 1, f"Loading the {backbone} vectors of {dataset.spec}")
+    vs = vectorize(dataset, backbone, weights, progress=progress, should_stop=should_stop)
     if len(vs.vectors) == 0:
         raise ValueError(f"None of the images of {dataset.spec} could be vectorised.")
     position = query_position(vs.paths, query)
     if position is not None:
         query_vector = vs.vectors[position]
     else:
-        say(f"Vectorising the query image with {backbone}")
+        step("query")(0, 1, f"Vectorising the query image with {backbone}")
         vecs, errors = compute_vectors([query], backbone, vs.weights)
         if errors[0]:
             raise ValueError(f"Cannot read the query image {query}: {errors[0]}")
         query_vector = vecs[0]
-    index = build_index(vs.vectors, kind, cache_key=(vs.key, dataset.fingerprint), stage=say)
+    index = build_index(vs.vectors, kind, cache_key=(vs.key, dataset.fingerprint), progress=step("index"))
     depth = max(k, shortlist or 3 * k) if settings else k
-    say("Searching")
+    step("search")(0, 1, "Searching")
     scores, ids = index.search(query_vector, depth)
     keep = ids[0] >= 0
     ids, scores = ids[0][keep], scores[0][keep]
     probs = None
     if settings:
-        model = run_classifier(rerank, stage=say)
-        say(f"Re-ranking {len(ids)} neighbours with run {rerank}")
+        model = run_classifier(rerank, store, progress=step("refit"))
+        step("rerank")(0, 1, f"Re-ranking {len(ids)} neighbours with run {rerank}")
         probs = pair_probabilities(model, settings["merge"], query_vector, vs.vectors[ids])
         order = np.lexsort((-scores, -probs))  # by probability, then similarity
         ids, scores, probs = ids[order][:k], scores[order][:k], probs[order][:k]
@@ -463,68 +427,3 @@ def search_dataset(dataset, query: str, backbone: str | None = None, weights: st
     return SearchResult(query=str(query), query_group=str(vs.groups[position]) if position is not None else None,
                         backbone=backbone, weights=vs.weights, kind=index.kind, results=results, rerank=rerank,
                         seconds=time.perf_counter() - t0)
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_cli(subparsers, data_args) -> None:
-    """The ``search`` sub-command of ``python -m simlab``."""
-    p = subparsers.add_parser("search", help="the images most like a query image (FAISS index)")
-    data_args(p)
-    p.add_argument("--backbone", default=None, help="backbone of the vectors (default: the bundled one, or "
-                                                    "the --rerank run's)")
-    p.add_argument("--query", required=True, help="path of the query image (in the dataset or not)")
-    p.add_argument("--k", type=int, default=10, help="how many neighbours (default 10)")
-    p.add_argument("--rerank", metavar="RUN_ID", help="re-order by this run's pair classifier (P same scene)")
-    p.add_argument("--shortlist", type=int, help="with --rerank: neighbours re-ranked (default 3k)")
-    p.add_argument("--index", default="auto", choices=INDEX_KINDS,
-                   help=f"auto (flat up to {FLAT_MAX:,} vectors, then IVF), flat, ivf, ivfpq or hnsw")
-    p.add_argument("--stages", action="store_true", help="print each step on stderr as 'stage: MESSAGE'")
-    p.set_defaults(func=cmd_search, weights=None)  # None: imagenet, or the --rerank run's weights
-
-
-def cmd_search(args) -> int:
-    from simlab.data import load_dataset
-
-    if args.k < 1:
-        raise ValueError("--k must be at least 1")
-
-    def stage(message: str) -> None:
-        if args.stages or not args.json:
-            print(f"stage: {message}", file=sys.stderr, flush=True)
-
-    from simlab.cli import ProgressBar
-
-    dataset = load_dataset(args.dataset)
-    bar = ProgressBar() if not args.json else None
-
-    def progress(done, total, rate, eta):
-        bar(done, total, f"vectorising: {rate:.1f} img/s, ETA {eta:.0f} s")
-
-    result = search_dataset(dataset, args.query, args.backbone, args.weights, k=args.k, rerank=args.rerank,
-                            kind=args.index, shortlist=args.shortlist, stage=stage, progress=progress if bar else None)
-    if args.json:
-        print(json.dumps(result.to_dict()))
-        return 0
-    where = f"group {result.query_group}" if result.query_group is not None else "not in the dataset"
-    print(f"{len(result.results)} nearest to {args.query} ({where}) in {dataset.root} · "
-          f"{result.backbone} ({result.weights}) · {result.kind} index" + (f" · re-ranked by run {result.rerank}" if result.rerank else ""))
-    cols = ["rank", "score", "prob", "group", "path"] if result.rerank else ["rank", "score", "group", "path"]
-    rows = [{**r, "path": _relative(r["path"], dataset.root), "score": f"{r['score']:.4f}",
-             **({"prob": f"{r['prob']:.3f}"} if "prob" in r else {})} for r in result.results]
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        same = " *" if result.query_group is not None and r["group"] == result.query_group else ""
-        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) + same)
-    if result.query_group is not None:
-        print("* same group as the query")
-    return 0
-
-
-def _relative(path: str, root) -> str:
-    try:
-        return str(Path(path).relative_to(root))
-    except ValueError:
-        return path

@@ -5,6 +5,7 @@ import pytest
 
 from helpers import write_group_folder
 from simlab.experiment import GridConfig, grid_workers, run_grid
+from simlab.progress import Cancelled
 from simlab.store import Store
 
 CLASSIFIERS = ["cosine", "logreg", "linsvc", "xgboost", "mlp"]
@@ -44,7 +45,7 @@ def test_a_stopped_grid_keeps_finished_runs_and_leaves_none_running(spec, tmp_ca
     seen = []
     monkeypatch.setenv("SIMLAB_GRID_WORKERS", "2")
     config = GridConfig(dataset=spec, merges=["dot", "l1"], classifiers=CLASSIFIERS, weights="random")
-    with pytest.raises(InterruptedError, match="stopped on request"):
+    with pytest.raises(Cancelled, match="stopped on request"):
         for summary in run_grid(config, store, should_stop=lambda: bool(seen)):
             seen.append(summary)
     runs = store.runs()
