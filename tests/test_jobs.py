@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from simlab import jobs
+from simlab.jobs import kinds, reaper
 from simlab.paths import REPO_ROOT
 from simlab.store import Store
 
@@ -78,20 +79,20 @@ def wait_finished(store: Store, job_id: str, timeout: float = JOB_TIMEOUT) -> di
         return wait_for(finished, timeout, f"job {job_id} to finish")
     except AssertionError:
         raise AssertionError(f"job {job_id} did not finish: {store.get_job(job_id)}\n"
-                             f"log:\n{jobs._log_tail(job_id, 40)}") from None
+                             f"log:\n{jobs.log_tail(job_id, 40)}") from None
 
 
 def wait_running_with_progress(store: Store, job_id: str) -> dict:
     def running():
         job = store.get_job(job_id)
-        assert job["status"] in jobs.ACTIVE, f"job ended early: {job}\n{jobs._log_tail(job_id, 40)}"
+        assert job["status"] in jobs.ACTIVE, f"job ended early: {job}\n{jobs.log_tail(job_id, 40)}"
         return job if job["status"] == "running" and (job["done"] or 0) > 0 else None
 
     return wait_for(running, START_TIMEOUT, f"job {job_id} to report progress")
 
 
 def pid_gone(pid: int) -> bool:
-    return not jobs._pid_alive(pid)
+    return not jobs.pid_alive(pid)
 
 
 def test_grid_job_runs_in_a_worker_and_lands_its_result(store, tiny):
@@ -191,8 +192,8 @@ def test_unknown_kinds_are_refused_and_registry_entries_may_be_lazy(store, monke
     with pytest.raises(ValueError, match="Unknown job kind"):
         jobs.start_job("no_such_kind", {}, store_path=store.path)
     assert store.jobs() == []
-    monkeypatch.setitem(jobs.JOB_KINDS, "lazy", "simlab.jobs:vectorize_job")
-    assert jobs.job_function("lazy") is jobs.vectorize_job
+    monkeypatch.setitem(jobs.JOB_KINDS, "lazy", "simlab.jobs.kinds:vectorize_job")
+    assert jobs.job_function("lazy") is kinds.vectorize_job
 
 
 def test_cancel_of_a_finished_job_changes_nothing(store):
@@ -215,7 +216,7 @@ def test_a_worker_that_ignores_cancel_is_killed_after_the_grace_period(store, bi
                             store_path=store.path)
     job = wait_running_with_progress(store, job_id)
     jobs.cancel_job(job_id, store.path)
-    monkeypatch.setattr(jobs, "CANCEL_GRACE", -1.0)  # the grace period is over at once
+    monkeypatch.setattr(reaper, "CANCEL_GRACE", -1.0)  # the grace period is over at once
     assert jobs.reap_stale(store) == [job_id]
     job = store.get_job(job_id)
     assert job["status"] == "cancelled" and "did not stop in time" in job["message"]

@@ -15,13 +15,16 @@ import pytest
 import simlab.search as search
 from helpers import simlab_cache_at, write_group_folder
 from simlab import cli
+from simlab.data import load_dataset
 from simlab.evaluate import retrieval_map
+from simlab.pairs import hard_negative_pairs, mine_hard_negatives
 from simlab.paths import REPO_ROOT
+from simlab.store import Store
+from simlab.jobs import kinds
 from simlab.search import (
     build_index,
     choose_kind,
     index_path,
-    mine_hard_negatives,
     retrieval_map_index,
     run_model_path,
 )
@@ -124,7 +127,7 @@ def test_hard_negatives_come_from_other_groups_and_are_near():
     assert hard_sims.mean() > random_sims.mean() + 0.2
     from simlab.pairs import build_pairs
 
-    p, train, test = build_pairs(groups, hard_negatives=search.hard_negative_pairs(vectors, groups))
+    p, train, test = build_pairs(groups, hard_negatives=hard_negative_pairs(vectors, groups))
     negatives = p.label == 0
     mined = {tuple(x) for x in pairs}
     used = sum((min(l, r), max(l, r)) in mined for l, r in zip(p.left[negatives], p.right[negatives]))
@@ -212,6 +215,32 @@ def test_rerank_orders_by_the_runs_probability_and_caches_the_model(in_small, ca
     assert cli.main(["search", "--dataset", in_small["spec"], "--query", query, "--rerank", run,
                      "--backbone", "resnet50"]) == 2
     assert "trained on efficientnet_lite0" in capsys.readouterr().err
+
+
+def test_search_reports_each_step_in_the_stage_field(in_small):
+    calls = []
+    query = str(in_small["root"] / "g001" / "v0.jpg")
+    dataset = load_dataset(in_small["spec"])
+    search.search_dataset(dataset, query, k=3, rerank=in_small["run"],
+                          progress=lambda done, total, message="", **fields: calls.append((done, total, fields)))
+    steps = [(done, fields["stage"]) for done, total, fields in calls if fields["stage"] != "vectorize"]
+    stages = [stage for _, stage in steps]
+    assert [s for s in stages if s != "refit"] == ["load", "search", "rerank"]  # index cached, query in the dataset
+    assert [done for done, _ in steps] == [search.SEARCH_STAGES.index(s) for _, s in steps]
+    assert {total for _, total, fields in calls if fields["stage"] != "vectorize"} == {len(search.SEARCH_STAGES)}
+
+
+def test_the_search_job_kind_answers_as_the_cli_does(in_small, capsys):
+    query = str(in_small["root"] / "g002" / "v1.jpg")
+    args = {"dataset": in_small["spec"], "weights": "random", "backbone": BACKBONE, "query": query, "k": 4}
+    calls = []
+    result = kinds.search_job(args, Store(), lambda d, t, m="", **f: calls.append(f.get("stage")), lambda: False)
+    out = search_json(capsys, "--dataset", in_small["spec"], "--weights", "random", "--backbone", BACKBONE,
+                      "--query", query, "--k", "4")
+    assert {k: v for k, v in result.items() if k != "seconds"} == {k: v for k, v in out.items() if k != "seconds"}
+    assert "load" in calls and "search" in calls
+    with pytest.raises(ValueError, match="Unknown search setting"):
+        kinds.search_job({**args, "kk": 3}, Store(), lambda *a, **f: None, lambda: False)
 
 
 # --------------------------------------------------------------------------- the Search page

@@ -1,0 +1,65 @@
+"""The job table API pages and the CLI use: start, cancel, read and list jobs (by id, in the store)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from simlab.jobs.base import ACTIVE, log_path, open_store
+from simlab.jobs.reaper import reap_stale
+from simlab.jobs.registry import check_kind
+from simlab.paths import REPO_ROOT
+
+log = logging.getLogger(__name__)
+
+
+def start_job(kind: str, params: dict | None = None, store_path: str | Path | None = None) -> str:
+    """Record a job and start its worker process; returns the job id at once."""
+    check_kind(kind)
+    params = dict(params or {})
+    store = open_store(store_path)
+    job_id = store.add_job(kind, params)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    with open(log_path(job_id), "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "simlab.jobs", job_id, str(store.path)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=str(REPO_ROOT), env=env, start_new_session=True)
+    store.update_job(job_id, pid=proc.pid, heartbeat=time.time())
+    log.info("Started job %s (%s), worker pid %d", job_id, kind, proc.pid)
+    # Collect the exit status when it ends, so a finished worker never lingers as a zombie.
+    threading.Thread(target=proc.wait, name=f"reap-{job_id}", daemon=True).start()
+    return job_id
+
+
+def cancel_job(job_id: str, store_path: str | Path | None = None) -> None:
+    """Ask a job to stop: the worker ends it as "cancelled" at its next check (between batches)."""
+    store = open_store(store_path)
+    job = store.get_job(job_id)
+    if job is None or job["status"] not in ACTIVE:
+        return
+    store.update_job(job_id, cancel=int(time.time()), message="Stopping…")
+
+
+def get_job(job_id: str, store_path: str | Path | None = None) -> dict | None:
+    """One job's row (status, done, total, message, error, result...), or None."""
+    return open_store(store_path).get_job(job_id)
+
+
+def list_jobs(store_path: str | Path | None = None, status: str | None = None) -> list[dict]:
+    """Every job, newest first (after marking dead workers' jobs as failed)."""
+    store = open_store(store_path)
+    reap_stale(store)
+    return store.jobs(status)
+
+
+def active_jobs(kind: str | None = None, store_path: str | Path | None = None) -> list[dict]:
+    """Jobs queued or running (optionally of one kind), newest first."""
+    store = open_store(store_path)
+    reap_stale(store)
+    return [j for j in store.jobs() if j["status"] in ACTIVE and (kind is None or j["kind"] == kind)]

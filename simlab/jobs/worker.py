@@ -1,0 +1,203 @@
+"""The worker process of one job: ``python -m simlab.jobs JOB_ID STORE_PATH``.
+
+It runs the job's function (:mod:`simlab.jobs.registry`), writes progress, result or error to the
+store's ``jobs`` table, beats a heartbeat the reaper watches, and checks the cancel flag between
+batches. Its ``logging`` records go to the job's log file (:func:`simlab.jobs.base.log_path`), which
+the Runs page shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from simlab.jobs.base import log_path
+from simlab.jobs.registry import job_function
+from simlab.progress import Cancelled
+from simlab.store import Store
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL = 0.3  # seconds between progress writes (the first and the last always go through)
+HEARTBEAT_INTERVAL = 2.0  # seconds between the worker's "still alive" writes
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class Reporter:
+    """Progress writes for one job, at most one per PROGRESS_INTERVAL, plus the cancel check.
+
+    :meth:`progress` is a :class:`simlab.progress.Progress`; its fields (stage, backbone, rate, eta)
+    are written to the job's ``fields`` column where the store has one.
+    """
+
+    def __init__(self, store: Store, job_id: str):
+        self.store, self.job_id = store, job_id
+        self.last_write = 0.0
+        self.last_check, self.cancelled = 0.0, False
+        self.pending: tuple | None = None
+        self.lock = threading.Lock()
+        self.with_fields = "fields" in (store.get_job(job_id) or {})
+
+    def progress(self, done: int, total: int, message: str = "", **fields: Any) -> None:
+        with self.lock:
+            self.pending = (int(done), int(total), str(message)[:300], fields)
+            due = time.monotonic() - self.last_write >= PROGRESS_INTERVAL or (total and done >= total)
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the latest progress now (also called by the heartbeat, so a held-back one shows soon)."""
+        with self.lock:
+            pending, self.pending = self.pending, None
+            if pending is None:
+                return
+            self.last_write = time.monotonic()
+            done, total, message, fields = pending
+            extra = {"fields": jsonable(fields)} if self.with_fields else {}
+            self.store.update_job(self.job_id, done=done, total=total, message=message, heartbeat=time.time(),
+                                  **extra)
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if not self.cancelled and now - self.last_check >= 0.5:
+            self.last_check = now
+            job = self.store.get_job(self.job_id)
+            self.cancelled = bool(job and job.get("cancel"))
+        return self.cancelled
+
+
+def heartbeat(store: Store, job_id: str, reporter: Reporter, stop: threading.Event) -> None:
+    """Until ``stop`` is set: write held-back progress and a "still alive" time every HEARTBEAT_INTERVAL."""
+    while not stop.wait(HEARTBEAT_INTERVAL):
+        try:
+            reporter.flush()
+            store.update_job(job_id, heartbeat=time.time())
+        except Exception:  # a busy database: the next beat tries again
+            log.warning("Heartbeat of job %s not written", job_id, exc_info=True)
+
+
+@contextlib.contextmanager
+def logging_to(path: Path) -> Iterator[None]:
+    """simlab's records (INFO and up) and every library's warnings go to ``path`` while in the block."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+    root, ours = logging.getLogger(), logging.getLogger("simlab")
+    saved = ours.level
+    root.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        ours.setLevel(saved)
+
+
+def _short_error(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if not isinstance(exc, (ValueError, FileNotFoundError, Cancelled)) or not str(exc).strip():
+        text = f"{type(exc).__name__}: {text}"
+    return text[:500]
+
+
+def run_worker(job_id: str, store_path: str | Path) -> int:
+    """Run one job to its end in this process: status, progress, result or error go to the store."""
+    store = Store(store_path)
+    job = store.get_job(job_id)
+    if job is None:
+        print(f"simlab.jobs: no job {job_id} in {store.path}", file=sys.stderr)
+        return 2
+    if job["status"] != "queued":
+        print(f"simlab.jobs: job {job_id} is already {job['status']}", file=sys.stderr)
+        return 0
+    if job.get("cancel"):
+        store.update_job(job_id, status="cancelled", finished=time.time(), message="Cancelled before it started.")
+        return 0
+    with logging_to(log_path(job_id)):
+        return _run(store, job)
+
+
+def _run(store: Store, job: dict) -> int:
+    job_id, reporter = job["id"], Reporter(store, job["id"])
+    store.update_job(job_id, status="running", started=time.time(), pid=os.getpid(), heartbeat=time.time(),
+                     message="Starting (loading libraries)")
+    stop = threading.Event()
+    beat = threading.Thread(target=heartbeat, args=(store, job_id, reporter, stop), daemon=True)
+    beat.start()
+    log.info("Job %s (%s) started, pid %d", job_id, job["kind"], os.getpid())
+    try:
+        fn = job_function(job["kind"])
+        kwargs = {"job_id": job_id} if "job_id" in inspect.signature(fn).parameters else {}
+        result = fn(job["params"] or {}, store, reporter.progress, reporter.should_stop, **kwargs)
+        if reporter.should_stop():
+            raise Cancelled("Stopped on request.")
+    except (Cancelled, KeyboardInterrupt) as exc:
+        reporter.flush()
+        if reporter.cancelled or isinstance(exc, KeyboardInterrupt):
+            store.update_job(job_id, status="cancelled", finished=time.time(), message="Stopped on request.")
+            log.info("Job %s cancelled", job_id)
+            return 0
+        store.update_job(job_id, status="failed", finished=time.time(), message=_short_error(exc),
+                         error=traceback.format_exc())
+        return 1
+    except BaseException as exc:  # every failure must land in the store
+        reporter.flush()
+        log.exception("Job %s failed", job_id)
+        store.update_job(job_id, status="failed", finished=time.time(), message=_short_error(exc),
+                         error=traceback.format_exc())
+        return 1
+    finally:
+        stop.set()
+        beat.join(timeout=10)
+    _finish(store, job_id, reporter, result)
+    return 0
+
+
+def _finish(store: Store, job_id: str, reporter: Reporter, result) -> None:
+    reporter.flush()
+    job = store.get_job(job_id)
+    total = max(job.get("total") or 0, 1)
+    store.update_job(job_id, status="done", finished=time.time(), result=jsonable(result), done=total, total=total)
+    log.info("Job %s done", job_id)
+
+
+def jsonable(value):
+    """Results go to a JSON column: numpy numbers and tuples become plain Python."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        with contextlib.suppress(TypeError, ValueError):  # an array of several items stays as it is
+            return value.item()
+    if hasattr(value, "__dataclass_fields__"):
+        return jsonable(asdict(value))
+    if isinstance(value, float) and math.isnan(value):  # NaN is not JSON
+        return None
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m simlab.jobs JOB_ID STORE_PATH", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    signal.signal(signal.SIGTERM, _terminated)  # a polite kill ends the job as cancelled, not as a crash
+    return run_worker(argv[0], argv[1])
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
