@@ -1,38 +1,48 @@
-"""Merge strategies: two image vectors -> one pair vector for a classifier."""
+"""Merge strategies: two image vectors -> one pair vector for a classifier.
+
+Each merge is declared once, written against an array namespace ``xp`` that offers the functions
+numpy and ``keras.ops`` share (``abs``, ``square``, ``sqrt``, ``sum``, ``maximum``,
+``concatenate``). The same entry merges cached vectors with numpy here and runs inside a Keras model
+(``keras.ops``) when fine-tuning, so vectors and pixels agree and a new merge is one entry.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import numpy as np
 
 
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+def l2_normalise(x, xp: Any = np):
+    """Each row scaled to unit length (rows of zeros stay zero)."""
+    norms = xp.sqrt(xp.sum(xp.square(x), axis=-1, keepdims=True))
+    return x / xp.maximum(norms, 1e-12)
 
 
-def _dot(a, b):
-    return l2_normalise(a) * l2_normalise(b)
+def _dot(a, b, xp: Any = np):
+    return l2_normalise(a, xp) * l2_normalise(b, xp)
 
 
-def _l1(a, b):
-    return np.abs(a - b)
+def _l1(a, b, xp: Any = np):
+    return xp.abs(a - b)
 
 
-def _l2(a, b):
-    return (a - b) ** 2
+def _l2(a, b, xp: Any = np):
+    return xp.square(a - b)
 
 
-def _concat(a, b):
-    return np.concatenate([_dot(a, b), _l1(a, b), _l2(a, b)], axis=-1)
+def _concat(a, b, xp: Any = np):
+    return xp.concatenate([_dot(a, b, xp), _l1(a, b, xp), _l2(a, b, xp)], axis=-1)
 
 
 @dataclass(frozen=True)
 class Merge:
+    """``fn(a, b, xp=numpy)``: rows of ``a`` and ``b`` -> merged rows, in the array namespace ``xp``."""
+
     name: str
-    fn: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    fn: Callable[..., Any]
     description: str
     width: int = 1  # output dimension as a multiple of the input dimension
 

@@ -1,8 +1,14 @@
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from simlab.backbones import get_backbone, list_backbones, weights_status
-from simlab.backbones import keras_apps
+from simlab.backbones import get_backbone, keras_apps, list_backbones, weights_status
 
 
 def test_registry_lists_the_study_backbones_with_their_sizes():
@@ -43,3 +49,51 @@ def test_a_keras_application_vectorises_with_its_own_preprocessing():
 def test_unknown_backbone_lists_the_choices():
     with pytest.raises(ValueError, match="efficientnet_lite0"):
         get_backbone("alexnet")
+
+
+def write_tower(cache, run_id: str, dim: int = 16) -> None:
+    folder = cache / "runs" / run_id
+    folder.mkdir(parents=True)
+    (folder / "tower.json").write_text(json.dumps({
+        "run_id": run_id, "base": "small-cnn", "base_weights": "random", "input_size": 32, "dim": dim,
+        "preprocess": "unit", "loss": "triplet", "created": 0.0}))
+
+
+def test_trained_towers_resolve_by_name_from_the_current_cache(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("SIMLAB_CACHE", str(tmp_path))
+    write_tower(tmp_path, "f1")
+    bb = get_backbone("siamese-f1")
+    assert (bb.input_size, bb.dim, bb.bundled, bb.options["tuned"]) == (32, 16, True, True)
+    assert "siamese-f1" in [b.name for b in list_backbones()] and weights_status("siamese-f1") == "bundled"
+    np.testing.assert_allclose(bb.preprocess(np.float32(255)), 1.0)
+    (tmp_path / "runs" / "f2").mkdir()
+    (tmp_path / "runs" / "f2" / "tower.json").write_text("{not json")
+    with caplog.at_level("WARNING"):
+        assert "siamese-f2" not in [b.name for b in list_backbones()]
+    assert "f2" in caplog.text
+    for name in ("siamese-f2", "siamese-f3", "siamese-../f1", "siamese-"):
+        with pytest.raises(ValueError, match="Unknown backbone"):
+            get_backbone(name)
+    shutil.rmtree(tmp_path / "runs" / "f1")  # deleted, or another cache: gone from the registry
+    with pytest.raises(ValueError, match="Unknown backbone"):
+        get_backbone("siamese-f1")
+    monkeypatch.setenv("SIMLAB_CACHE", str(tmp_path / "other"))
+    assert not [b for b in list_backbones() if b.options.get("tuned")]
+
+
+def test_the_registry_names_its_providers_and_imports_none_of_them():
+    import simlab.backbones as registry
+
+    tree = ast.parse(Path(registry.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.startswith("simlab.") and m != "simlab.paths"}
+    assert "simlab.finetune.towers" in registry.PROVIDERS
+
+
+def test_listing_backbones_loads_no_keras():
+    code = ("import sys; from simlab.backbones import get_backbone, list_backbones; list_backbones(); "
+            "get_backbone('resnet50'); "
+            "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

@@ -69,7 +69,7 @@ def _write_header(f):
     pickle.dump({"protocol_version": PROTOCOL_VERSION, "little_endian": True, "type_sizes": {}}, f, protocol=2)
 
 
-def write_legacy(path, state: "OrderedDict[str, _FakeTensor]", storages: list[_FakeStorage]):
+def write_legacy(path, state: OrderedDict[str, _FakeTensor], storages: list[_FakeStorage]):
     """Write ``state`` the way legacy ``torch.save`` does: header, state dict, keys, raw storages."""
     with open(path, "wb") as f:
         _write_header(f)

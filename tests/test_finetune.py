@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 from helpers import simlab_cache_at, write_group_folder
-from simlab.finetune import FinetuneConfig, keras_parts, load_checkpoint, pair_pipeline, run_finetune, unfreeze_top
+from simlab.finetune.config import FinetuneConfig
+from simlab.finetune.layers import PairMerge, load_checkpoint, pair_pipeline
+from simlab.finetune.models import unfreeze_top
+from simlab.finetune.train import run_finetune
 from simlab.store import Store
 
 BACKBONE = "efficientnet_lite0"
@@ -131,8 +134,8 @@ def test_stop_after_the_first_batches_keeps_and_scores_the_best_checkpoint(tmp_p
     spec = f"folder:{write_group_folder(tmp_path / 'small', n_groups=8, per_group=2, size=64)}"
     trained = {"batches": 0}
 
-    def progress(done, total, message):
-        if message.startswith("Epoch"):
+    def progress(done, total, message="", **fields):
+        if fields.get("stage") == "train":
             trained["batches"] = done
 
     result = run_finetune(config(spec, mode="head", augment=True, unfreeze=2, epochs=3, batch_size=2), store,
@@ -178,18 +181,18 @@ def test_augmentation_runs_on_raw_pixels_before_preprocessing():
 def test_keras_merges_match_simlab_merge():
     from simlab.merge import MERGES, merge_pairs
 
-    k = keras_parts()
     rng = np.random.default_rng(0)
     v = rng.random((6, 5)).astype(np.float32)
     left, right = np.array([0, 1, 2]), np.array([3, 4, 5])
     for name in MERGES:
-        out = np.asarray(k.PairMerge(name)([v[left], v[right]]))
+        out = np.asarray(PairMerge(name)([v[left], v[right]]))
         np.testing.assert_allclose(out, merge_pairs(v, left, right, name), rtol=1e-5, atol=1e-6)
 
 
 def test_unfreeze_top_k_weighted_layers():
-    k = keras_parts()
-    keras, layers = k.keras, k.layers
+    import keras
+    from keras import layers
+
     model = keras.Sequential([keras.Input((4,)), layers.Dense(3), layers.ReLU(), layers.Dense(3),
                               layers.Dense(2)])
     assert unfreeze_top(model, 0) == [] and not model.trainable_weights
@@ -212,9 +215,10 @@ def test_config_errors_say_what_to_do(tmp_path, store):
 
 
 def test_job_kind_is_registered():
-    from simlab import finetune, jobs
+    from simlab import jobs
+    from simlab.finetune import train
 
-    assert jobs.job_function("finetune") is finetune.finetune_job
+    assert jobs.job_function("finetune") is train.finetune_job
 
 
 def test_cli_prints_json_with_the_required_keys(spec, cache):
@@ -242,3 +246,14 @@ def test_page_shows_the_runs_curves_and_results(spec, cache, store, monkeypatch)
     assert at.button(key="FormSubmitter:ft_form-Start fine-tuning") is not None
     assert [s.value for s in at.subheader] == ["Training curves", "Results on the test pairs"]
     assert len(at.get("plotly_chart")) == 1 and len(at.dataframe) == 1
+
+
+def test_the_light_modules_load_no_keras():
+    code = ("import sys, argparse; import simlab.finetune, simlab.finetune.config, simlab.finetune.towers; "
+            "from simlab.cli.finetune import add_cli; "
+            "add_cli(argparse.ArgumentParser().add_subparsers(), lambda p: None); "
+            "simlab.finetune.FinetuneConfig(weights='random').validate(); "
+            "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -2,16 +2,37 @@
 
 A backbone maps a batch of RGB images (float32, 0..255, ``size x size``) to one vector per
 image. Its ``preprocess`` runs inside the input pipeline, its model only does the forward pass.
+
+Backbones come from providers, modules named by dotted path in :data:`PROVIDERS` and imported
+by name once, on first use (the registry imports no provider itself). A provider registers fixed
+entries with :func:`register` when imported; one whose entries come and go (towers trained here)
+also defines ``find_backbone(name) -> Backbone | None``, asked for names not registered, and
+``discover_backbones() -> list[Backbone]``, asked when backbones are listed.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from types import ModuleType
 
 from simlab.paths import cache_dir
 
+log = logging.getLogger(__name__)
+
 WEIGHTS_CHOICES = ("imagenet", "random")
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+#: Modules that provide backbones, in listing order (the bundled backbone first). A new provider is
+#: one line here.
+PROVIDERS = (
+    "simlab.backbones.efficientnet_lite0",
+    "simlab.backbones.keras_apps",
+    "simlab.finetune.towers",  # Siamese towers trained here: siamese-<run id>, from cache/runs/<id>/tower.json
+)
 
 
 @dataclass(frozen=True)
@@ -19,7 +40,7 @@ class Backbone:
     name: str
     input_size: int
     dim: int
-    build: Callable[[str], "object"]  # build(weights) -> keras.Model taking preprocessed images
+    build: Callable[[str], object]  # build(weights) -> keras.Model taking preprocessed images
     preprocess: Callable  # tensor float32 0..255 (N, s, s, 3) -> model input
     description: str
     bundled: bool = False  # weights ship with simlab: works offline
@@ -29,6 +50,8 @@ class Backbone:
 
 
 BACKBONES: dict[str, Backbone] = {}
+_providers: list[ModuleType] = []
+_lock = threading.RLock()
 
 
 def register(backbone: Backbone) -> Backbone:
@@ -36,30 +59,35 @@ def register(backbone: Backbone) -> Backbone:
     return backbone
 
 
-def _load_entries() -> None:
-    # Imported for their side effect of registering (once: imports are cached); the bundled
-    # backbone first, so that it lists first.
-    from simlab.backbones import efficientnet_lite0  # noqa: F401
-    from simlab.backbones import keras_apps  # noqa: F401
-    from simlab.finetune import sync_tuned_backbones  # Siamese towers trained here: cache/runs/*/tower.json
-
-    sync_tuned_backbones()
+def providers() -> list[ModuleType]:
+    """The provider modules, imported by name on the first call."""
+    with _lock:
+        if not _providers:
+            _providers.extend([importlib.import_module(path) for path in PROVIDERS])
+    return list(_providers)
 
 
 def list_backbones() -> list[Backbone]:
-    _load_entries()
-    return sorted(BACKBONES.values(), key=lambda b: not b.bundled)
+    """Every backbone: the registered ones, then those providers discover; bundled ones first."""
+    loaded = providers()
+    found = list(BACKBONES.values())
+    for provider in loaded:
+        if discover := getattr(provider, "discover_backbones", None):
+            found += [b for b in discover() if b.name not in BACKBONES]
+    return sorted(found, key=lambda b: not b.bundled)
 
 
 def get_backbone(name: str) -> Backbone:
-    _load_entries()
-    try:
+    """The backbone called ``name``: a registered one, else one a provider finds."""
+    loaded = providers()
+    if name in BACKBONES:
         return BACKBONES[name]
-    except KeyError:
-        raise ValueError(f"Unknown backbone {name!r}. Choose one of: {', '.join(BACKBONES)}") from None
-
-
-DEFAULT_BACKBONE = "efficientnet_lite0"
+    for provider in loaded:
+        find = getattr(provider, "find_backbone", None)
+        if find is not None and (found := find(name)) is not None:
+            return found
+    names = ", ".join(b.name for b in list_backbones())
+    raise ValueError(f"Unknown backbone {name!r}. Choose one of: {names}")
 
 
 def weights_status(name: str) -> str:

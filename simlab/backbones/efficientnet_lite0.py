@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from simlab.backbones import Backbone, register
 from simlab.paths import atomic_path, cache_dir
+
+if TYPE_CHECKING:  # annotations only: building a model imports Keras, listing the registry does not
+    import keras
 
 NAME = "efficientnet_lite0"
 INPUT_SIZE = 224
@@ -134,7 +138,7 @@ def _assign(model: keras.Model, state: dict[str, np.ndarray]) -> None:
     for layer_name, prefix, kind in _weight_map():
         layer = model.get_layer(layer_name)
 
-        def take(suffix):
+        def take(suffix, prefix=prefix):
             key = f"{prefix}.{suffix}"
             used.add(key)
             return state[key]

@@ -93,5 +93,5 @@ for _name, (_module, _cls, _size, _dim, _file, _desc) in _APPS.items():
                       preprocess=_preprocessor(_module), description=_desc, weights_file=_file))
 for _name, (_module, _cls, _file) in _FC2.items():
     register(Backbone(name=_name, input_size=224, dim=4096, build=_builder(_module, _cls, 224, _file, fc2=True),
-                      preprocess=_preprocessor(_module), description=f"{_cls} fc2 layer (4096-d), as in the 2017 study.",
-                      weights_file=_file))
+                      preprocess=_preprocessor(_module), weights_file=_file,
+                      description=f"{_cls} fc2 layer (4096-d), as in the 2017 study."))

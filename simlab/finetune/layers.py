@@ -1,0 +1,390 @@
+"""Keras layers, losses, metrics, batches and callbacks of fine-tuning, each usable on its own.
+
+Importing this module imports Keras (seconds); the light parts of :mod:`simlab.finetune` never do.
+The layers register themselves (package ``simlab``) so that saved checkpoints load.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from simlab.finetune.config import CURVE_NAMES, preprocess_fn
+from simlab.merge import get_merge
+from simlab.paths import atomic_path
+from simlab.progress import Progress, ShouldStop
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY = 1.0  # seconds between writes of buffered per-batch points
+serializable = keras.saving.register_keras_serializable(package="simlab")
+
+
+# --------------------------------------------------------------------------- augmentation and preprocessing
+
+
+def augmenter(seed: int) -> keras.Sequential:
+    """Random flip, rotation, zoom, shift and contrast, on raw pixels (0..255)."""
+    return keras.Sequential([
+        layers.RandomFlip("horizontal", seed=seed),
+        layers.RandomRotation(0.05, seed=seed + 1),
+        layers.RandomZoom(0.15, seed=seed + 2),
+        layers.RandomTranslation(0.1, 0.1, seed=seed + 3),
+        layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 4),
+    ], name="augment")
+
+
+@serializable
+class JointAugment(layers.Layer):
+    """Augments the images of a pair (or triplet) while training: one random transform shared by
+    all of them (stacked as channels), or one each (stacked as a batch)."""
+
+    def __init__(self, same: bool = True, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.same, self.seed = same, seed
+        self.augment = augmenter(seed)
+
+    def build(self, input_shape):
+        shape = list(input_shape[0])
+        if self.same:
+            shape[-1] = 3 * len(input_shape)
+        self.augment.build(tuple(shape))
+
+    def call(self, images, training=None):
+        images = [ops.cast(x, "float32") for x in images]
+        if not training:
+            return images
+        if self.same:
+            out = self.augment(ops.concatenate(images, axis=-1), training=True)
+            return [out[..., 3 * i:3 * i + 3] for i in range(len(images))]
+        n = ops.shape(images[0])[0]
+        out = self.augment(ops.concatenate(images, axis=0), training=True)
+        return [out[i * n:(i + 1) * n] for i in range(len(images))]
+
+    def get_config(self):
+        return super().get_config() | {"same": self.same, "seed": self.seed}
+
+
+@serializable
+class Preprocess(layers.Layer):
+    """RGB 0..255 -> the network's input: a backbone's own preprocessing, or ``unit`` (0..1)."""
+
+    def __init__(self, backbone: str, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+
+    def call(self, x):
+        return preprocess_fn(self.backbone)(ops.cast(x, "float32"))
+
+    def get_config(self):
+        return super().get_config() | {"backbone": self.backbone}
+
+
+def pair_pipeline(backbone: str, augment: bool = True, same_transform: bool = True, seed: int = 0):
+    """The pixels-to-network-input step of an image pair: augmentation (while training) on raw
+    0..255 pixels, THEN the backbone's preprocessing. Returns ``f(a, b, training) -> (a', b')``."""
+    joint = JointAugment(same_transform, seed) if augment else None
+    pre = Preprocess(backbone)
+
+    def run(a, b, training: bool = True):
+        if joint is not None:
+            a, b = joint([a, b], training=training)
+        return pre(a), pre(b)
+
+    return run
+
+
+# --------------------------------------------------------------------------- pairs: merge and distance
+
+
+@serializable
+class PairMerge(layers.Layer):
+    """Two vectors -> one, by a merge of :data:`simlab.merge.MERGES` run in ``keras.ops``."""
+
+    def __init__(self, merge: str = "dot", **kwargs):
+        super().__init__(**kwargs)
+        self.merge = merge
+
+    def call(self, inputs):
+        a, b = inputs
+        return get_merge(self.merge).fn(a, b, ops)
+
+    def get_config(self):
+        return super().get_config() | {"merge": self.merge}
+
+
+@serializable
+class PairDistance(layers.Layer):
+    """Euclidean distance between two embeddings, shape (batch, 1)."""
+
+    def call(self, inputs):
+        a, b = inputs
+        return ops.sqrt(ops.maximum(ops.sum(ops.square(a - b), axis=-1, keepdims=True), 1e-12))
+
+
+# --------------------------------------------------------------------------- losses and accuracies
+
+
+def contrastive_loss(margin: float):
+    """Same scene (y=1): the squared distance; other scenes: the squared shortfall below the margin."""
+
+    def contrastive(y_true, distance):
+        y = ops.cast(ops.reshape(y_true, (-1,)), "float32")
+        d = ops.reshape(distance, (-1,))
+        return y * ops.square(d) + (1.0 - y) * ops.square(ops.maximum(margin - d, 0.0))
+
+    return contrastive
+
+
+class ThresholdAccuracy(keras.metrics.Metric):
+    """Pair accuracy at the best distance threshold, from histograms of the distances of same and
+    different pairs seen so far (the run sets its threshold the same way, on validation pairs)."""
+
+    def __init__(self, bins: int = 400, max_distance: float = 2.0, name: str = "accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.bins, self.max_distance = bins, max_distance
+        self.same = self.add_variable(shape=(bins,), initializer="zeros", name="same")
+        self.other = self.add_variable(shape=(bins,), initializer="zeros", name="other")
+
+    def update_state(self, y_true, distance, sample_weight=None):
+        y = ops.cast(ops.reshape(y_true, (-1, 1)), "float32")
+        where = ops.cast(ops.reshape(distance, (-1,)) / self.max_distance * self.bins, "int32")
+        hot = ops.one_hot(ops.clip(where, 0, self.bins - 1), self.bins)
+        self.same.assign_add(ops.sum(hot * y, axis=0))
+        self.other.assign_add(ops.sum(hot * (1.0 - y), axis=0))
+
+    def result(self):
+        # "same" below the cut, "different" at or above it; every cut between bins is tried.
+        same_below = ops.concatenate([ops.zeros((1,)), ops.cumsum(self.same)])
+        other_above = ops.sum(self.other) - ops.concatenate([ops.zeros((1,)), ops.cumsum(self.other)])
+        total = ops.maximum(ops.sum(self.same) + ops.sum(self.other), 1.0)
+        return ops.max(same_below + other_above) / total
+
+    def reset_state(self):
+        self.same.assign(ops.zeros((self.bins,)))
+        self.other.assign(ops.zeros((self.bins,)))
+
+
+def contrastive_accuracy(margin: float) -> ThresholdAccuracy:
+    return ThresholdAccuracy(max_distance=max(2.0, 2 * margin))
+
+
+def triplet_loss(margin: float):
+    """distances = [d(anchor, positive), d(anchor, negative)]: the negative must be a margin farther."""
+
+    def triplet(y_true, distances):
+        return ops.maximum(distances[:, 0] - distances[:, 1] + margin, 0.0)
+
+    return triplet
+
+
+def triplet_accuracy() -> keras.metrics.MeanMetricWrapper:
+    def accuracy(y_true, distances):
+        return ops.cast(distances[:, 0] < distances[:, 1], "float32")
+
+    return keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")
+
+
+# --------------------------------------------------------------------------- towers
+
+
+def projection(input_dim: int, dim: int, start: tuple[np.ndarray, np.ndarray] | None = None) -> keras.Sequential:
+    """The trainable top of the Siamese tower, on L2-normalised backbone vectors: one Dense layer
+    starting from ``start`` (kernel, bias: learned whitening), else Dense 256 -> ReLU -> Dense; the
+    embedding is L2-normalised."""
+    dense = [layers.Dense(start[0].shape[1])] if start is not None else [
+        layers.Dense(256, activation="relu"), layers.Dense(dim)]
+    model = keras.Sequential([keras.Input((input_dim,)), layers.UnitNormalization(), *dense,
+                              layers.UnitNormalization()], name="projection")
+    if start is not None:
+        dense[0].set_weights([start[0].astype(np.float32), start[1].astype(np.float32)])
+    return model
+
+
+def small_cnn(size: int, dim: int) -> keras.Sequential:
+    """A small CNN trained from scratch (input 0..1): three conv blocks, global pooling, embedding."""
+    blocks = []
+    for filters in (32, 64, 128):
+        blocks += [layers.Conv2D(filters, 3, padding="same", use_bias=False), layers.BatchNormalization(),
+                   layers.ReLU(), layers.MaxPooling2D()]
+    return keras.Sequential([keras.Input((size, size, 3)), *blocks, layers.GlobalAveragePooling2D(),
+                             layers.Dense(dim), layers.UnitNormalization()], name="small_cnn")
+
+
+class TwoSpeedModel(keras.Model):
+    """A functional model whose ``slow`` weights (the unfrozen backbone layers) learn at
+    ``slow_factor`` times the learning rate of the rest (the head or projection)."""
+
+    def __init__(self, inputs, outputs, slow=(), slow_factor: float = 0.1, **kwargs):
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.slow_ids = {id(v) for v in slow}
+        self.slow_factor = slow_factor
+
+    def compile(self, optimizer, **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        self.slow_optimizer = keras.optimizers.Adam(rate * self.slow_factor)
+
+    def train_step(self, data):
+        import tensorflow as tf  # the backend this step is written for; loaded with Keras already
+
+        x, y = data
+        slow = [v for v in self.trainable_variables if id(v) in self.slow_ids]
+        fast = [v for v in self.trainable_variables if id(v) not in self.slow_ids]
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+        grads = tape.gradient(loss, fast + slow)
+        self.optimizer.apply(grads[:len(fast)], fast)
+        if slow:
+            self.slow_optimizer.apply(grads[len(fast):], slow)
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss, sample_weight=ops.shape(y)[0])
+            else:
+                metric.update_state(y, y_pred)
+        return self.get_metrics_result()
+
+
+# --------------------------------------------------------------------------- batches and callbacks
+
+
+class IndexBatches(keras.utils.PyDataset):
+    """Batches ``((source[col1[rows]], source[col2[rows]], ...), y[rows])`` from an in-memory
+    ``source`` (vectors, or decoded uint8 images cast to float per batch). With ``seed``, each
+    epoch takes a fresh permutation; ``max_batches`` caps an epoch at a random subset."""
+
+    def __init__(self, source: np.ndarray, columns, y=None, batch_size: int = 32, seed: int | None = None,
+                 max_batches: int | None = None):
+        super().__init__()
+        self.source, self.columns = source, [np.asarray(c) for c in columns]
+        self.y = None if y is None else np.asarray(y, np.float32)
+        self.batch_size = batch_size
+        self.rng = None if seed is None else np.random.default_rng(seed)
+        n = len(self.columns[0])
+        self.n_batches = min(math.ceil(n / batch_size), max_batches or math.inf)
+        self.order = np.arange(n)
+        self.on_epoch_end()
+
+    def __len__(self):
+        return self.n_batches
+
+    def batch_sizes(self) -> list[int]:
+        n = len(self.order)
+        return [min(self.batch_size, n - i * self.batch_size) for i in range(self.n_batches)]
+
+    def __getitem__(self, i):
+        rows = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        xs = tuple(np.asarray(self.source[c[rows]], np.float32) for c in self.columns)
+        xs = xs[0] if len(xs) == 1 else xs
+        return (xs,) if self.y is None else (xs, self.y[rows])
+
+    def on_epoch_end(self):
+        if self.rng is not None:
+            self.order = self.rng.permutation(len(self.order))
+
+
+class LiveCurves(keras.callbacks.Callback):
+    """Writes the training curves to the store as they happen, reports progress, and checks the
+    stop request after every batch (which then ends training once the batch is done).
+
+    Keras reports the epoch's running mean loss after each batch; the batch's own loss is recovered
+    from two consecutive means (they are weighted by batch size)."""
+
+    def __init__(self, store, run_id: str, batch_sizes: list[int], epochs: int, progress: Progress,
+                 should_stop: ShouldStop | None, echo: Callable[[str], None]):
+        super().__init__()
+        self.store, self.run_id, self.sizes, self.epochs = store, run_id, batch_sizes, epochs
+        self.progress, self.should_stop, self.echo = progress, should_stop, echo
+        self.step, self.epoch, self.buffer, self.last_flush = 0, 0, [], time.monotonic()
+        self.stopped, self.epoch_seconds, self.history = False, [], {}
+
+    def flush(self):
+        if self.buffer:
+            points, self.buffer = self.buffer, []
+            self.store.add_curve_points(self.run_id, points)
+        self.last_flush = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.seen, self.mean, self.t0 = epoch + 1, 0, 0.0, time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        n = self.sizes[min(batch, len(self.sizes) - 1)]
+        mean = float((logs or {}).get("loss", float("nan")))
+        batch_loss = ((self.seen + n) * mean - self.seen * self.mean) / n
+        self.seen, self.mean = self.seen + n, mean
+        self.buffer.append((self.step, self.epoch, "batch_loss", batch_loss))
+        if time.monotonic() - self.last_flush >= FLUSH_EVERY:
+            self.flush()
+        self.progress((self.epoch - 1) * len(self.sizes) + batch + 1, self.epochs * len(self.sizes),
+                      f"Epoch {self.epoch}/{self.epochs} · batch {batch + 1}/{len(self.sizes)} · loss {mean:.4f}",
+                      stage="train")
+        if not self.stopped and self.should_stop and self.should_stop():
+            self.stopped = True
+            self.model.stop_training = True
+            self.echo(f"Stop requested: ending after batch {batch + 1} of epoch {self.epoch}")
+
+    def record(self, epoch: int, logs: dict) -> dict:
+        """Epoch points (epoch 0: validation before any training) go to the store at once."""
+        logs = {k: float(v) for k, v in (logs or {}).items() if k in CURVE_NAMES}
+        self.buffer += [(self.step, epoch, name, value) for name, value in logs.items()]
+        self.flush()
+        self.history[epoch] = logs
+        return logs
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = self.record(epoch + 1, logs)
+        self.epoch_seconds.append(time.perf_counter() - self.t0)
+        text = " · ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items()))
+        self.echo(f"Epoch {epoch + 1}/{self.epochs}: {text} ({self.epoch_seconds[-1]:.1f} s)")
+
+    def on_train_end(self, logs=None):
+        self.flush()
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Whenever validation loss improves: saves ``target`` (the scoring model) to ``path`` and keeps
+    the trained model's weights in memory; restores the best weights when training ends."""
+
+    def __init__(self, target: keras.Model, path: Path):
+        super().__init__()
+        self.target, self.path = target, Path(path)
+        self.best, self.best_epoch, self.best_weights = math.inf, None, None
+
+    def offer(self, epoch: int, logs: dict, model) -> None:
+        """Epoch ``epoch`` (0 = before training) ended with these logs: keep it if it is the best."""
+        value = float((logs or {}).get("val_loss", math.nan))
+        if math.isfinite(value) and value < self.best:
+            self.best, self.best_epoch = value, epoch
+            self.best_weights = model.get_weights()
+            save_model(self.target, self.path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.offer(epoch + 1, logs, self.model)
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_model(model, path: Path) -> Path:
+    """Save a Keras model atomically (a killed job never leaves half a ``.keras`` file)."""
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path):
+    """A saved model of fine-tuning (``best.keras`` or ``tower.keras``), ready to predict."""
+    return keras.saving.load_model(path, compile=False)

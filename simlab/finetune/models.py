@@ -1,0 +1,201 @@
+"""The Keras models of one fine-tuning run: the study's head on pairs, or a Siamese network.
+
+``BUILDERS[mode](config, data, images) -> Built``: what the run fits (``trainer``), what it saves
+and scores with (``scorer``), and what the index batches read (``source``: frozen vectors, or
+decoded images when training needs pixels).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from keras import layers
+
+from simlab.backbones import get_backbone
+from simlab.classifiers import build_head
+from simlab.finetune.config import FinetuneConfig
+from simlab.finetune.data import PairData, make_triplets
+from simlab.finetune.layers import (
+    JointAugment,
+    PairDistance,
+    PairMerge,
+    Preprocess,
+    TwoSpeedModel,
+    contrastive_accuracy,
+    contrastive_loss,
+    projection,
+    small_cnn,
+    triplet_accuracy,
+    triplet_loss,
+)
+from simlab.merge import merge_pairs
+from simlab.pairs import Pairs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Built:
+    """What one run trains and scores with."""
+
+    trainer: object  # the model being fit
+    scorer: object  # pair model: (a, b) -> P(same) (head) or distance (siamese); saved as best.keras
+    source: np.ndarray  # what the index batches read: frozen vectors or decoded images
+    train_x: list  # index columns of the training rows
+    train_y: np.ndarray
+    val_x: list
+    val_y: np.ndarray
+    loss: object
+    metrics: list
+    embedder: object = None  # siamese: one image (raw pixels or frozen vector) -> embedding
+    tower: object = None  # siamese: preprocessed image -> embedding (the new backbone)
+    input_size: int = 0
+    preprocess: str = ""
+
+
+def unfreeze_top(model, k: int) -> list:
+    """Freeze ``model`` except its top ``k`` layers that carry weights; returns their trainable weights."""
+    weighted = [layer for layer in model.layers if layer.weights]
+    model.trainable = k > 0
+    for i, layer in enumerate(weighted):
+        layer.trainable = i >= len(weighted) - k
+    return [w for layer in weighted[len(weighted) - k:] for w in layer.trainable_weights] if k else []
+
+
+def _encoder(config: FinetuneConfig):
+    """The image network shared by both images: (model on preprocessed images, slow weights, size, preprocess)."""
+    if config.uses_small_cnn:
+        return small_cnn(config.cnn_size, config.embedding_dim), [], config.cnn_size, "unit"
+    bb = get_backbone(config.backbone)
+    base = bb.build(config.weights)
+    return base, unfreeze_top(base, config.unfreeze), bb.input_size, bb.name
+
+
+def _pair_inputs(n: int, size: int | None, dim: int | None) -> list:
+    """n Keras inputs: raw images (size x size x 3) or frozen vectors (dim)."""
+    shape = (size, size, 3) if size else (dim,)
+    return [keras.Input(shape, name=f"{'image' if size else 'vector'}_{i}") for i in range(n)]
+
+
+def _model(config: FinetuneConfig, inputs, outputs, slow, name: str):
+    if slow:
+        return TwoSpeedModel(inputs, outputs, slow=slow, slow_factor=config.backbone_lr_factor, name=name)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_head_models(config: FinetuneConfig, data: PairData, images: np.ndarray | None) -> Built:
+    """The study's head on merged vectors; on pixels (augmented, backbone partly unfrozen) when asked."""
+    merged = merge_pairs(data.vectors, data.train.left, data.train.right, config.merge)
+    # Standardise the merged vector with the training statistics of the frozen backbone, as KerasHead does.
+    norm = layers.Normalization(mean=merged.mean(axis=0), variance=merged.var(axis=0) + 1e-12, name="standardise")
+    head = build_head(merged.shape[1])
+    slow = []
+    if images is None:
+        inputs = _pair_inputs(2, None, data.vectors.shape[1])
+        a, b = inputs
+    else:
+        encoder, slow, size, pre_name = _encoder(config)
+        inputs = _pair_inputs(2, size, None)
+        a, b = inputs
+        if config.augment:
+            a, b = JointAugment(config.same_transform, config.seed, name="augment_pair")([a, b])
+        pre = Preprocess(pre_name, name="preprocess")
+        a, b = encoder(pre(a), training=False), encoder(pre(b), training=False)  # BatchNorm stays in inference
+    prob = head(norm(PairMerge(config.merge, name="merge")([a, b])))
+    scorer = keras.Model(inputs, prob, name="pair_head")
+    trainer = _model(config, inputs, prob, slow, "pair_head_trainer") if slow else scorer
+    source = data.vectors if images is None else images
+    return Built(trainer, scorer, source, [data.train.left, data.train.right], data.train.label,
+                 [data.val.left, data.val.right], data.val.label, "sparse_categorical_crossentropy",
+                 ["accuracy"])
+
+
+def _siamese_tower(config: FinetuneConfig, data: PairData, images: np.ndarray | None, n_in: int):
+    """(tower, inputs, their embeddings, embedder, slow weights, input size, preprocess name)."""
+    if images is None:  # frozen backbone: only the projection trains, on the cached vectors
+        tower = projection(data.vectors.shape[1], config.embedding_dim, _projection_start(config, data))
+        inputs = _pair_inputs(n_in, None, data.vectors.shape[1])
+        embedded = [tower(x) for x in inputs]
+        embed_in = keras.Input((data.vectors.shape[1],))
+        embedder = keras.Model(embed_in, tower(embed_in), name="embedder")
+        return tower, inputs, embedded, embedder, [], 0, ""
+    encoder, slow, size, pre_name = _encoder(config)
+    if config.uses_small_cnn:
+        tower = encoder
+    else:
+        pre_in = keras.Input((size, size, 3), name="preprocessed")
+        proj = projection(encoder.output_shape[-1], config.embedding_dim, _projection_start(config, data))
+        tower = keras.Model(pre_in, proj(encoder(pre_in, training=False)), name="tower")
+    inputs = _pair_inputs(n_in, size, None)
+    xs = list(inputs)
+    if config.augment:
+        xs = JointAugment(config.same_transform and n_in == 2, config.seed, name="augment_pair")(xs)
+    pre = Preprocess(pre_name, name="preprocess")
+    embedded = [tower(pre(x)) for x in xs]
+    raw_in = keras.Input((size, size, 3))
+    embedder = keras.Model(raw_in, tower(pre(raw_in)), name="embedder")
+    return tower, inputs, embedded, embedder, slow, size, pre_name
+
+
+def build_siamese_models(config: FinetuneConfig, data: PairData, images: np.ndarray | None) -> Built:
+    """One shared tower, the distance between two embeddings, a contrastive (or triplet) loss."""
+    triplet = config.loss == "triplet"
+    tower, inputs, embedded, embedder, slow, size, pre_name = _siamese_tower(config, data, images,
+                                                                             3 if triplet else 2)
+    distance = PairDistance(name="distance")
+    # The scoring model: the distance between two un-augmented images' embeddings (best.keras).
+    pair_in = [keras.Input(embedder.input_shape[1:], name=f"input_{i}") for i in range(2)]
+    scorer = keras.Model(pair_in, distance([embedder(x) for x in pair_in]), name="siamese")
+    if triplet:
+        out = layers.Concatenate(name="distances")([distance([embedded[0], embedded[1]]),
+                                                    distance([embedded[0], embedded[2]])])
+        train_rows = make_triplets(data.train, data.groups, config.seed)
+        val_rows = make_triplets(data.val, data.groups, config.seed + 1)
+        train_x, val_x = list(train_rows.T), list(val_rows.T)
+        train_y, val_y = np.zeros(len(train_rows)), np.zeros(len(val_rows))
+        loss, metrics = triplet_loss(config.margin), [triplet_accuracy()]
+    else:
+        out = distance(embedded[:2])
+        train_x, val_x = [data.train.left, data.train.right], [data.val.left, data.val.right]
+        train_y, val_y = data.train.label, data.val.label
+        loss, metrics = contrastive_loss(config.margin), [contrastive_accuracy(config.margin)]
+    trainer = _model(config, inputs, out, slow, "siamese_trainer")
+    source = data.vectors if images is None else images
+    return Built(trainer, scorer, source, train_x, train_y, val_x, val_y, loss, metrics, embedder, tower, size,
+                 pre_name)
+
+
+BUILDERS = {"head": build_head_models, "siamese": build_siamese_models}
+
+
+def learned_whitening(vectors: np.ndarray, pairs: Pairs, dim: int,
+                      shrinkage: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A linear map (kernel, bias) of L2-normalised vectors: whitening of the differences between
+    images of one scene, then PCA to ``dim`` (Radenovic, Tolias & Chum 2018, "learned whitening").
+
+    Directions along which views of one scene vary are shrunk; the rest are kept. Only the training
+    pairs are used; ``shrinkage`` (times the mean eigenvalue, added to the within-scene covariance)
+    blends it with plain cosine and keeps it stable with few pairs.
+    """
+    x = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    x = x.astype(np.float64)
+    images = np.unique(np.concatenate([pairs.left, pairs.right]))
+    mean = x[images].mean(axis=0)
+    pos = pairs.label == 1
+    diffs = x[pairs.left[pos]] - x[pairs.right[pos]]
+    within = diffs.T @ diffs / max(len(diffs), 1)
+    within += shrinkage * np.trace(within) / len(within) * np.eye(len(within))
+    eigval, eigvec = np.linalg.eigh(within)
+    whiten = (eigvec / np.sqrt(eigval)) @ eigvec.T
+    centred = (x[images] - mean) @ whiten
+    _, components = np.linalg.eigh(centred.T @ centred)  # ascending: the main directions come last
+    kernel = whiten @ components[:, ::-1][:, :dim]
+    kernel /= kernel.std() * np.sqrt(kernel.shape[0])  # Glorot-like scale, so Adam's steps are meaningful
+    return kernel, -mean @ kernel
+
+
+def _projection_start(config: FinetuneConfig, data: PairData):
+    return learned_whitening(data.vectors, data.train, config.embedding_dim) if config.init == "whitening" else None

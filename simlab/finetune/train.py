@@ -1,0 +1,238 @@
+"""One fine-tuning run, start to finish: train, checkpoint, score; and the ``finetune`` job kind.
+
+Per-batch loss and per-epoch loss and accuracy go to the store as they happen; a stop request ends
+the run after the current batch, and the best checkpoint is still scored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from simlab.backbones import get_backbone
+from simlab.classifiers import SimilarityThreshold
+from simlab.data import load_dataset
+from simlab.evaluate import pair_metrics, retrieval_map
+from simlab.finetune.config import FinetuneConfig
+from simlab.finetune.data import PairData, decode_images, prepare_data
+from simlab.finetune.layers import BestCheckpoint, IndexBatches, LiveCurves, save_model
+from simlab.finetune.models import BUILDERS, Built
+from simlab.finetune.towers import register_tuned, run_folder, tuned_name
+from simlab.paths import atomic_path
+from simlab.progress import Cancelled, Progress, ShouldStop, silent
+from simlab.provenance import git_commit, library_versions
+from simlab.store import Store, new_id
+from simlab.vectors.cache import VectorCache
+
+log = logging.getLogger(__name__)
+
+Echo = Callable[[str], None]  # one line of the run's log, for people
+
+
+def run_finetune(config: FinetuneConfig, store=None, progress: Progress | None = None,
+                 should_stop: ShouldStop | None = None, job_id: str | None = None,
+                 echo: Echo | None = None) -> dict:
+    """Train, checkpoint and score one fine-tuning run; curves, metrics and predictions go to the store.
+
+    Returns a summary (run_id, mode, backbone, accuracy, auc, epochs_run, status, ...). A stop
+    request ends training after the current batch: the best checkpoint is scored and the run is
+    stored as ``cancelled``. ``echo`` receives the run's log lines (default: this module's logger).
+    """
+    config.validate()
+    store = store or Store()
+    progress = progress or silent
+    echo = echo or log.info
+    progress(0, 0, "Loading the dataset", stage="load")
+    dataset = load_dataset(config.dataset)
+    run_id = new_id("f")
+    store.add_run(id=run_id, kind="finetune", dataset=config.dataset, fingerprint=dataset.fingerprint,
+                  backbone=config.backbone_label, merge=config.merge_label, classifier=config.classifier_label,
+                  split=config.split, seed=config.seed, config=asdict(config), versions=library_versions(),
+                  git=git_commit(), job_id=job_id, artifacts={"folder": str(run_folder(run_id))})
+    try:
+        return _train_and_score(config, dataset, store, run_id, progress, should_stop, echo)
+    except Cancelled as exc:
+        store.update_run(run_id, status="cancelled", error=str(exc), finished=time.time())
+        raise
+    except BaseException as exc:
+        store.update_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
+        raise
+
+
+def finetune_job(params: dict, store, progress: Progress, should_stop, job_id: str | None = None) -> dict:
+    """The ``finetune`` job kind (params: a FinetuneConfig as a dict)."""
+    config = FinetuneConfig.from_params(params).validate()
+    return run_finetune(config, store, progress, should_stop, job_id=job_id, echo=lambda t: print(t, flush=True))
+
+
+@dataclass
+class _Fitted:
+    """What training left: its callbacks (curves, best checkpoint), the artifacts and the clock."""
+
+    curves: LiveCurves
+    best: BestCheckpoint
+    artifacts: dict
+    clock: dict = field(default_factory=dict)
+
+
+def _train_and_score(config: FinetuneConfig, dataset, store, run_id: str, progress: Progress,
+                     should_stop: ShouldStop | None, echo: Echo) -> dict:
+    t_start = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    data = prepare_data(config, dataset, echo, progress, should_stop)
+    images = None
+    if config.on_images:
+        size = config.cnn_size if config.uses_small_cnn else get_backbone(config.backbone).input_size
+        images = decode_images(data.paths, size, should_stop, progress)
+    echo(f"Run {run_id}: {config.mode} on {len(data.train)} training, {len(data.val)} validation and "
+         f"{len(data.test)} test pairs ({'pixels' if images is not None else 'cached frozen vectors'})")
+    built = _build(config, data, images, progress)
+    fitted = _fit(config, built, store, run_id, progress, should_stop, echo)
+    fitted.clock["start"] = t_start
+    progress(0, 0, "Scoring the best checkpoint on the test pairs", stage="score")
+    metrics, prob, extra = _score(config, built, data, dataset, run_id)
+    return _finish(config, data, store, run_id, fitted, metrics, prob, extra, progress, echo)
+
+
+def _build(config: FinetuneConfig, data: PairData, images: np.ndarray | None, progress: Progress) -> Built:
+    progress(0, 0, "Building the model", stage="build")
+    keras.utils.set_random_seed(config.seed)  # the same initial weights whatever ran before
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")  # distances and thresholds need float32, even on a GPU
+    try:
+        return BUILDERS[config.mode](config, data, images)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _fit(config: FinetuneConfig, built: Built, store, run_id: str, progress: Progress,
+         should_stop: ShouldStop | None, echo: Echo) -> _Fitted:
+    """Validate the starting point, then fit with live curves, best checkpoint and early stopping."""
+    folder = run_folder(run_id)
+    train_batches = IndexBatches(built.source, built.train_x, built.train_y, config.batch_size, seed=config.seed,
+                                 max_batches=config.steps_per_epoch)
+    val_batches = IndexBatches(built.source, built.val_x, built.val_y, config.batch_size)
+    artifacts = {"folder": str(folder), "steps_per_epoch": len(train_batches)}  # the page's x axis needs it
+    store.update_run(run_id, artifacts=artifacts)
+    curves = LiveCurves(store, run_id, train_batches.batch_sizes(), config.epochs, progress, should_stop, echo)
+    best = BestCheckpoint(built.scorer, folder / "best.keras")
+    built.trainer.compile(optimizer=keras.optimizers.Adam(config.rate), loss=built.loss, metrics=built.metrics)
+    progress(0, 0, "Validating the starting point", stage="validate")
+    start = curves.record(0, {f"val_{name}": value for name, value in
+                              built.trainer.evaluate(val_batches, verbose=0, return_dict=True).items()})
+    best.offer(0, start, built.trainer)
+    echo("Before training: " + " · ".join(f"{k} {v:.4f}" for k, v in sorted(start.items())))
+    stop_early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                               baseline=start.get("val_loss"))
+    t_fit = time.perf_counter()
+    built.trainer.fit(train_batches, validation_data=val_batches, epochs=config.epochs, shuffle=False, verbose=0,
+                      callbacks=[curves, best, stop_early])
+    t_scored = time.perf_counter()
+    if best.best_epoch is None:  # no finite validation loss: keep the last weights
+        save_model(built.scorer, folder / "best.keras")
+    return _Fitted(curves, best, artifacts, {"fit": t_fit, "scored": t_scored})
+
+
+def _finish(config: FinetuneConfig, data: PairData, store, run_id: str, fitted: _Fitted, metrics: dict,
+            prob: np.ndarray, extra: dict, progress: Progress, echo: Echo) -> dict:
+    """Store the metrics, predictions, timings and artifacts; return the run's summary."""
+    curves, best, artifacts, clock = fitted.curves, fitted.best, fitted.artifacts, fitted.clock
+    status = "cancelled" if curves.stopped else "done"
+    n_epochs = len(curves.epoch_seconds)
+    metrics |= {"n_train": len(data.train), "n_val": len(data.val), "epochs_run": n_epochs,
+                "best_epoch": best.best_epoch, "best_val_loss": None if best.best_epoch is None else best.best,
+                "stopped": curves.stopped} | extra
+    if best.best_epoch is not None:
+        metrics["best_val_accuracy"] = curves.history.get(best.best_epoch, {}).get("val_accuracy")
+    t_end = time.perf_counter()
+    timings = {"total": t_end - clock["start"], "prepare": clock["fit"] - clock["start"],
+               "train": clock["scored"] - clock["fit"], "score": t_end - clock["scored"],
+               "epochs": curves.epoch_seconds,
+               "per_epoch": float(np.mean(curves.epoch_seconds)) if curves.epoch_seconds else None}
+    left, right = data.test.left, data.test.right
+    predictions = pd.DataFrame({"left_path": data.paths[left], "right_path": data.paths[right],
+                                "left_group": data.groups[left], "right_group": data.groups[right],
+                                "label": data.test.label.astype(int), "prob": prob})
+    folder = Path(artifacts["folder"])
+    artifacts["checkpoint"] = str(folder / "best.keras")
+    if "tuned_backbone" in extra:
+        artifacts["tower"] = str(folder / "tower.keras")
+    store.finish_run(run_id, metrics, predictions, status=status, timings=timings, artifacts=artifacts)
+    summary = (f"test accuracy {metrics['accuracy']:.3f}, AUC {metrics['auc']:.3f} "
+               f"(best epoch {best.best_epoch} of {n_epochs}, {timings['total']:.0f} s)")
+    progress(1, 1, f"{'Stopped and scored' if curves.stopped else 'Done'}: {summary}", stage="done")
+    echo(f"Run {run_id} {status}: {summary}")
+    return {"run_id": run_id, "mode": config.mode, "backbone": config.backbone_label, "merge": config.merge_label,
+            "classifier": config.classifier_label, "status": status, **metrics,
+            "seconds": round(timings["total"], 2),
+            "seconds_per_epoch": None if timings["per_epoch"] is None else round(timings["per_epoch"], 2)}
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _predict(model, source, columns, batch_size: int = 256) -> np.ndarray:
+    return np.asarray(model.predict(IndexBatches(source, columns, batch_size=batch_size), verbose=0), np.float64)
+
+
+def _score(config: FinetuneConfig, built: Built, data: PairData, dataset, run_id: str) -> tuple[dict, np.ndarray, dict]:
+    """Test metrics of the restored best weights; for Siamese runs, the threshold chosen on
+    validation, retrieval mAP on the held-out images, and the tower saved and registered."""
+    test_cols = [data.test.left, data.test.right]
+    test_img = data.test_images
+    extra = {} if data.vectors is None else {
+        "map_frozen": retrieval_map(data.vectors[test_img], data.groups[test_img]),
+        "map_scope": "test images" if config.split == "group" else "all images"}
+    if config.mode == "head":
+        prob = _predict(built.scorer, built.source, test_cols)[:, 1]
+        return pair_metrics(data.test.label, prob, seed=config.seed), prob, extra
+
+    d_val = _predict(built.scorer, built.source, [data.val.left, data.val.right])[:, 0]
+    d_test = _predict(built.scorer, built.source, test_cols)[:, 0]
+    # Threshold on the (negated) distance, tuned on validation pairs; probabilities are a logistic of it.
+    rule = SimilarityThreshold().fit(-d_val[:, None], data.val.label)
+    prob = rule.predict_proba(-d_test[:, None])[:, 1]
+    metrics = pair_metrics(data.test.label, prob, seed=config.seed)
+    extra |= {"distance_threshold": float(-rule.threshold_) if rule.sign_ > 0 else None, "margin": config.margin}
+
+    embeddings = np.asarray(_predict(built.embedder, built.source, [np.arange(len(built.source))]), np.float32)
+    extra["map"] = retrieval_map(embeddings[test_img], data.groups[test_img])
+    extra["map_scope"] = "test images" if config.split == "group" else "all images"
+    name = _save_tower(config, built, data, run_id, int(embeddings.shape[1]))
+    extra["tuned_backbone"] = name
+    extra["vector_key"] = _write_vector_cache(name, config.weights, dataset, data, embeddings)
+    return metrics, prob, extra
+
+
+def _save_tower(config: FinetuneConfig, built: Built, data: PairData, run_id: str, dim: int) -> str:
+    """Save the trained tower (preprocessed image -> embedding) and register it as a backbone."""
+    tower, size, pre_name = built.tower, built.input_size, built.preprocess
+    if data.vectors is not None and built.input_size == 0:  # frozen: the tower is the backbone + projection
+        bb = get_backbone(config.backbone)
+        base = bb.build(config.weights)
+        pre_in = keras.Input((bb.input_size, bb.input_size, 3), name="preprocessed")
+        tower = keras.Model(pre_in, built.tower(base(pre_in, training=False)), name="tower")
+        size, pre_name = bb.input_size, bb.name
+    folder = run_folder(run_id)
+    save_model(tower, folder / "tower.keras")
+    meta = {"run_id": run_id, "base": config.backbone_label, "base_weights": config.weights,
+            "input_size": size, "dim": dim, "preprocess": pre_name, "loss": config.loss, "created": time.time()}
+    with atomic_path(folder / "tower.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=1))
+    register_tuned(run_id)
+    return tuned_name(run_id)
+
+
+def _write_vector_cache(name: str, weights: str, dataset, data: PairData, embeddings: np.ndarray) -> str:
+    """Put the tower's vectors into the vector cache, so ``vectorize(dataset, name)`` is a cache hit."""
+    cache = VectorCache(name, weights)
+    cache.write(dataset.fingerprint, embeddings.astype(np.float32), data.digests, data.bad)
+    return cache.key
