@@ -186,7 +186,7 @@ def machine() -> dict:
         from simlab.device import describe
 
         info["device"] = describe()
-    except Exception as exc:  # the description must never stop a benchmark
+    except Exception as exc:  # noqa: BLE001  (the description must never stop a benchmark; logged)
         log(f"device description failed: {type(exc).__name__}: {exc}")
         info["device"] = f"unknown ({type(exc).__name__})"
     return info

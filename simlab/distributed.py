@@ -216,7 +216,7 @@ def trainer_run_name(result) -> str:
     """The run folder name of a Ray Train result (its checkpoint is no longer needed once loaded)."""
     try:
         return Path(result.path).name
-    except Exception as exc:  # no run folder to remove: the checkpoint stays, nothing breaks
+    except (AttributeError, TypeError) as exc:  # no run folder to remove: the checkpoint stays, nothing breaks
         log.warning("Ray Train result without a run folder (%s): its checkpoint is left in place", exc)
         return ""
 

@@ -157,7 +157,7 @@ def cached_sets() -> list[dict]:
     for f in sorted(files):
         try:
             n, d = _npz_shape(f)
-        except Exception as exc:  # unreadable (torn by a crash?): not listed; vectorize recomputes it
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # torn? vectorize recomputes it
             log.warning("Not listing the unreadable vector cache file %s: %s", f, exc)
             continue
         out.append({"key": f.parent.name, "fingerprint": f.stem, "images": n, "dim": d,

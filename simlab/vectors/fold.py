@@ -109,7 +109,8 @@ def fold_batchnorm(model):
     try:
         copy = keras.models.clone_model(model, clone_function=clone)
     except Exception as exc:  # an unusual graph: keep the model unfolded, it still works
-        log.warning("Batch norms of %s left unfolded (the model could not be cloned: %s)", model.name, exc)
+        log.warning("Batch norms of %s left unfolded (the model could not be cloned: %s)", model.name, exc,
+                    exc_info=True)
         return model
     for layer in copy.layers:
         if layer.name in replaced:

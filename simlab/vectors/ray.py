@@ -139,7 +139,7 @@ def _remove_shards(shard_dir: str) -> None:
             fs, path = fsspec.core.url_to_fs(shard_dir)
             fs.rm(path, recursive=True)
     except Exception as exc:  # left behind: harmless, the vectors are already gathered
-        log.warning("Could not remove the vector shards in %s: %s", shard_dir, exc)
+        log.warning("Could not remove the vector shards in %s: %s", shard_dir, exc, exc_info=True)
 
 
 def _filesystem_path(uri: str):
@@ -195,7 +195,7 @@ def ray_vectorize(paths: list[str], backbone: str, weights: str, fit: str = "cro
     def write():
         try:
             pipeline.write_parquet(shard_dir)
-        except BaseException as exc:  # handed to the calling thread below
+        except BaseException as exc:  # noqa: BLE001  (handed to the calling thread, which raises it)
             failure.append(exc)
 
     start = time.perf_counter()
