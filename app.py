@@ -1,22 +1,20 @@
 """simlab's Streamlit entry point: the navigation, the dataset picker and the device badge.
 
 Run with ``streamlit run app.py`` (or ``make run``). Every page lives in pages/ and reads and
-writes through simlab; a page whose file does not exist yet is simply not listed.
+writes through simlab; what the pages share lives in pages/_ui/.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
-from pages.common import current_dataset_spec, device_badge, known_dataset_specs, set_dataset_spec
+from pages._ui.device import device_badge
+from pages._ui.state import current_dataset_spec, known_dataset_specs, set_dataset_spec
 
-ROOT = Path(__file__).resolve().parent
-
-# section -> (file, title, icon); a page is listed only if its file exists
+HOME = "pages/home.py"
+# section -> (file, title, icon)
 PAGES = {
-    "": [("pages/home.py", "Home", ":material/home:")],
+    "": [(HOME, "Home", ":material/home:")],
     "Prepare": [("pages/data.py", "Data", ":material/photo_library:"),
                 ("pages/vectorize.py", "Vectorize", ":material/scatter_plot:")],
     "Experiment": [("pages/train.py", "Train", ":material/model_training:"),
@@ -31,13 +29,9 @@ SIDEBAR_DATASET_KEY = "sidebar_dataset"
 
 
 def navigation():
-    sections = {}
-    for section, entries in PAGES.items():
-        pages = [st.Page(file, title=title, icon=icon, default=file == "pages/home.py")
-                 for file, title, icon in entries if (ROOT / file).exists()]
-        if pages:
-            sections[section] = pages
-    return st.navigation(sections)
+    return st.navigation({section: [st.Page(file, title=title, icon=icon, default=file == HOME)
+                                    for file, title, icon in entries]
+                          for section, entries in PAGES.items()})
 
 
 def _picked() -> None:

@@ -11,7 +11,10 @@ import streamlit as st
 from plotly.subplots import make_subplots
 from streamlit.errors import StreamlitAPIException, StreamlitPageNotFoundError
 
-from pages.common import cached_runs, current_dataset_spec, escape_md, no_runs_yet
+from pages._ui.formatting import escape_md
+from pages._ui.links import no_runs_yet
+from pages._ui.state import current_dataset_spec
+from pages._ui.store import cached_runs
 from simlab.backbones import DEFAULT_BACKBONE
 from simlab.classifiers import CLASSIFIERS
 from simlab.merge import MERGES

@@ -9,15 +9,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages.common import (
-    clear_dataset_cache,
-    current_dataset_spec,
-    escape_md,
-    load_dataset_cached,
-    set_dataset_spec,
-    short_path,
-    image_grid,
-)
+from pages._ui.datasets import clear_dataset_cache, load_dataset_cached
+from pages._ui.formatting import escape_md, short_path
+from pages._ui.state import current_dataset_spec, set_dataset_spec
+from pages._ui.thumbs import image_grid
 from simlab.data import DATASET_KINDS, DatasetError, parse_spec
 
 GROUPS_PER_PAGE = 8

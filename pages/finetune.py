@@ -10,18 +10,11 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from pages.common import (
-    escape_md,
-    fmt_duration,
-    fmt_when,
-    get_job,
-    job_panel,
-    latest_job,
-    page_link,
-    require_dataset,
-    start_job,
-    store,
-)
+from pages._ui.datasets import require_dataset
+from pages._ui.formatting import escape_md, fmt_duration, fmt_when
+from pages._ui.job_panel import get_job, job_panel, latest_job, start_job
+from pages._ui.links import page_link
+from pages._ui.store import store
 from simlab import jobs
 from simlab.finetune import INITS, LOSSES, MODES, TOWERS, FinetuneConfig
 from simlab.merge import MERGES

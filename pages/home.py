@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import (
-    cached_runs,
-    current_dataset_spec,
-    device_text,
-    escape_md,
-    job_panel,
-    latest_job,
-    page_link,
-    runs_frame,
-    start_job,
-)
+from pages._ui.device import device_text
+from pages._ui.formatting import escape_md
+from pages._ui.job_panel import job_panel, latest_job, start_job
+from pages._ui.links import page_link
+from pages._ui.state import current_dataset_spec
+from pages._ui.store import cached_runs, runs_frame
 from simlab.jobs import ACTIVE
 
 WEIGHT_LABELS = {"imagenet": "ImageNet", "random": "random (for tests only)"}

@@ -13,17 +13,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.common import (
-    cached_runs,
-    escape_md,
-    no_runs_yet,
-    fmt_when,
-    load_dataset_cached,
-    page_link,
-    store_path,
-    thumb_path,
-    thumb_uri,
-)
+from pages._ui.datasets import load_dataset_cached
+from pages._ui.formatting import escape_md, fmt_when
+from pages._ui.links import no_runs_yet, page_link
+from pages._ui.store import cached_runs, store_path
+from pages._ui.thumbs import thumb_path, thumb_uri
+from pages._ui.vector_sets import vectors_cached
 from simlab.classifiers import CLASSIFIERS
 from simlab.evaluate import pair_metrics
 from simlab.paths import cache_dir
@@ -143,16 +138,6 @@ def thumbs(paths: list[str], size: int) -> dict[str, str | None]:
 
 
 # --------------------------------------------------------------------------- neighbours
-
-
-def vectors_cached(fingerprint: str, backbone: str, weights: str) -> bool:
-    from simlab.vectors import config_key
-
-    try:
-        return all((cache_dir("vectors", config_key(b, weights)) / f"{fingerprint}.npz").exists()
-                   for b in backbone.split("+"))
-    except ValueError:  # a backbone no longer in the registry
-        return False
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)

@@ -7,19 +7,10 @@ import json
 import pandas as pd
 import streamlit as st
 
-from pages.common import (
-    STATUS_ICONS,
-    cached_runs,
-    clear_runs_cache,
-    fmt_duration,
-    fmt_when,
-    job_panel,
-    page_link,
-    show_job_error,
-    start_job,
-    store,
-    store_path,
-)
+from pages._ui.formatting import STATUS_ICONS, fmt_duration, fmt_when
+from pages._ui.job_panel import job_panel, show_job_error, start_job
+from pages._ui.links import page_link
+from pages._ui.store import cached_runs, clear_runs_cache, store, store_path
 from simlab import jobs
 
 JOBS_SHOWN = 50

@@ -11,20 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 
-from pages.common import (
-    cached_runs,
-    escape_md,
-    job_panel,
-    latest_job,
-    page_link,
-    require_dataset,
-    short_path,
-    start_job,
-    thumb_path,
-)
+from pages._ui.datasets import require_dataset
+from pages._ui.formatting import escape_md, short_path
+from pages._ui.job_panel import job_panel, latest_job, start_job
+from pages._ui.links import page_link
+from pages._ui.store import cached_runs
+from pages._ui.thumbs import thumb_path
+from pages._ui.vector_sets import align, read_set, vector_sets
 from simlab.paths import REPO_ROOT, cache_dir
 
 COLUMNS = 6
@@ -36,29 +31,6 @@ BOX_BG = (240, 242, 246)  # letterbox colour of the square thumbnails (Streamlit
 
 
 # --------------------------------------------------------------------------- data
-
-
-def vector_sets(fingerprint: str) -> list[dict]:
-    """Cached vector sets of this dataset (no TensorFlow: reads the cache folder)."""
-    from simlab.vectors import cached_sets
-
-    return [s for s in cached_sets() if s["fingerprint"] == fingerprint]
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def read_set(path: str, mtime: float) -> tuple[np.ndarray, list[str]]:
-    with np.load(path) as z:
-        return z["vectors"].astype(np.float32), [str(d) for d in z["digests"]]
-
-
-def align(dataset_digests: list[str], digests: list[str]) -> list[int]:
-    """Dataset index of each cached vector (the cache keeps dataset order, minus undecodable images)."""
-    out, j = [], 0
-    for i, d in enumerate(dataset_digests):
-        if j < len(digests) and d == digests[j]:
-            out.append(i)
-            j += 1
-    return out if j == len(digests) else []
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -8,23 +8,18 @@ import pandas as pd
 import streamlit as st
 from streamlit.errors import StreamlitAPIException, StreamlitPageNotFoundError
 
-from pages.common import (
-    current_dataset_spec,
-    escape_md,
-    get_job,
-    job_panel,
-    latest_job,
-    load_current_dataset,
-    page_link,
-    start_job,
-    store,
-)
+from pages._ui.datasets import load_current_dataset
+from pages._ui.formatting import escape_md
+from pages._ui.job_panel import get_job, job_panel, latest_job, start_job
+from pages._ui.links import page_link
+from pages._ui.state import current_dataset_spec
+from pages._ui.store import store
+from pages._ui.vector_sets import vectors_cached
 from simlab.backbones import DEFAULT_BACKBONE, WEIGHTS_CHOICES, list_backbones, weights_status
 from simlab.classifiers import CLASSIFIERS
 from simlab.experiment import GridConfig
 from simlab.jobs import ACTIVE
 from simlab.merge import MERGES
-from simlab.paths import cache_dir
 from simlab.reference import STUDY_PROTOCOL
 
 SPLIT_LABELS = {"group": "Group split: whole scenes held out (recommended)",
@@ -67,12 +62,6 @@ def _reset_form() -> None:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def vectors_cached(fingerprint: str, backbone: str, weights: str) -> bool:
-    from simlab.vectors import config_key
-
-    return (cache_dir("vectors", config_key(backbone, weights)) / f"{fingerprint}.npz").exists()
 
 
 def backbone_help(backbones) -> str:

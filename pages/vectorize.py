@@ -11,15 +11,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.common import (
-    current_dataset_spec,
-    image_grid,
-    job_panel,
-    latest_job,
-    require_dataset,
-    start_job,
-)
+from pages._ui.datasets import require_dataset
+from pages._ui.job_panel import job_panel, latest_job, start_job
+from pages._ui.state import current_dataset_spec
+from pages._ui.thumbs import image_grid
+from pages._ui.vector_sets import align, read_set
 from simlab.jobs import ACTIVE
+from simlab.vectors.cache import cached_sets
 
 SELECTION_SHOWN = 48
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -56,12 +54,6 @@ def weights_state(name: str) -> str:
     return "offline" if status == "download" and not online() else status
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def read_set(path: str, mtime: float) -> tuple[np.ndarray, list[str]]:
-    with np.load(path) as z:
-        return z["vectors"].astype(np.float32), [str(d) for d in z["digests"]]
-
-
 @st.cache_data(show_spinner="Projecting the vectors…", max_entries=16)
 def project(path: str, mtime: float, method: str, seed: int = 0) -> np.ndarray:
     """2-D coordinates of a cached vector set: PCA, or t-SNE on the first 50 principal components."""
@@ -75,16 +67,6 @@ def project(path: str, mtime: float, method: str, seed: int = 0) -> np.ndarray:
 
     x = PCA(n_components=min(50, *x.shape), random_state=seed).fit_transform(x)
     return TSNE(n_components=2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca", random_state=seed).fit_transform(x)
-
-
-def align(dataset, digests: list[str]) -> list[int]:
-    """Dataset index of each cached vector (the cache keeps dataset order, minus undecodable images)."""
-    out, j = [], 0
-    for i, d in enumerate(dataset.digests):
-        if j < len(digests) and d == digests[j]:
-            out.append(i)
-            j += 1
-    return out if j == len(digests) else []
 
 
 st.title("Vectorize")
@@ -132,8 +114,6 @@ if job is not None:
 # --------------------------------------------------------------------------- cached sets
 
 st.subheader("Cached vector sets")
-from simlab.vectors import cached_sets  # noqa: E402  (light: no TensorFlow)
-
 sets = pd.DataFrame(cached_sets())
 if sets.empty:
     st.info("No vectors yet. Pick a backbone above and press **Vectorize** (or run the demo on the Home page).",
@@ -163,7 +143,7 @@ row = mine.loc[choice]
 path = row["path"]
 mtime = os.stat(path).st_mtime
 vectors, digests = read_set(path, mtime)
-index = align(dataset, digests)
+index = align(dataset.digests, digests)
 if not index:
     st.warning("This vector set no longer matches the dataset's files; vectorize again.")
     st.stop()

@@ -15,6 +15,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from helpers import simlab_cache_at
+from pages._ui import legacy_pages
 from simlab import jobs
 from simlab.paths import REPO_ROOT
 from simlab.store import Store
@@ -117,6 +118,32 @@ def test_picking_a_dataset_in_the_sidebar_changes_the_current_one(empty_cache):
     at.sidebar.selectbox[0].set_value("demo").run()
     assert not at.exception
     assert at.session_state["dataset_spec"] == "demo"
+
+
+LEGACY_ENTRY = """
+import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
+
+from pages._ui.legacy_pages import leave_legacy_multipage_mode
+
+st.session_state.setdefault("modes", []).append(PagesManager.uses_pages_directory)
+leave_legacy_multipage_mode()
+st.write("ran")
+"""
+
+
+def test_the_legacy_pages_folder_mode_is_left_through_streamlits_private_flag(tmp_path):
+    """pages/_ui/legacy_pages.py sets Streamlit's private ``PagesManager.uses_pages_directory``: an entry
+    script beside a pages/ folder starts in the legacy mode (True), and one rerun later it is off (False).
+    When Streamlit renames or stops setting the flag, this fails: look for its replacement there."""
+    (tmp_path / "pages").mkdir()
+    (tmp_path / "pages" / "other.py").write_text("import streamlit as st\nst.write('other')\n")
+    (tmp_path / "entry.py").write_text(LEGACY_ENTRY)
+    assert legacy_pages.PagesManager is not None
+    at = AppTest.from_file(str(tmp_path / "entry.py"), default_timeout=30).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["modes"] == [True, False]
+    assert [m.value for m in at.markdown] == ["ran"]
 
 
 # --------------------------------------------------------------------------- home

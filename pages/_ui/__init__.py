@@ -1,0 +1,19 @@
+"""What the pages share, one small module each (pages import from these modules, never the reverse):
+
+    legacy_pages   leave Streamlit's legacy pages/ folder mode (runs on import of this package)
+    state          the session's current dataset and its recent ones
+    store          the run store and the cached list of runs
+    datasets       loading the current dataset (cached), and the guard of pages that need one
+    vector_sets    the cached vector sets of a dataset, read through simlab's vector cache
+    job_panel      starting a background job and its live panel (progress, Cancel, outcome)
+    thumbs         thumbnails: data URIs, cached files, grids of tiles
+    formatting     Markdown escaping, short paths, durations, dates, status symbols
+    device         the device badge (detected in a child process)
+    links          links to pages, empty states
+
+Nothing here holds a model; slow reads are cached.
+"""
+
+from pages._ui.legacy_pages import leave_legacy_multipage_mode
+
+leave_legacy_multipage_mode()

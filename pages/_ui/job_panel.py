@@ -1,0 +1,118 @@
+"""Background jobs seen from a page: start one, find the running one, and its live panel.
+
+A job runs in a worker process and writes its progress to the store; the panel reads it every second
+(a rerun of the page never stops the job).
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from pages._ui.formatting import fmt_duration
+from pages._ui.store import clear_runs_cache, store, store_path
+from simlab import jobs
+
+JOBS_KEY = "jobs"  # st.session_state key: {job kind: id of the job this session started last}
+
+
+def start_job(kind: str, params: dict | None = None) -> str:
+    """Start a background job (worker process) and remember it in the session; returns its id."""
+    job_id = jobs.start_job(kind, params or {}, store_path=store_path())
+    st.session_state.setdefault(JOBS_KEY, {})[kind] = job_id
+    clear_runs_cache()
+    return job_id
+
+
+def get_job(job_id: str) -> dict | None:
+    """The job's row from the store (fresh, not cached)."""
+    return jobs.get_job(job_id, store_path())
+
+
+def latest_job(kind: str | tuple[str, ...], active_only: bool = False) -> dict | None:
+    """The newest job of a kind (this session's, else the store's), e.g. to find a running one after a reload."""
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    mine = [st.session_state.get(JOBS_KEY, {}).get(k) for k in kinds]
+    jobs.reap_stale(store())
+    for job_id in filter(None, mine):
+        job = get_job(job_id)
+        if job and (not active_only or job["status"] in jobs.ACTIVE):
+            return job
+    for job in store().jobs():
+        if job["kind"] in kinds and (not active_only or job["status"] in jobs.ACTIVE):
+            return job
+    return None
+
+
+def job_label(job: dict) -> str:
+    """What the job does, in words ("Vectorising", "Grid of runs", ...)."""
+    return jobs.JOB_LABELS.get(job["kind"], job["kind"])
+
+
+def _progress_text(job: dict) -> tuple[float, str]:
+    done, total = job.get("done") or 0, job.get("total") or 0
+    frac = min(max(done / total, 0.0), 1.0) if total else 0.0
+    elapsed = time.time() - (job.get("started") or job.get("created") or time.time())
+    msg = job.get("message") or ""
+    pct = f"{frac:.0%} · " if total else ""
+    return frac, f"{job_label(job)} — {pct}{msg} ({fmt_duration(elapsed)})"
+
+
+def show_job_error(job: dict) -> None:
+    """A failed job: its short message, and the traceback in a collapsed expander."""
+    st.error(f"{job_label(job)} failed: {job.get('message') or 'unknown error'}", icon=":material/error:")
+    if job.get("error"):
+        with st.expander("Details (traceback)"):
+            st.code(job["error"], language=None)
+
+
+def _job_final(job: dict) -> None:
+    status = job["status"]
+    label = job_label(job)
+    took = fmt_duration((job.get("finished") or 0) - (job.get("started") or job.get("created") or 0))
+    if status == "done":
+        st.success(f"{label} finished in {took}. {job.get('message') or ''}", icon=":material/check_circle:")
+    elif status == "cancelled":
+        st.warning(f"{label} was cancelled. {job.get('message') or ''}", icon=":material/stop_circle:")
+    elif status == "failed":
+        show_job_error(job)
+
+
+@st.fragment(run_every=1)
+def _live_job(job_id: str) -> None:
+    job = get_job(job_id)
+    if job is None:
+        st.info("This job no longer exists.")
+        return
+    if job["status"] in jobs.ACTIVE:
+        jobs.reap_stale(store())
+        job = get_job(job_id)
+    if job["status"] not in jobs.ACTIVE:
+        clear_runs_cache()
+        st.rerun()  # the whole page: it shows the result, and this fragment stops polling
+    frac, text = _progress_text(job)
+    cols = st.columns([6, 1], vertical_alignment="center")
+    with cols[0]:
+        st.progress(frac, text=text)
+    with cols[1]:
+        stopping = bool(job.get("cancel"))
+        if st.button("Stopping…" if stopping else "Cancel", key=f"cancel_{job_id}", disabled=stopping,
+                     width="stretch"):
+            jobs.cancel_job(job_id, store_path())
+            st.rerun(scope="fragment")
+
+
+def job_panel(job_id: str | None) -> dict | None:
+    """Live progress of a job (bar, message, Cancel) polling every second until it ends, then its
+    outcome (success, cancelled, or the error with its traceback folded). Returns the job row."""
+    if not job_id:
+        return None
+    job = get_job(job_id)
+    if job is None:
+        return None
+    if job["status"] in jobs.ACTIVE:
+        _live_job(job_id)
+    else:
+        _job_final(job)
+    return job

@@ -1,0 +1,45 @@
+"""The run store of this session, and the list of runs (cached for 2 s, cheap enough for every page)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from simlab.paths import cache_dir
+from simlab.store import Store
+
+
+def store_path() -> Path:
+    """Path of the run store for this session (``$SIMLAB_CACHE/simlab.db``)."""
+    return cache_dir() / "simlab.db"
+
+
+@st.cache_resource(show_spinner=False)
+def _store_at(path: str) -> Store:
+    return Store(path)
+
+
+def store() -> Store:
+    """The Store for the default path (cached; safe to share: each call opens its own connection)."""
+    return _store_at(str(store_path()))
+
+
+@st.cache_data(show_spinner=False, ttl=2)
+def _runs(path: str) -> list[dict]:
+    return Store(path).runs()
+
+
+def cached_runs() -> list[dict]:
+    """All runs, newest first (cached for 2 s: cheap enough to call from every page)."""
+    return _runs(str(store_path()))
+
+
+def clear_runs_cache() -> None:
+    """Forget the cached runs list (after deleting or adding runs)."""
+    _runs.clear()
+
+
+def runs_frame():
+    """store().runs_frame() for finished pair runs."""
+    return store().runs_frame(status="done")
