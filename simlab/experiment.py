@@ -7,6 +7,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
@@ -103,6 +104,35 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: Progress 
     store = store or Store()
     say = progress or silent
     dataset = load_dataset(config.dataset)
+    paths, groups, vectors = _grid_vectors(config, dataset, say, should_stop)
+    cells = _Cells(config, store, dataset.fingerprint, paths, groups, vectors, job_id)
+    # Cells train concurrently (grid_workers()), each on its own thread: scikit-learn, XGBoost and
+    # Keras release the GIL while they compute, so a single-threaded classifier no longer leaves a
+    # core idle. The store is written from this thread only; results are yielded as cells finish.
+    workers = grid_workers()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="simlab-cell")
+    try:
+        while cells.waiting or cells.running:
+            stop = cells.failure is not None or bool(should_stop and should_stop())
+            while cells.waiting and not stop and len(cells.running) < workers:
+                cells.start_next(pool)
+            if not cells.running:
+                break
+            say(cells.finished, cells.total, cells.describe(), stage="train")
+            done, _ = wait(cells.running, timeout=1.0, return_when=FIRST_COMPLETED)
+            yield from cells.collect(done)
+    finally:  # left early (the caller closed the generator, or an error here): no run stays "running"
+        cells.abandon()
+        pool.shutdown(wait=True, cancel_futures=True)
+    if cells.failure is not None:
+        raise cells.failure
+    if cells.waiting:
+        raise Cancelled(f"Grid stopped on request after {cells.finished} of {cells.total} runs.")
+    say(cells.total, cells.total, f"{cells.total} runs done", stage="train")
+
+
+def _grid_vectors(config: GridConfig, dataset, say: Progress, should_stop: ShouldStop | None):
+    """Paths, groups and each backbone's vectors of the images they all vectorised (plus the fusion)."""
     sets = {}
     for name in config.backbones:
         t0 = time.perf_counter()
@@ -114,88 +144,87 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: Progress 
     paths, groups, vectors = common_images(sets)
     if config.fusion and len(config.backbones) > 1:
         vectors["+".join(config.backbones)] = fuse([vectors[b] for b in config.backbones])
-    pair_sets: dict = {}
+    return paths, groups, vectors
 
-    def pairs_for(backbone: str):
+
+class _Cells:
+    """The cells of one grid: those waiting, those training (future -> run id and cell), the first failure."""
+
+    def __init__(self, config: GridConfig, store: Store, fingerprint: str, paths, groups, vectors: dict,
+                 job_id: str | None):
+        self.config, self.store, self.fingerprint, self.job_id = config, store, fingerprint, job_id
+        self.groups, self.vectors = groups, vectors
+        self.paths_arr, self.groups_arr = np.asarray(paths), np.asarray(groups)
+        self.maps = {b: retrieval_map(v, groups) for b, v in vectors.items()}
+        self.waiting = collections.deque(config.cells())
+        self.total, self.finished, self.failure = len(self.waiting), 0, None
+        self.running: dict = {}
+        self.pair_sets: dict = {}
+        self.one_backbone = len({backbone for backbone, _, _ in self.waiting}) == 1
+
+    def pairs_for(self, backbone: str):
         """The grid's pairs; with hard negatives, mined on each backbone's own vectors (FAISS)."""
+        config = self.config
         key = backbone if config.negatives == "hard" else None
-        if key not in pair_sets:
+        if key not in self.pair_sets:
             scheme, hard = config.negatives, None
             if scheme == "hard":
-                v = vectors[backbone]
-                scheme, hard = "random", hard_negative_pairs(v, groups, config.negative_ratio, index=build_index(v))
-            pair_sets[key] = build_pairs(groups, config.split, config.test_size, config.negative_ratio, scheme,
-                                         config.seed, hard_negatives=hard)
-        return pair_sets[key]
+                v = self.vectors[backbone]
+                scheme, hard = "random", hard_negative_pairs(v, self.groups, config.negative_ratio,
+                                                             index=build_index(v))
+            self.pair_sets[key] = build_pairs(self.groups, config.split, config.test_size, config.negative_ratio,
+                                              scheme, config.seed, hard_negatives=hard)
+        return self.pair_sets[key]
 
-    groups_arr, paths_arr = np.asarray(groups), np.asarray(paths)
-    maps = {b: retrieval_map(v, groups) for b, v in vectors.items()}
-    cells = collections.deque(config.cells())
-    total, finished, failure = len(cells), 0, None
-    running: dict = {}  # future -> (run id, cell)
-
-    def fail(run_id: str, exc: BaseException) -> None:
+    def fail(self, run_id: str, exc: BaseException) -> None:
         log.warning("Run %s failed: %s: %s", run_id, type(exc).__name__, exc)
-        store.update_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
+        self.store.update_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
 
-    def start_next(pool) -> None:
-        nonlocal failure
-        backbone, merge, clf_name = cells.popleft()
+    def start_next(self, pool: ThreadPoolExecutor) -> None:
+        """Open the next cell's run in the store and start training it (or record why it cannot start)."""
+        config = self.config
+        backbone, merge, clf_name = self.waiting.popleft()
         cell_config = asdict(config) | {"backbones": [backbone], "merges": [merge], "classifiers": [clf_name]}
-        run_id = store.add_run(dataset=config.dataset, fingerprint=dataset.fingerprint, backbone=backbone,
-                               merge=merge, classifier=clf_name, split=config.split, seed=config.seed,
-                               config=cell_config, versions=library_versions(), git=git_commit(), job_id=job_id)
+        run_id = self.store.add_run(dataset=config.dataset, fingerprint=self.fingerprint, backbone=backbone,
+                                    merge=merge, classifier=clf_name, split=config.split, seed=config.seed,
+                                    config=cell_config, versions=library_versions(), git=git_commit(),
+                                    job_id=self.job_id)
         try:
-            pairs, train, test = pairs_for(backbone)
+            pairs, train, test = self.pairs_for(backbone)
         except Exception as exc:  # noqa: BLE001 - logged and stored on the run; the grid raises it at the end
-            fail(run_id, exc)
-            failure = exc
+            self.fail(run_id, exc)
+            self.failure = exc
             return
-        future = pool.submit(_run_cell, vectors[backbone], pairs, train, test, merge, clf_name, config.seed,
-                             maps[backbone], paths_arr, groups_arr, config.ray, config.library_defaults)
-        running[future] = (run_id, (backbone, merge, clf_name))
+        future = pool.submit(_run_cell, self.vectors[backbone], pairs, train, test, merge, clf_name, config.seed,
+                             self.maps[backbone], self.paths_arr, self.groups_arr, config.ray,
+                             config.library_defaults)
+        self.running[future] = (run_id, (backbone, merge, clf_name))
 
-    one_backbone = len({backbone for backbone, _, _ in cells}) == 1
+    def describe(self) -> str:
+        """What is training now, e.g. "now: dot + xgboost, l1 + cosine"."""
+        return "now: " + ", ".join(" + ".join(cell[1:] if self.one_backbone else cell)
+                                   for _, cell in self.running.values())
 
-    def describe() -> str:  # what is training now, e.g. "now: dot + xgboost, l1 + cosine"
-        return "now: " + ", ".join(" + ".join(cell[1:] if one_backbone else cell) for _, cell in running.values())
+    def collect(self, done) -> Iterator[dict]:
+        """Store each finished future's run (or its failure); yield the summaries of those that succeeded."""
+        for future in done:
+            run_id, (backbone, merge, clf_name) = self.running.pop(future)
+            try:
+                metrics, predictions, timings = future.result()
+            except Exception as exc:  # noqa: BLE001 - logged and stored on the run; raised at the end
+                self.fail(run_id, exc)
+                self.failure = self.failure or exc
+                continue
+            self.store.finish_run(run_id, metrics, predictions, timings=timings)
+            self.finished += 1
+            yield {"run_id": run_id, "backbone": backbone, "merge": merge, "classifier": clf_name} | metrics | {
+                "seconds": round(timings["total"], 3)}
 
-    # Cells train concurrently (grid_workers()), each on its own thread: scikit-learn, XGBoost and
-    # Keras release the GIL while they compute, so a single-threaded classifier no longer leaves a
-    # core idle. The store is written from this thread only; results are yielded as cells finish.
-    workers = grid_workers()
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="simlab-cell")
-    try:
-        while cells or running:
-            stop = failure is not None or bool(should_stop and should_stop())
-            while cells and not stop and len(running) < workers:
-                start_next(pool)
-            if not running:
-                break
-            say(finished, total, describe(), stage="train")
-            done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
-            for future in done:
-                run_id, (backbone, merge, clf_name) = running.pop(future)
-                try:
-                    metrics, predictions, timings = future.result()
-                except Exception as exc:  # noqa: BLE001 - logged and stored on the run; raised at the end
-                    fail(run_id, exc)
-                    failure = failure or exc
-                    continue
-                store.finish_run(run_id, metrics, predictions, timings=timings)
-                finished += 1
-                yield {"run_id": run_id, "backbone": backbone, "merge": merge, "classifier": clf_name} | metrics | {
-                    "seconds": round(timings["total"], 3)}
-    finally:  # left early (the caller closed the generator, or an error here): no run stays "running"
-        for future, (run_id, _) in running.items():
+    def abandon(self) -> None:
+        """Mark every run still training as failed (the grid is leaving before they finish)."""
+        for future, (run_id, _) in self.running.items():
             future.cancel()
-            fail(run_id, Cancelled("the grid ended before this run finished"))
-        pool.shutdown(wait=True, cancel_futures=True)
-    if failure is not None:
-        raise failure
-    if cells:
-        raise Cancelled(f"Grid stopped on request after {finished} of {total} runs.")
-    say(total, total, f"{total} runs done", stage="train")
+            self.fail(run_id, Cancelled("the grid ended before this run finished"))
 
 
 def grid_workers() -> int:
