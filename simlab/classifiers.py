@@ -1,16 +1,45 @@
-"""Registry of pair classifiers, all with scikit-learn's manners (fit / predict_proba, seeded)."""
+"""Registry of pair classifiers, all with scikit-learn's manners (fit / predict_proba, seeded).
+
+The two estimators written here pass scikit-learn's own ``check_estimator`` suite
+(``tests/test_estimator_checks.py``); both are binary only and say so in their tags.
+"""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 
-class SimilarityThreshold(ClassifierMixin, BaseEstimator):
+def binary_labels(y) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes_, index)`` for a two-class target, ``index`` 1 where ``y`` is the second class.
+
+    Anything else (continuous, multiclass, multilabel, one class only) raises a ValueError before
+    any model sees the labels."""
+    y_type = type_of_target(y, input_name="y", raise_unknown=True)
+    if y_type != "binary":
+        raise ValueError(f"Only binary classification is supported. The type of the target is {y_type}.")
+    classes, index = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"Training needs both classes; y holds one class only ({classes[0]!r}).")
+    return classes, index
+
+
+class _BinaryClassifier(ClassifierMixin, BaseEstimator):
+    """Tags shared by simlab's own estimators: two classes, dense finite inputs."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+
+class SimilarityThreshold(_BinaryClassifier):
     """The no-training baseline: one threshold on the pair's similarity, tuned on train.
 
     The similarity is the sum of the merged vector: the cosine for ``dot``, minus the distance
@@ -20,13 +49,10 @@ class SimilarityThreshold(ClassifierMixin, BaseEstimator):
     def __init__(self, random_state: int | None = None):
         self.random_state = random_state
 
-    def _score(self, X):
-        return np.asarray(X, np.float64).sum(axis=1)
-
     def fit(self, X, y):
-        y = np.asarray(y)
-        self.classes_ = np.array([0, 1])
-        s = self._score(X)
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        self.classes_, y = binary_labels(y)
+        s = X.sum(axis=1)
         best = (-1.0, 1.0, 0.0)
         for sign in (1.0, -1.0):
             order = np.argsort(sign * s)
@@ -45,25 +71,25 @@ class SimilarityThreshold(ClassifierMixin, BaseEstimator):
         return self
 
     def predict_proba(self, X):
-        z = (self.sign_ * self._score(X) - self.threshold_) / self.scale_
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        z = (self.sign_ * X.sum(axis=1) - self.threshold_) / self.scale_
         p = 1 / (1 + np.exp(-np.clip(z, -50, 50)))
         return np.column_stack([1 - p, p])
 
     def predict(self, X):
-        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+        same = self.predict_proba(X)[:, 1] >= 0.5
+        return self.classes_[same.astype(int)]
 
 
-def build_head(input_dim: int, dropout: float = 0.2):
+def build_head(input_dim: int, dropout: float = 0.2, hidden: tuple[int, ...] = (512, 128)):
     """The 2017 study's neural head: Dense512-Dropout-ReLU-Dense128-Dropout-ReLU-Dense2(softmax)."""
     import keras
     from keras import layers
 
-    return keras.Sequential([
-        keras.Input((input_dim,)),
-        layers.Dense(512), layers.Dropout(dropout), layers.Activation("relu"),
-        layers.Dense(128), layers.Dropout(dropout), layers.Activation("relu"),
-        layers.Dense(2, activation="softmax"),
-    ], name="pair_head")
+    blocks = [(layers.Dense(units), layers.Dropout(dropout), layers.Activation("relu")) for units in hidden]
+    return keras.Sequential([keras.Input((input_dim,)), *(layer for block in blocks for layer in block),
+                             layers.Dense(2, activation="softmax")], name="pair_head")
 
 
 # Keras seeds process-wide (Python, NumPy and backend generators), so two heads training at once
@@ -72,22 +98,28 @@ def build_head(input_dim: int, dropout: float = 0.2):
 _KERAS_FIT = threading.Lock()
 
 
-class KerasHead(ClassifierMixin, BaseEstimator):
+class KerasHead(_BinaryClassifier):
     """The study's neural head on merged vectors: Adam, batch 32, 10 epochs, best validation loss kept.
 
-    Inputs are standardised with the training mean and spread first.
+    Inputs are standardised with the training mean and spread first. ``hidden`` sets the widths of
+    the hidden layers (the study's 512 and 128 by default).
     """
 
     def __init__(self, epochs: int = 10, batch_size: int = 32, learning_rate: float = 1e-3,
-                 validation_fraction: float = 0.1, random_state: int | None = 0, verbose: int = 0):
+                 validation_fraction: float = 0.1, hidden: tuple[int, ...] = (512, 128), dropout: float = 0.2,
+                 random_state: int | None = 0, verbose: int = 0):
         self.epochs = epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.validation_fraction = validation_fraction
+        self.hidden = hidden
+        self.dropout = dropout
         self.random_state = random_state
         self.verbose = verbose
 
     def fit(self, X, y, callbacks=None):
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        self.classes_, y = binary_labels(y)
         with _KERAS_FIT:
             return self._fit(X, y, callbacks)
 
@@ -95,12 +127,9 @@ class KerasHead(ClassifierMixin, BaseEstimator):
         import keras
 
         keras.utils.set_random_seed(self.random_state or 0)
-        X = np.asarray(X, np.float32)
-        y = np.asarray(y).astype(int)
-        self.classes_ = np.array([0, 1])
         self.mean_ = X.mean(axis=0)
         self.scale_ = X.std(axis=0) + 1e-6
-        self.model_ = build_head(X.shape[1])
+        self.model_ = build_head(X.shape[1], self.dropout, tuple(self.hidden))
         # Several steps per call to the compiled train function: the same batches, updates and
         # result, less per-step Python overhead.
         self.model_.compile(keras.optimizers.Adam(self.learning_rate), "sparse_categorical_crossentropy",
@@ -114,19 +143,25 @@ class KerasHead(ClassifierMixin, BaseEstimator):
         return self
 
     def predict_proba(self, X):
-        X = (np.asarray(X, np.float32) - self.mean_) / self.scale_
+        check_is_fitted(self)
+        X = (validate_data(self, X, dtype=np.float32, reset=False) - self.mean_) / self.scale_
         return np.asarray(self.model_.predict(X, batch_size=1024, verbose=0), np.float64)
 
     def predict(self, X):
-        return self.predict_proba(X).argmax(axis=1)
+        best = self.predict_proba(X).argmax(axis=1)
+        return self.classes_[best]
 
 
-def _logreg(random_state):
+def _similarity(random_state):
+    return SimilarityThreshold(random_state=random_state)
+
+
+def _logreg(random_state, C: float, max_iter: int):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1, random_state=random_state))
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, C=C, random_state=random_state))
 
 
 def _gnb(random_state):
@@ -135,7 +170,7 @@ def _gnb(random_state):
     return GaussianNB()
 
 
-def _linsvc(random_state, standardise: bool = True, C: float = 0.01):
+def _linsvc(random_state, C: float, standardise: bool, cv: int):
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -144,17 +179,17 @@ def _linsvc(random_state, standardise: bool = True, C: float = 0.01):
     # Standardised and regularised: with the study's defaults (raw inputs, C=1) liblinear hit its
     # 1,000 iterations without converging on wide l1/l2 merges, 4-7x slower and near chance there;
     # this is also 7-10 points more accurate on the demo's real vectors (benchmarks/README.md).
-    svm = CalibratedClassifierCV(LinearSVC(C=C, random_state=random_state), cv=3)
+    svm = CalibratedClassifierCV(LinearSVC(C=C, random_state=random_state), cv=cv)
     return make_pipeline(StandardScaler(), svm) if standardise else svm
 
 
-def _rf(random_state):
+def _rf(random_state, n_estimators: int):
     from sklearn.ensemble import RandomForestClassifier
 
-    return RandomForestClassifier(n_estimators=100, n_jobs=-1, random_state=random_state)
+    return RandomForestClassifier(n_estimators=n_estimators, n_jobs=-1, random_state=random_state)
 
 
-def _xgboost(random_state, max_bin: int = 64):
+def _xgboost(random_state, max_bin: int):
     from xgboost import XGBClassifier
 
     from simlab.device import has_gpu
@@ -165,30 +200,53 @@ def _xgboost(random_state, max_bin: int = 64):
                          random_state=random_state, eval_metric="logloss")
 
 
+def _keras_head(random_state, **params):
+    return KerasHead(random_state=random_state, **params)
+
+
 @dataclass(frozen=True)
 class Classifier:
+    """One registry entry, each fact declared once: the key used in configs and runs, the display
+    label, what it is, and how to build it.
+
+    ``make(random_state, **params)`` returns an unfitted estimator. ``params`` are simlab's
+    settings; ``library_params`` the library's own where simlab's differ (what the 2017 study ran).
+    ``about`` may name params in braces; ``description`` fills them in.
+    """
+
     name: str
-    make: Callable[[int], object]  # make(random_state) -> unfitted estimator
     label: str
-    description: str
+    make: Callable[..., object]
+    about: str
     params: dict = field(default_factory=dict)
-    # the library's defaults, where simlab's own settings differ (what the 2017 study ran)
-    make_defaults: Callable[[int], object] | None = None
+    library_params: dict = field(default_factory=dict)
+
+    @property
+    def description(self) -> str:
+        return self.about.format(**self.params)
+
+    def estimator(self, random_state: int = 0, library_defaults: bool = False, **params):
+        """A fresh, unfitted estimator: the entry's params, then the library's (when asked), then ``params``."""
+        settings = {**self.params, **(self.library_params if library_defaults else {}), **params}
+        return self.make(random_state, **settings)
 
 
 CLASSIFIERS: dict[str, Classifier] = {c.name: c for c in (
-    Classifier("cosine", lambda rs: SimilarityThreshold(random_state=rs), "Similarity threshold",
+    Classifier("cosine", "Similarity threshold", _similarity,
                "No training: one threshold on cosine similarity (dot) or distance (l1, l2), tuned on train."),
-    Classifier("logreg", _logreg, "Logistic regression", "Standardised inputs, L2 penalty C=0.1."),
-    Classifier("gnb", _gnb, "Gaussian naive Bayes", "scikit-learn defaults, as in the 2017 study."),
-    Classifier("linsvc", _linsvc, "Linear SVM", "Standardised inputs, LinearSVC with C=0.01, probabilities calibrated by "
-               "3-fold CV.", make_defaults=lambda rs: _linsvc(rs, standardise=False, C=1.0)),
-    Classifier("rf", _rf, "Random forest", "100 trees, scikit-learn defaults."),
-    Classifier("xgboost", _xgboost, "XGBoost", "Gradient-boosted trees, hist method (64 bins); on the GPU when there is "
-               "one.", make_defaults=lambda rs: _xgboost(rs, max_bin=256)),
-    Classifier("mlp", lambda rs: KerasHead(random_state=rs), "Neural head",
-               "The study's head: Dense512-Dropout.2-ReLU-Dense128-Dropout.2-ReLU-Dense2, Adam, batch 32, "
-               "10 epochs, best validation loss."),
+    Classifier("logreg", "Logistic regression", _logreg, "Standardised inputs, L2 penalty C={C}.",
+               {"C": 0.1, "max_iter": 2000}),
+    Classifier("gnb", "Gaussian naive Bayes", _gnb, "scikit-learn defaults, as in the 2017 study."),
+    Classifier("linsvc", "Linear SVM", _linsvc,
+               "Standardised inputs, LinearSVC with C={C}, probabilities calibrated by {cv}-fold CV.",
+               {"C": 0.01, "standardise": True, "cv": 3}, library_params={"C": 1.0, "standardise": False}),
+    Classifier("rf", "Random forest", _rf, "{n_estimators} trees, scikit-learn defaults.", {"n_estimators": 100}),
+    Classifier("xgboost", "XGBoost", _xgboost,
+               "Gradient-boosted trees, hist method ({max_bin} bins); on the GPU when there is one.",
+               {"max_bin": 64}, library_params={"max_bin": 256}),
+    Classifier("mlp", "Neural head", _keras_head,
+               "The study's head: Dense512-Dropout.2-ReLU-Dense128-Dropout.2-ReLU-Dense2, Adam, batch {batch_size}, "
+               "{epochs} epochs, best validation loss.", {"epochs": 10, "batch_size": 32}),
 )}
 
 
@@ -199,8 +257,8 @@ def get_classifier(name: str) -> Classifier:
         raise ValueError(f"Unknown classifier {name!r}. Choose one of: {', '.join(CLASSIFIERS)}") from None
 
 
-def make_classifier(name: str, random_state: int = 0, library_defaults: bool = False):
+def make_classifier(name: str, random_state: int = 0, library_defaults: bool = False, **params):
     """A fresh, unfitted estimator for the named classifier; with ``library_defaults``, the
-    library's own settings where simlab tunes them (LinearSVC, XGBoost), as the 2017 study ran them."""
-    clf = get_classifier(name)
-    return (clf.make_defaults if library_defaults and clf.make_defaults else clf.make)(random_state)
+    library's own settings where simlab tunes them (LinearSVC, XGBoost), as the 2017 study ran them;
+    ``params`` override single settings."""
+    return get_classifier(name).estimator(random_state, library_defaults, **params)

@@ -53,3 +53,33 @@ def test_similarity_threshold_learns_the_sign_for_distances():
 def test_unknown_classifier_lists_the_choices():
     with pytest.raises(ValueError, match="logreg"):
         make_classifier("bogus")
+
+
+@pytest.mark.parametrize("name", ["cosine", "mlp"])
+def test_simlab_estimators_refuse_three_classes_before_training(name):
+    X, y = toy_problem(n=60)
+    y[:20] = 2  # a third class: TensorFlow used to abort the process on it
+    with pytest.raises(ValueError, match="Only binary classification is supported"):
+        make_classifier(name).fit(X, y)
+
+
+@pytest.mark.parametrize("name", ["cosine", "mlp"])
+def test_simlab_estimators_keep_the_labels_they_were_given(name):
+    X, y = toy_problem(n=200)
+    labels = np.array(["different", "same"])[y]
+    clf = make_classifier(name, epochs=2) if name == "mlp" else make_classifier(name)
+    clf.fit(X, labels)
+    assert list(clf.classes_) == ["different", "same"] and clf.n_features_in_ == X.shape[1]
+    assert (clf.predict(X) == labels).mean() > 0.9
+
+
+def test_each_entry_declares_its_label_params_and_description_once():
+    from simlab.classifiers import get_classifier
+
+    xgb = get_classifier("xgboost")
+    assert xgb.label == "XGBoost" and "(64 bins)" in xgb.description
+    assert make_classifier("xgboost", max_bin=32).get_params()["max_bin"] == 32
+    head = make_classifier("mlp", random_state=3)
+    assert (head.epochs, head.batch_size, head.random_state) == (10, 32, 3)
+    assert "batch 32, 10 epochs" in get_classifier("mlp").description
+    assert all(c.label and c.description for c in CLASSIFIERS.values())
