@@ -1,10 +1,11 @@
-# The two commands: `make run` opens the app, `make test` runs the whole suite.
+# The two commands: `make run` opens the app, `make test` runs the linters and the whole suite
+# (`make lint`: ruff and the import contracts in .importlinter only).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8501
 
-.PHONY: run test clean-cache
+.PHONY: run lint test clean-cache
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +22,11 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 run: $(VENV)/.installed
 	SIMLAB_DATASET=demo $(BIN)/streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
 
-test: $(VENV)/.installed-dev
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean-cache:
