@@ -16,6 +16,7 @@ from pages._ui.job_panel import get_job, job_panel, latest_job, start_job
 from pages._ui.links import page_link
 from pages._ui.store import store
 from simlab import jobs
+from simlab.backbones import list_backbones, weights_status
 from simlab.finetune import INITS, LOSSES, MODES, TOWERS, FinetuneConfig
 from simlab.merge import MERGES
 from simlab.pairs import NEGATIVE_SCHEMES, SPLITS
@@ -36,14 +37,10 @@ AUGMENT_HELP = ("Random flip, rotation (up to 18°), zoom (15%), shift (10%) and
 @st.cache_resource(show_spinner="Loading the backbone registry…")
 def pretrained_backbones() -> list[str]:
     """Backbones to fine-tune from (tuned Siamese towers are results, not starting points)."""
-    from simlab.backbones import list_backbones
-
     return [b.name for b in list_backbones() if not b.options.get("tuned")]
 
 
 def weights_label(name: str) -> str:
-    from simlab.backbones import weights_status
-
     status = weights_status(name)
     return name + {"bundled": " (bundled)", "cached": "", "download": " (downloads weights)"}.get(status, "")
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from PIL import Image
 
 from pages._ui.datasets import load_dataset_cached
 from pages._ui.formatting import escape_md, fmt_when
@@ -20,9 +21,13 @@ from pages._ui.store import cached_runs, store_path
 from pages._ui.thumbs import thumb_path, thumb_uri
 from pages._ui.vector_sets import vectors_cached
 from simlab.classifiers import CLASSIFIERS
+from simlab.data import load_dataset
 from simlab.evaluate import pair_metrics
+from simlab.experiment import common_images
+from simlab.merge import fuse, l2_normalise
 from simlab.paths import cache_dir
 from simlab.store import Store
+from simlab.vectors import vectorize
 
 RUN_KEY = "inspect_run"  # set by Compare and Train: the run to open
 PAGE_SIZE = 24
@@ -98,8 +103,6 @@ def sort_pairs(pairs: pd.DataFrame, how: str) -> pd.DataFrame:
 @st.cache_data(show_spinner=False, max_entries=4000)
 def boxed(thumb: str, size: int, mtime: float) -> bytes:
     """A thumbnail letterboxed into a square, so that the cards of a grid line up."""
-    from PIL import Image
-
     with Image.open(thumb) as im:
         im = im.convert("RGB")
         im.thumbnail((size, size))
@@ -146,11 +149,6 @@ def neighbour_index(spec: str, fingerprint: str, backbone: str, weights: str, ca
 
     Read from the vector cache (vectorize is a cache hit here); kept as a resource, not copied.
     """
-    from simlab.data import load_dataset
-    from simlab.experiment import common_images
-    from simlab.merge import fuse, l2_normalise
-    from simlab.vectors import vectorize
-
     dataset = load_dataset(spec)
     sets = {b: vectorize(dataset, b, weights) for b in backbone.split("+")}
     paths, groups, vectors = common_images(sets)

@@ -4,29 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import streamlit as st
+from PIL import Image, ImageOps
 
 from pages._ui.datasets import require_dataset
 from pages._ui.formatting import escape_md, short_path
-from pages._ui.job_panel import job_panel, latest_job, start_job
+from pages._ui.job_panel import job_panel, latest_job, start_job, wait_for_job
 from pages._ui.links import page_link
 from pages._ui.store import cached_runs
 from pages._ui.thumbs import thumb_path
 from pages._ui.vector_sets import align, read_set, vector_sets
-from simlab.paths import REPO_ROOT, cache_dir
+from simlab.backbones import DEFAULT_BACKBONE
+from simlab.data.images import ImageError, check_image_bytes
+from simlab.paths import atomic_write_bytes, cache_dir
+from simlab.search import build_index
 
 COLUMNS = 6
 KINDS = {"auto": "Auto", "flat": "Exact (flat)", "ivf": "IVF", "hnsw": "HNSW"}
 WEIGHT_LABELS = {"imagenet": "ImageNet", "random": "random weights — for tests only"}
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
-CLI_TIMEOUT = 900  # seconds: the first re-rank refits the run's classifier
+SEARCH_TIMEOUT = 900  # seconds: the first re-rank refits the run's classifier
 BOX_BG = (240, 242, 246)  # letterbox colour of the square thumbnails (Streamlit's light grey)
 
 
@@ -36,16 +36,12 @@ BOX_BG = (240, 242, 246)  # letterbox colour of the square thumbnails (Streamlit
 @st.cache_resource(show_spinner=False, max_entries=8)
 def vector_index(path: str, mtime: float, set_key: str, fingerprint: str, kind: str):
     """The FAISS index of a vector set (built once, then loaded from cache/index/)."""
-    from simlab.search import build_index
-
     vectors, _ = read_set(path, mtime)
     return build_index(vectors, kind, cache_key=(set_key, fingerprint))
 
 
 @st.cache_data(show_spinner=False, max_entries=4000)
 def _square(path: str, mtime: float, size: int) -> bytes | None:
-    from PIL import Image, ImageOps
-
     thumb = thumb_path(path, 256)
     if not thumb:
         return None
@@ -87,8 +83,6 @@ def run_label(r: dict) -> str:
 
 def save_upload(upload) -> tuple[Path | None, str | None]:
     """The uploaded file saved under cache/uploads/ (named by its content), or an error message."""
-    from simlab.data.images import ImageError, check_image_bytes
-
     data = upload.getvalue()
     try:
         check_image_bytes(data)
@@ -97,8 +91,6 @@ def save_upload(upload) -> tuple[Path | None, str | None]:
     ext = Path(upload.name).suffix.lower() if Path(upload.name).suffix.lower().lstrip(".") in UPLOAD_TYPES else ".img"
     target = cache_dir("uploads") / (hashlib.blake2b(data, digest_size=12).hexdigest() + ext)
     if not target.exists():
-        from simlab.paths import atomic_write_bytes
-
         atomic_write_bytes(target, data)
     return target, None
 
@@ -122,37 +114,21 @@ def search_here(s: dict, dataset, index_of: list[int], position: int, k: int, ki
     return {"results": results, "index": index.kind, "from_cache": index.from_cache}
 
 
-def search_cli(dataset_spec: str, s: dict, query: str, k: int, kind: str, rerank: str | None, bar) -> dict:
-    """Query = an upload, or a re-rank: ``python -m simlab search --json`` in a child process (it loads
-    the backbone or refits the classifier, which this page never holds), its steps driving the bar."""
-    cmd = [sys.executable, "-m", "simlab", "search", "--dataset", dataset_spec, "--backbone", s["backbone"],
-           "--weights", s["weights"], "--query", str(query), "--k", str(k), "--index", kind, "--json", "--stages"]
+def search_job(dataset_spec: str, s: dict, query: str, k: int, kind: str, rerank: str | None, bar) -> dict:
+    """Query = an upload, or a re-rank: a "search" job (its worker loads the backbone or refits the
+    classifier, which this page never holds), its steps driving the bar."""
+    params = {"dataset": dataset_spec, "backbone": s["backbone"], "weights": s["weights"], "query": str(query),
+              "k": k, "index": kind}
     if rerank:
-        cmd += ["--rerank", rerank]
-    steps = 3 + (2 if rerank else 0) + (1 if query.startswith(str(cache_dir("uploads"))) else 0)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
-    start, done = time.monotonic(), 0
+        params["rerank"] = rerank
     bar.progress(0.02, text="Starting (loading TensorFlow takes a few seconds)…")
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    errors = []
-    for line in proc.stderr:
-        line = line.strip()
-        if line.startswith("stage: "):
-            done += 1
-            bar.progress(min(0.95, done / (steps + 1)), text=f"{line[7:]}… ({time.monotonic() - start:.0f} s)")
-        elif line:
-            errors.append(line)
-        if time.monotonic() - start > CLI_TIMEOUT:
-            proc.kill()
-            return {"error": f"The search took longer than {CLI_TIMEOUT} s and was stopped."}
-    out = proc.stdout.read()
-    proc.wait()
-    if proc.returncode != 0:
-        message = next((e[7:] for e in reversed(errors) if e.startswith("error: ")), None) or (errors[-1:] or ["?"])[0]
-        return {"error": message}
+    job = wait_for_job(start_job("search", params), bar, SEARCH_TIMEOUT)
+    if job is None:
+        return {"error": f"The search took longer than {SEARCH_TIMEOUT} s and was stopped."}
+    if job["status"] != "done":
+        return {"error": job.get("message") or "unknown error"}
     bar.progress(1.0, text="Done")
-    return json.loads(out.strip().splitlines()[-1])
+    return job["result"]
 
 
 # --------------------------------------------------------------------------- page
@@ -165,8 +141,6 @@ dataset = require_dataset()
 
 sets = vector_sets(dataset.fingerprint)
 if not sets:
-    from simlab.backbones import DEFAULT_BACKBONE
-
     st.info(f"No vectors for **{escape_md(dataset.spec)}** yet: search needs one vector per image. "
             f"Vectorise the {dataset.n_images} images first (the bundled backbone runs offline).",
             icon=":material/image_search:")
@@ -259,7 +233,7 @@ if request not in cache:
     if position is not None and rerank is None:
         cache[request] = search_here(s, dataset, index_of, position, k, kind, bar)
     else:
-        cache[request] = search_cli(dataset.spec, s, query_path, k, kind, rerank, bar)
+        cache[request] = search_job(dataset.spec, s, query_path, k, kind, rerank, bar)
     bar.empty()
 answer = cache[request]
 if "error" in answer:

@@ -10,12 +10,15 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
 
 from pages._ui.datasets import require_dataset
 from pages._ui.job_panel import job_panel, latest_job, start_job
 from pages._ui.state import current_dataset_spec
 from pages._ui.thumbs import image_grid
 from pages._ui.vector_sets import align, read_set
+from simlab.backbones import list_backbones, weights_status
 from simlab.jobs import ACTIVE
 from simlab.vectors.cache import cached_sets
 
@@ -30,9 +33,7 @@ WEIGHT_LABELS = {"imagenet": "ImageNet (pretrained)", "random": "Random — for 
 
 @st.cache_resource(show_spinner="Loading the backbone registry…")
 def backbone_table() -> list[dict]:
-    """Static facts of every registered backbone (importing the registry loads Keras: done once)."""
-    from simlab.backbones import list_backbones
-
+    """Static facts of every registered backbone (listing the registry loads Keras: done once)."""
     return [{"name": b.name, "input": b.input_size, "dim": b.dim, "description": b.description,
              "bundled": b.bundled} for b in list_backbones()]
 
@@ -48,8 +49,6 @@ def online() -> bool:
 
 
 def weights_state(name: str) -> str:
-    from simlab.backbones import weights_status
-
     status = weights_status(name)
     return "offline" if status == "download" and not online() else status
 
@@ -57,14 +56,10 @@ def weights_state(name: str) -> str:
 @st.cache_data(show_spinner="Projecting the vectors…", max_entries=16)
 def project(path: str, mtime: float, method: str, seed: int = 0) -> np.ndarray:
     """2-D coordinates of a cached vector set: PCA, or t-SNE on the first 50 principal components."""
-    from sklearn.decomposition import PCA
-
     vectors, _ = read_set(path, mtime)
     x = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     if method == "PCA" or len(x) < 5:
         return PCA(n_components=2, random_state=seed).fit_transform(x) if len(x) >= 2 else np.zeros((len(x), 2))
-    from sklearn.manifold import TSNE
-
     x = PCA(n_components=min(50, *x.shape), random_state=seed).fit_transform(x)
     return TSNE(n_components=2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca", random_state=seed).fit_transform(x)
 

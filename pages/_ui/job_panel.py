@@ -45,6 +45,27 @@ def latest_job(kind: str | tuple[str, ...], active_only: bool = False) -> dict |
     return None
 
 
+def wait_for_job(job_id: str, bar, timeout: float, poll: float = 0.2) -> dict | None:
+    """Wait in this script run for a short job to end, its progress driving ``bar`` (an st.progress);
+    returns its final row, or None (after asking it to stop) when it takes longer than ``timeout`` s."""
+    start = last_reap = time.monotonic()
+    while True:
+        job = get_job(job_id)
+        if job is None or job["status"] not in jobs.ACTIVE:
+            return job
+        elapsed = time.monotonic() - start
+        if elapsed > timeout:
+            jobs.cancel_job(job_id, store_path())
+            return None
+        if job.get("total"):
+            frac = min(0.95, ((job.get("done") or 0) + 1) / (job["total"] + 1))
+            bar.progress(frac, text=f"{job.get('message') or 'Working'}… ({elapsed:.0f} s)")
+        if time.monotonic() - last_reap > 2:  # a worker that died: marked failed, so the wait ends
+            jobs.reap_stale(store())
+            last_reap = time.monotonic()
+        time.sleep(poll)
+
+
 def job_label(job: dict) -> str:
     """What the job does, in words ("Vectorising", "Grid of runs", ...)."""
     return jobs.JOB_LABELS.get(job["kind"], job["kind"])

@@ -1,32 +1,18 @@
-"""Links between pages and the empty states that point to where the next step happens."""
+"""Links between pages, and the empty state of pages that show runs."""
 
 from __future__ import annotations
 
 import streamlit as st
 from streamlit.errors import StreamlitAPIException, StreamlitPageNotFoundError
 
-from simlab.paths import REPO_ROOT
-
-
-def page_exists(page: str) -> bool:
-    """Whether a page file (e.g. 'pages/compare.py') exists."""
-    return (REPO_ROOT / page).exists()
-
 
 def page_link(page: str, label: str, icon: str | None = None, query_params: dict | None = None) -> None:
-    """st.page_link to a page if its file exists (silently nothing otherwise)."""
-    if page_exists(page):
-        try:
-            st.page_link(page, label=label, icon=icon, query_params=query_params)
-        except (StreamlitAPIException, StreamlitPageNotFoundError):  # not in st.navigation (a page run alone)
-            pass
-
-
-def empty_state(text: str, page: str | None = None, label: str | None = None, icon: str = ":material/arrow_forward:") -> None:
-    """An info box saying what to do next, with an optional link to the page that does it."""
-    st.info(text, icon=icon)
-    if page:
-        page_link(page, label or "Go", icon=":material/arrow_forward:")
+    """st.page_link to a page (e.g. 'pages/compare.py'); nothing when the page is not in the navigation
+    (a page file run alone, as the page tests do)."""
+    try:
+        st.page_link(page, label=label, icon=icon, query_params=query_params)
+    except (StreamlitAPIException, StreamlitPageNotFoundError):
+        pass
 
 
 def no_runs_yet() -> None:
