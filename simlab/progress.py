@@ -12,7 +12,8 @@ second), ``eta`` (seconds). A task that is asked to stop raises :class:`Cancelle
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 
 class Progress(Protocol):

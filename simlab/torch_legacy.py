@@ -220,7 +220,7 @@ def _read_header(f: BinaryIO, path: Path) -> bool:
     return bool(sys_info.get("little_endian", True)) if isinstance(sys_info, dict) else True
 
 
-def load_legacy_state_dict(path) -> "OrderedDict[str, np.ndarray]":
+def load_legacy_state_dict(path) -> OrderedDict[str, np.ndarray]:
     """Load a legacy-format ``torch.save`` state dict as ``{name: numpy array}`` (copies, C-ordered).
 
     Raises :class:`UnsafePickleError` if the pickle names any global beyond the allow-list,

@@ -16,22 +16,24 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from simlab.data import images
 from simlab.data.sources import (
+    HOLIDAYS_NAME,
     DatasetError,
     Listing,
     Problem,
+    display_path,
     list_csv,
     list_demo,
     list_folder,
     list_holidays,
 )
-from simlab.data.sources import HOLIDAYS_NAME, display_path
 from simlab.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,8 @@ class _Memo:
         try:
             for i in range(0, len(paths), 500):
                 chunk = paths[i:i + 500]
-                q = f"SELECT path, size, mtime_ns, digest, verdict, checker FROM files WHERE path IN ({','.join('?' * len(chunk))})"
+                marks = ",".join("?" * len(chunk))
+                q = f"SELECT path, size, mtime_ns, digest, verdict, checker FROM files WHERE path IN ({marks})"
                 for row in self.conn.execute(q, chunk):
                     out[row[0]] = row[1:]
         except sqlite3.Error:

@@ -184,7 +184,8 @@ def _regions(img: np.ndarray, count: int, rng: np.random.Generator, cfg: Config)
         w, h = min(w, W * 0.95), min(h, H * 0.95)
         x, y = rng.uniform(0, W - w), rng.uniform(0, H - h)
         box = (x, y, w, h)
-        if _max_overlap(box, np.asarray(boxes, dtype=float).reshape(-1, 4)) <= cfg.max_overlap and _informative(img, box):
+        overlap = _max_overlap(box, np.asarray(boxes, dtype=float).reshape(-1, 4))
+        if overlap <= cfg.max_overlap and _informative(img, box):
             boxes.append(box)
     return boxes
 
@@ -261,7 +262,10 @@ def render_view(img: np.ndarray, box, rng: np.random.Generator, cfg: Config = DE
 
     long_side = int(rng.integers(cfg.long_side[0], cfg.long_side[1] + 1))
     ratio = vw / vh
-    ow, oh = (long_side, max(8, round(long_side / ratio))) if ratio >= 1 else (max(8, round(long_side * ratio)), long_side)
+    if ratio >= 1:
+        ow, oh = long_side, max(8, round(long_side / ratio))
+    else:
+        ow, oh = max(8, round(long_side * ratio)), long_side
     dst = [(0, 0), (ow, 0), (ow, oh), (0, oh)]
     # only the part of the photo under the quad is handed to Pillow
     x0, y0 = (int(v) for v in np.floor(quad.min(axis=0)))

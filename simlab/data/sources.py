@@ -187,7 +187,7 @@ def list_folder(arg: str) -> Listing:
             out.problems.append(_problem(gdir, reason))
             continue
 
-        def unreadable(err: OSError) -> None:
+        def unreadable(err: OSError, gdir: Path = gdir) -> None:
             out.problems.append(_problem(err.filename or gdir, f"folder {_os_reason(err)}"))
 
         for dirpath, dirnames, filenames in os.walk(gdir, onerror=unreadable):
