@@ -17,7 +17,8 @@ import numpy as np
 
 def l2_normalise(x, xp: Any = np):
     """Each row scaled to unit length (rows of zeros stay zero)."""
-    norms = xp.sqrt(xp.sum(xp.square(x), axis=-1, keepdims=True))
+    # sqrt(sum(x * x)): what numpy's linalg.norm and keras.ops.norm compute, to the bit (gradients too).
+    norms = xp.sqrt(xp.sum(x * x, axis=-1, keepdims=True))
     return x / xp.maximum(norms, 1e-12)
 
 
