@@ -8,11 +8,14 @@ numpy and ``keras.ops`` share (``abs``, ``square``, ``sqrt``, ``sum``, ``maximum
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def l2_normalise(x, xp: Any = np):

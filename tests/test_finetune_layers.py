@@ -164,3 +164,25 @@ def test_saved_models_with_simlab_layers_load_back(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, (2, 2, 4, 4, 3)).astype(np.float32)
     for a, b in zip(model.predict([x[0], x[1]], verbose=0), loaded.predict([x[0], x[1]], verbose=0)):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_keras_dot_merge_matches_keras_norm_to_the_bit_gradients_too():
+    import tensorflow as tf
+    from keras import ops
+
+    def by_norm(a, b):  # the product of L2-normalised vectors written with keras.ops.norm
+        def unit(x):
+            return x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), 1e-12)
+
+        return unit(a) * unit(b)
+
+    rng = np.random.default_rng(0)
+    a, b = (tf.Variable(rng.standard_normal((16, 32)).astype(np.float32)) for _ in range(2))
+    grads = []
+    for fn in (lambda a, b: PairMerge("dot")([a, b]), by_norm):
+        with tf.GradientTape() as tape:
+            out = fn(a, b)
+            loss = ops.sum(out * ops.arange(32, dtype="float32"))
+        grads.append((np.asarray(out), *(np.asarray(g) for g in tape.gradient(loss, [a, b]))))
+    for mine, reference in zip(*grads):
+        np.testing.assert_array_equal(mine, reference)

@@ -10,6 +10,7 @@ PyTorch checkpoint (EfficientNet-PyTorch naming). They are read once with numpy 
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,8 @@ import numpy as np
 
 from simlab.backbones import Backbone, register
 from simlab.paths import atomic_path, cache_dir
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # annotations only: building a model imports Keras, listing the registry does not
     import keras
@@ -169,6 +172,7 @@ def ensure_weights() -> Path:
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     if digest != SOURCE_SHA256:
         raise ValueError(f"{src} has sha256 {digest}, expected {SOURCE_SHA256}: not the bundled Lite0 weights")
+    log.info("Converting the bundled EfficientNet-Lite0 checkpoint %s to %s (once)", src, target)
     model = _network()
     _assign(model, load_legacy_state_dict(src))
     with atomic_path(target, suffix=".weights.h5") as tmp:

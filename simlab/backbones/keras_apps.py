@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import shutil
 from pathlib import Path
 
 from simlab.backbones import Backbone, register
 from simlab.paths import cache_dir
+
+log = logging.getLogger(__name__)
 
 # name -> (keras.applications module, constructor, input size, pooled dim, weights file, description)
 _APPS = {
@@ -50,9 +53,10 @@ def fetch_weights(module: str, file: str) -> Path:
     import keras
 
     origin = _ORIGIN.format(module={"resnet50": "resnet"}.get(module, module), file=file)
+    log.info("Downloading ImageNet weights %s from %s", file, origin)
     try:
         got = keras.utils.get_file(file, origin, cache_dir=str(cache_dir()), cache_subdir="weights")
-    except Exception as exc:  # network errors come in many types
+    except Exception as exc:  # network errors come in many types: re-raised with what to do
         raise WeightsUnavailable(
             f"Could not download ImageNet weights {file} ({type(exc).__name__}: {exc}). "
             f"simlab needs the internet once per backbone. On an offline machine, download\n  {origin}\n"

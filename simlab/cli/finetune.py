@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 
 from simlab.finetune.config import INITS, LOSSES, MODES, TOWERS, FinetuneConfig
 from simlab.pairs import NEGATIVE_SCHEMES, SPLITS
+
+log = logging.getLogger(__name__)
 
 
 def add_cli(subparsers, data_args) -> None:

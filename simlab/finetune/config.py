@@ -5,12 +5,15 @@ Light on purpose (no Keras): the CLI parser, the job registry and the page read 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from simlab.backbones import DEFAULT_BACKBONE, WEIGHTS_CHOICES, get_backbone
 from simlab.merge import get_merge
 from simlab.pairs import NEGATIVE_SCHEMES, SPLITS
+
+log = logging.getLogger(__name__)
 
 MODES = {
     "head": "The study's neural head on the merged backbone vectors, trained on image pairs "
