@@ -31,19 +31,6 @@ This module stays light: importing it does not import Keras or TensorFlow.
 
 from __future__ import annotations
 
-import importlib
-
 from simlab.finetune.config import DEFAULT_RATES, INITS, LOSSES, MODES, TOWERS, FinetuneConfig
 
 __all__ = ["DEFAULT_RATES", "INITS", "LOSSES", "MODES", "TOWERS", "FinetuneConfig"]
-
-# Names still looked up on the package by their older path, resolved on first use (the modules they
-# live in import Keras): the job entry point and the command line.
-_MOVED = {"finetune_job": "simlab.finetune.train", "run_finetune": "simlab.finetune.train",
-          "add_cli": "simlab.cli.finetune", "cmd_finetune": "simlab.cli.finetune"}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
