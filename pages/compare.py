@@ -19,6 +19,7 @@ from simlab.backbones import DEFAULT_BACKBONE
 from simlab.classifiers import CLASSIFIERS
 from simlab.merge import MERGES
 from simlab.reference import ALIASES, STUDY_BACKBONES, STUDY_TEST_PAIRS, published_accuracies
+from simlab.store import Run
 
 INSPECT_PAGE = "pages/inspect.py"
 METRICS = {"accuracy": "Accuracy", "f1": "F1", "auc": "ROC AUC", "map": "Retrieval mAP"}
@@ -37,22 +38,20 @@ NUMBER_COLUMNS = ["accuracy", "accuracy_lo", "accuracy_hi", "precision", "recall
 # --------------------------------------------------------------------------- data
 
 
-def runs_table(runs: list[dict]) -> pd.DataFrame:
+def runs_table(runs: list[Run]) -> pd.DataFrame:
     """Finished runs, newest first: identity, protocol and metrics, one row per run."""
     rows = []
     for r in runs:
-        if r.get("status") != "done":
+        if not r.done:
             continue
-        m, c = r.get("metrics") or {}, r.get("config") or {}
+        p = r.protocol
         rows.append({
-            "id": r["id"], "created": r.get("created"), "dataset": r.get("dataset") or "",
-            "fingerprint": r.get("fingerprint") or "", "kind": r.get("kind") or "pair",
-            "backbone": r.get("backbone"), "merge": r.get("merge"), "classifier": r.get("classifier"),
-            "split": r.get("split") or "", "weights": c.get("weights") or "imagenet",
-            "negatives": c.get("negatives"), "negative_ratio": c.get("negative_ratio"),
-            "test_size": c.get("test_size"), "seed": r.get("seed"), "job_id": r.get("job_id"),
-            **{k: m.get(k) for k in NUMBER_COLUMNS if k != "seconds"},
-            "seconds": (r.get("timings") or {}).get("total"),
+            "id": r.id, "created": r.created, "dataset": r.dataset or "", "fingerprint": r.fingerprint or "",
+            "kind": r.kind, "backbone": r.backbone, "merge": r.merge, "classifier": r.classifier,
+            "split": p.split, "weights": p.weights, "negatives": p.negatives, "negative_ratio": p.negative_ratio,
+            "test_size": p.test_size, "seed": p.seed, "job_id": r.job_id,
+            **{k: r.metrics.get(k) for k in NUMBER_COLUMNS if k != "seconds"},
+            "seconds": r.seconds,
         })
     frame = pd.DataFrame(rows, columns=["id", "created", "dataset", "fingerprint", "kind", "backbone", "merge",
                                         "classifier", "split", "weights", "negatives", "negative_ratio",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -17,15 +17,18 @@ from pages._ui.links import page_link
 from pages._ui.store import store
 from simlab import jobs
 from simlab.backbones import list_backbones, weights_status
+from simlab.experiment import GridConfig
 from simlab.finetune import INITS, LOSSES, MODES, TOWERS, FinetuneConfig
 from simlab.merge import MERGES
 from simlab.pairs import NEGATIVE_SCHEMES, SPLITS
+from simlab.store import Run
 
 MODE_LABELS = {"head": "Neural head (the 2017 fine-tune)", "siamese": "Siamese network"}
 TOWER_LABELS = {"backbone": "Backbone + projection", "small-cnn": "Small CNN from scratch"}
 INIT_LABELS = {"whitening": "Learned whitening", "random": "Random"}
 WEIGHT_LABELS = {"imagenet": "ImageNet (pretrained)", "random": "Random: untrained, for tests only"}
 SPLIT_LABELS = {"group": "Group split: whole scenes held out (recommended)", "pair": "Pair split: 2017 protocol, leaky"}
+GRID_FIELDS = {f.name for f in fields(GridConfig)}  # the protocol settings a baseline grid takes
 RATES = [None, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5]
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
            "#7f7f7f"]
@@ -127,24 +130,23 @@ def settings(dataset, running: bool) -> FinetuneConfig | None:
 # --------------------------------------------------------------------------- runs and curves
 
 
-def finetune_runs(fingerprint: str) -> list[dict]:
-    return store().runs(kind="finetune", fingerprint=fingerprint)
+def finetune_runs(fingerprint: str) -> list[Run]:
+    return store().list_runs(kind="finetune", fingerprint=fingerprint)
 
 
-def run_label(run: dict) -> str:
-    c = run.get("config") or {}
-    what = (f"head · {c.get('merge', 'dot')}" if c.get("mode") == "head"
-            else f"siamese · {c.get('loss', 'contrastive')}")
+def run_label(run: Run) -> str:
+    c = run.config
+    what = f"head · {run.head_merge or 'dot'}" if run.mode == "head" else f"siamese · {run.loss or 'contrastive'}"
     extra = [x for x, on in (("aug", c.get("augment")), (f"top{c.get('unfreeze')}", c.get("unfreeze"))) if on]
-    m = run.get("metrics") or {}
+    m = run.metrics
     score = f" · acc {m['accuracy']:.3f}" if m.get("accuracy") is not None else ""
-    status = "" if run.get("status") == "done" else f" · {run.get('status')}"
-    return (f"{run['id']} · {what}{' + ' + ' + '.join(extra) if extra else ''} · {run.get('backbone')}"
-            f"{score}{status} · {fmt_when(run.get('created'))[5:16]}")
+    status = "" if run.done else f" · {run.status}"
+    return (f"{run.id} · {what}{' + ' + ' + '.join(extra) if extra else ''} · {run.backbone}"
+            f"{score}{status} · {fmt_when(run.created)[5:16]}")
 
 
-def run_of_job(job_id: str) -> dict | None:
-    return next((r for r in store().runs(kind="finetune") if r.get("job_id") == job_id), None)
+def run_of_job(job_id: str) -> Run | None:
+    return next((r for r in store().list_runs(kind="finetune") if r.job_id == job_id), None)
 
 
 def _fractional_epochs(batch: pd.DataFrame, per_epoch: int | None) -> pd.Series:
@@ -154,19 +156,19 @@ def _fractional_epochs(batch: pd.DataFrame, per_epoch: int | None) -> pd.Series:
     return batch["epoch"] - 1 + j / n
 
 
-def curves_figure(runs: list[dict]) -> go.Figure:
+def curves_figure(runs: list[Run]) -> go.Figure:
     """Loss (per batch, thin; per epoch, train solid and validation dashed) and accuracy, one colour per run."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.07)
     for i, run in enumerate(runs):
         color = PALETTE[i % len(PALETTE)]
-        curves = store().curves(run["id"])
-        live_mark = " (live)" if run.get("status") == "running" else ""
-        name = f"{run['id']}{live_mark} · {run.get('merge')} · {run.get('classifier')}"
-        per_epoch = (run.get("artifacts") or {}).get("steps_per_epoch")
+        curves = store().curves(run.id)
+        live_mark = " (live)" if run.status == "running" else ""
+        name = f"{run.id}{live_mark} · {run.merge} · {run.classifier}"
+        per_epoch = run.artifacts.get("steps_per_epoch")
         batch = curves[curves.name == "batch_loss"]
         if len(batch):
             fig.add_trace(go.Scatter(x=_fractional_epochs(batch, per_epoch), y=batch.value, mode="lines",
-                                     line=dict(width=1, color=color), opacity=0.35, name=name, legendgroup=run["id"],
+                                     line=dict(width=1, color=color), opacity=0.35, name=name, legendgroup=run.id,
                                      showlegend=False, hovertemplate="batch %{customdata}<br>loss %{y:.4f}<extra></extra>",
                                      customdata=batch.step), row=1, col=1)
         first = True
@@ -176,7 +178,7 @@ def curves_figure(runs: list[dict]) -> go.Figure:
                 continue
             val = metric.startswith("val_")
             fig.add_trace(go.Scatter(
-                x=points.epoch, y=points.value, mode="lines+markers", name=name, legendgroup=run["id"],
+                x=points.epoch, y=points.value, mode="lines+markers", name=name, legendgroup=run.id,
                 showlegend=first, line=dict(color=color, width=2, dash="dash" if val else "solid"),
                 marker=dict(size=7, symbol="circle-open" if val else "circle"),
                 hovertemplate=f"{'validation' if val else 'training'} {metric.removeprefix('val_')}<br>"
@@ -213,8 +215,8 @@ def live(job_id: str, others: list[str]) -> None:
             jobs.cancel_job(job_id, store().path)
             st.rerun(scope="fragment")
     run = run_of_job(job_id)
-    shown = ([run] if run else []) + [r for r in (store().get_run(i) for i in others)
-                                      if r and (run is None or r["id"] != run["id"])]
+    shown = ([run] if run else []) + [r for r in (store().get(i) for i in others)
+                                      if r and (run is None or r.id != run.id)]
     if shown:
         st.plotly_chart(curves_figure(shown), width="stretch", key="ft_curves_live")
         st.caption(CURVES_NOTE)
@@ -223,53 +225,47 @@ def live(job_id: str, others: list[str]) -> None:
 # --------------------------------------------------------------------------- results
 
 
-def baselines(run: dict) -> list[dict]:
-    """Frozen-vector grid runs on the same dataset, backbone, split, seed and weights (newest per cell)."""
-    c = run.get("config") or {}
+def baselines(run: Run) -> list[Run]:
+    """Frozen-vector grid runs on the same dataset and backbone, with the same protocol (newest per cell)."""
     seen, out = set(), []
-    for r in store().runs(status="done", fingerprint=run.get("fingerprint")):
-        rc = r.get("config") or {}
-        if r.get("kind") not in (None, "pair") or r.get("backbone") != c.get("backbone"):
+    for r in store().list_runs(status="done", kind="grid", fingerprint=run.fingerprint):
+        if r.backbone != run.config.get("backbone") or r.protocol != run.protocol:
             continue
-        if (r.get("split"), r.get("seed"), rc.get("weights", "imagenet"), rc.get("test_size", 0.3),
-                rc.get("negative_ratio", 1.0), rc.get("negatives", "random")) != (
-                c.get("split"), c.get("seed"), c.get("weights"), c.get("test_size"), c.get("negative_ratio"),
-                c.get("negatives")):
-            continue
-        if (r["merge"], r["classifier"]) not in seen:
-            seen.add((r["merge"], r["classifier"]))
+        if (r.merge, r.classifier) not in seen:
+            seen.add((r.merge, r.classifier))
             out.append(r)
     return out
 
 
-def result_row(run: dict, kind: str, frozen_map: float | None = None) -> dict:
-    m, t = run.get("metrics") or {}, run.get("timings") or {}
-    status = "" if run.get("status") == "done" else f" ({run.get('status')})"
-    return {"": kind, "run": run["id"], "method": f"{run.get('merge')} + {run.get('classifier')}{status}",
+def result_row(run: Run, kind: str, frozen_map: float | None = None) -> dict:
+    m = run.metrics
+    status = "" if run.done else f" ({run.status})"
+    return {"": kind, "run": run.id, "method": f"{run.merge} + {run.classifier}{status}",
             "accuracy": m.get("accuracy"),
             "95% CI": (f"{m['accuracy_lo']:.3f} – {m['accuracy_hi']:.3f}" if m.get("accuracy_lo") is not None else ""),
             "AUC": m.get("auc"), "mAP": m.get("map") if frozen_map is None else frozen_map,
             "epochs": (f"{m.get('best_epoch')} of {m.get('epochs_run')}" if "epochs_run" in m else ""),
-            "seconds": t.get("total")}
+            "seconds": run.seconds}
 
 
-def results(runs: list[dict]) -> None:
-    finished = [r for r in runs if r.get("metrics")]
+def results(runs: list[Run]) -> None:
+    finished = [r for r in runs if r.metrics]
     if not finished:
         return
     st.subheader("Results on the test pairs")
     rows = [result_row(r, "fine-tuned") for r in finished]
-    base = {b["id"]: b for r in finished for b in baselines(r)}
+    base = {b.id: b for r in finished for b in baselines(r)}
     # Grid runs rank all images; fine-tune runs the held-out scenes only: show the frozen vectors' mAP on those.
-    frozen_map = next((r["metrics"]["map_frozen"] for r in finished if r["metrics"].get("map_frozen") is not None),
+    frozen_map = next((r.metrics["map_frozen"] for r in finished if r.metrics.get("map_frozen") is not None),
                       float("nan"))
     rows += [result_row(b, "frozen vectors", frozen_map) for b in base.values()]
     frame = pd.DataFrame(rows).sort_values("accuracy", ascending=False, na_position="last")
     for col in ("accuracy", "AUC", "mAP", "seconds"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
-    backbones = sorted({r.get("backbone") or "" for r in finished})
-    st.caption(f"Backbone {', '.join(backbones)} · {finished[0].get('split')} split, seed {finished[0].get('seed')} · "
-               f"{(finished[0].get('metrics') or {}).get('n_test')} test pairs")
+    backbones = sorted({r.backbone or "" for r in finished})
+    first = finished[0]
+    st.caption(f"Backbone {', '.join(backbones)} · {first.protocol.split} split, seed {first.protocol.seed} · "
+               f"{first.metrics.get('n_test')} test pairs")
     st.dataframe(frame, hide_index=True, width="stretch", column_config={
         "accuracy": st.column_config.ProgressColumn("accuracy", format="%.3f", min_value=0.5, max_value=1.0),
         "AUC": st.column_config.NumberColumn(format="%.3f"), "mAP": st.column_config.NumberColumn(
@@ -279,18 +275,17 @@ def results(runs: list[dict]) -> None:
         "epochs": st.column_config.TextColumn(help="The best epoch (0 = the starting point) of those run.")})
     towers = [f"**{escape_md(m['tuned_backbone'])}** (retrieval mAP on the test scenes {m['map']:.3f}, frozen "
               f"vectors {m.get('map_frozen', float('nan')):.3f})"
-              for m in (r.get("metrics") or {} for r in finished) if m.get("tuned_backbone")]
+              for m in (r.metrics for r in finished) if m.get("tuned_backbone")]
     if towers:
         st.caption("Each Siamese run's tower is now a backbone: pick it on the Train page to try every merge and "
                    "classifier on it, or on the Search page. " + "; ".join(towers) + ".")
     if not base:
         run = finished[0]
-        c = run.get("config") or {}
         st.info("No frozen-vector baseline on the same split yet.", icon=":material/straighten:")
         if st.button("Compute the frozen-vector baselines (cosine and the neural head, dot merge)", key="ft_baseline"):
-            params = {"dataset": c.get("dataset") or run.get("dataset"), "backbones": [c.get("backbone")],
-                      "merges": ["dot"], "classifiers": ["cosine", "mlp"], "weights": c.get("weights", "imagenet"),
-                      **{k: c[k] for k in ("split", "test_size", "negative_ratio", "negatives", "seed") if k in c}}
+            params = {"dataset": run.config.get("dataset") or run.dataset, "backbones": [run.config.get("backbone")],
+                      "merges": ["dot"], "classifiers": ["cosine", "mlp"],
+                      **{k: v for k, v in run.protocol.to_dict().items() if k in GRID_FIELDS}}
             st.session_state["ft_baseline_job"] = start_job("grid", params)
             st.rerun()
     page_link("pages/compare.py", "Compare every run", icon=":material/grid_on:")
@@ -321,12 +316,12 @@ st.subheader("Training curves")
 runs = finetune_runs(dataset.fingerprint)
 current = run_of_job(job["id"]) if job else None
 if running:  # the live run is always shown; earlier runs can be overlaid
-    by_id = {r["id"]: r for r in runs if not current or r["id"] != current["id"]}
+    by_id = {r.id: r for r in runs if not current or r.id != current.id}
     picked = st.multiselect("Overlay earlier runs", list(by_id), default=[], format_func=lambda i: run_label(by_id[i]),
                             key="ft_overlay", help="Compare how they learned with the run in progress.")
 else:
-    by_id = {r["id"]: r for r in runs}
-    default = [current["id"]] if current and current["id"] in by_id else [r["id"] for r in runs[:1]]
+    by_id = {r.id: r for r in runs}
+    default = [current.id] if current and current.id in by_id else [r.id for r in runs[:1]]
     picked = st.multiselect("Runs to show", list(by_id), default=default, format_func=lambda i: run_label(by_id[i]),
                             key=f"ft_runs_{default[0] if default else 'none'}",
                             help="Overlay several runs to compare how they learned.")

@@ -108,7 +108,7 @@ else:
         c2.metric("Best held-out accuracy", f"{top['accuracy']:.1%}",
                   help=f"{top['backbone']} + {top['merge']} + {top['classifier']}")
         c3.metric("Best configuration", f"{top['merge']} + {top['classifier']}", help=str(top["backbone"]))
-    runs_weights = {r["id"]: (r.get("config") or {}).get("weights") for r in cached_runs()}
+    runs_weights = {r.id: r.weights for r in cached_runs()}
     ranked = ranked.assign(weights=[WEIGHT_LABELS.get(runs_weights.get(i), runs_weights.get(i))
                                     for i in ranked["id"]])
     cols = [c for c in ("backbone", "merge", "classifier", "accuracy", "auc", "f1", "map", "seconds") if c in ranked]

@@ -26,7 +26,7 @@ from simlab.evaluate import pair_metrics
 from simlab.experiment import common_images
 from simlab.merge import fuse, l2_normalise
 from simlab.paths import cache_dir
-from simlab.store import Store
+from simlab.store import Run, Store
 from simlab.vectors import vectorize
 
 RUN_KEY = "inspect_run"  # set by Compare and Train: the run to open
@@ -55,14 +55,13 @@ def load_predictions(db: str, run_id: str) -> pd.DataFrame:
     return Store(db).predictions(run_id)
 
 
-def run_label(r: dict) -> str:
-    acc = (r.get("metrics") or {}).get("accuracy")
-    weights = (r.get("config") or {}).get("weights")
-    parts = [" + ".join(str(x) for x in (r.get("backbone"), r.get("merge"), r.get("classifier")) if x),
-             f"{r.get('split')} split" if r.get("split") else None,
+def run_label(r: Run) -> str:
+    acc = r.metrics.get("accuracy")
+    parts = [" + ".join(str(x) for x in (r.backbone, r.merge, r.classifier) if x),
+             f"{r.protocol.split} split",
              f"accuracy {acc:.3f}" if isinstance(acc, (int, float)) else None,
-             "random weights (test)" if weights == "random" else None,
-             os.path.basename(str(r.get("dataset") or "").rstrip("/")) or None, r["id"]]
+             "random weights (test)" if r.weights == "random" else None,
+             os.path.basename(str(r.dataset or "").rstrip("/")) or None, r.id]
     return " · ".join(p for p in parts if p)
 
 
@@ -295,11 +294,11 @@ def small_images(items: list[tuple[str, str]], size: int = 128, columns: int = 6
 
 
 @st.dialog("Pair", width="large")
-def pair_dialog(run: dict, row: dict, threshold: float) -> None:
+def pair_dialog(run: Run, row: dict, threshold: float) -> None:
     pair_detail(run, row, threshold)
 
 
-def pair_detail(run: dict, row: dict, threshold: float) -> None:
+def pair_detail(run: Run, row: dict, threshold: float) -> None:
     st.markdown(f"{BADGE[row['outcome']]} **{OUTCOME[row['outcome']]}** · P(same) = **{row['prob']:.3f}** "
                 f"at threshold {threshold:.2f}")
     big = thumbs([row["left_path"], row["right_path"]], 256)
@@ -314,12 +313,12 @@ def pair_detail(run: dict, row: dict, threshold: float) -> None:
             st.caption(f"{escape_md(os.path.basename(path))} · group **{escape_md(row[f'{side}_group'])}**  \n"
                        f":gray[{escape_md(os.path.dirname(path))}]")
 
-    dataset = load_dataset_cached(run.get("dataset") or "", show_error=False)
-    if dataset is not None and run.get("fingerprint") and dataset.fingerprint != run["fingerprint"]:
+    dataset = load_dataset_cached(run.dataset or "", show_error=False)
+    if dataset is not None and run.fingerprint and dataset.fingerprint != run.fingerprint:
         st.caption(":material/info: The dataset's files changed since this run: the images, groups and neighbours "
                    "below are today's.")
     if dataset is None:
-        st.info(f"The dataset {escape_md(run.get('dataset') or '?')} cannot be loaded any more, so the rest of "
+        st.info(f"The dataset {escape_md(run.dataset or '?')} cannot be loaded any more, so the rest of "
                 "the groups and the neighbours are not available.")
         return
     members: dict[str, list[str]] = {}
@@ -332,8 +331,8 @@ def pair_detail(run: dict, row: dict, threshold: float) -> None:
         st.markdown(f"**Other images of group {escape_md(g)}** ({len(others)})")
         small_images([(p, escape_md(os.path.basename(p))) for p in others[:12]], size=128)
 
-    backbone = run.get("backbone") or ""
-    weights = (run.get("config") or {}).get("weights") or "imagenet"
+    backbone = run.backbone or ""
+    weights = run.weights
     st.markdown(f"**Nearest neighbours** by cosine similarity of the **{escape_md(backbone)}** vectors "
                 f"({escape_md(weights)} weights); :green[:material/check:] marks the same group")
     if not backbone or not vectors_cached(dataset.fingerprint, backbone, weights):
@@ -358,9 +357,9 @@ def pair_detail(run: dict, row: dict, threshold: float) -> None:
 # --------------------------------------------------------------------------- page
 
 
-def pick_run(runs: list[dict]) -> dict:
-    ids = [r["id"] for r in runs]
-    by_id = {r["id"]: r for r in runs}
+def pick_run(runs: list[Run]) -> Run:
+    ids = [r.id for r in runs]
+    by_id = {r.id: r for r in runs}
     wanted = st.query_params.get("run") or st.session_state.get(RUN_KEY)
     if wanted in by_id and st.session_state.get("inspect_select") != wanted:
         st.session_state["inspect_select"] = wanted
@@ -379,21 +378,21 @@ def pick_run(runs: list[dict]) -> dict:
     return by_id[run_id]
 
 
-def run_caption(run: dict) -> None:
-    c = run.get("config") or {}
-    clf = CLASSIFIERS[run["classifier"]].label if run.get("classifier") in CLASSIFIERS else run.get("classifier")
-    parts = [f"Dataset {escape_md(run.get('dataset') or '?')}",
-             f"{escape_md(run.get('split') or '?')} split, test fraction {c.get('test_size', '?')}",
-             f"negatives {escape_md(c.get('negatives', '?'))} × {c.get('negative_ratio', '?')}",
-             f"classifier {escape_md(clf or '?')}", f"seed {run.get('seed')}",
-             f"{escape_md(c.get('weights', 'imagenet'))} weights", f"run {run['id']} of {fmt_when(run.get('created'))}"]
+def run_caption(run: Run) -> None:
+    p = run.protocol
+    clf = CLASSIFIERS[run.classifier].label if run.classifier in CLASSIFIERS else run.classifier
+    parts = [f"Dataset {escape_md(run.dataset or '?')}",
+             f"{escape_md(p.split)} split, test fraction {p.test_size}",
+             f"negatives {escape_md(p.negatives)} × {p.negative_ratio}",
+             f"classifier {escape_md(clf or '?')}", f"seed {p.seed}",
+             f"{escape_md(p.weights)} weights", f"run {run.id} of {fmt_when(run.created)}"]
     st.caption(" · ".join(parts))
 
 
 def main() -> None:
     st.title("Inspect")
     try:
-        runs = [r for r in cached_runs() if r.get("status") == "done"]
+        runs = [r for r in cached_runs() if r.done]
     except Exception as exc:
         st.error(f"Could not read the run store: {escape_md(type(exc).__name__)}: {escape_md(str(exc)[:300])}")
         return
@@ -402,7 +401,7 @@ def main() -> None:
         return
     run = pick_run(runs)
     run_caption(run)
-    preds = load_predictions(str(store_path()), run["id"])
+    preds = load_predictions(str(store_path()), run.id)
     if preds.empty:
         st.info("This run stored no per-pair predictions, so there is nothing to inspect. Pick another run.")
         return
@@ -434,7 +433,7 @@ def main() -> None:
         return
     n_pages = max(1, math.ceil(len(pairs) / PAGE_SIZE))
     # a new key (so page 1) whenever what is listed changes
-    listing = (run["id"], show, prob_range, tuple(groups), sort, threshold if show != "all" else 0)
+    listing = (run.id, show, prob_range, tuple(groups), sort, threshold if show != "all" else 0)
     page_key = f"inspect_page_{hash(listing)}"
     page_no = st.session_state.get(page_key, 1)
     page_no = min(max(1, int(page_no)), n_pages)

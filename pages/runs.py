@@ -12,9 +12,17 @@ from pages._ui.job_panel import job_panel, show_job_error, start_job
 from pages._ui.links import page_link
 from pages._ui.store import cached_runs, clear_runs_cache, store, store_path
 from simlab import jobs
+from simlab.store import Run
 
 JOBS_SHOWN = 50
 WEIGHT_LABELS = {"imagenet": "ImageNet", "random": "random (for tests only)"}
+# A run's kind as this page has always named it: a grid cell is a "pair" run
+KIND_LABELS = {"grid": "pair", "finetune": "finetune"}
+
+
+def kind_label(run: Run) -> str:
+    return KIND_LABELS.get(run.kind, run.kind or "")
+
 
 st.title("Runs")
 st.caption("Everything simlab has computed: background jobs (vectorising, grids, fine-tuning) and the runs "
@@ -75,32 +83,30 @@ if not runs:
 
 f1, f2, f3 = st.columns(3)
 with f1:
-    status_pick = st.multiselect("Status", sorted({r["status"] for r in runs}), key="runs_status",
+    status_pick = st.multiselect("Status", sorted({r.status for r in runs}), key="runs_status",
                                  placeholder="any")
 with f2:
-    dataset_pick = st.multiselect("Dataset", sorted({r.get("dataset") or "" for r in runs}), key="runs_dataset",
+    dataset_pick = st.multiselect("Dataset", sorted({r.dataset or "" for r in runs}), key="runs_dataset",
                                   placeholder="any")
 with f3:
-    kind_pick = st.multiselect("Kind", sorted({r.get("kind") or "" for r in runs}), key="runs_kind",
+    kind_pick = st.multiselect("Kind", sorted({kind_label(r) for r in runs}), key="runs_kind",
                                placeholder="any")
-shown = [r for r in runs if (not status_pick or r["status"] in status_pick)
-         and (not dataset_pick or (r.get("dataset") or "") in dataset_pick)
-         and (not kind_pick or (r.get("kind") or "") in kind_pick)]
+shown = [r for r in runs if (not status_pick or r.status in status_pick)
+         and (not dataset_pick or (r.dataset or "") in dataset_pick)
+         and (not kind_pick or kind_label(r) in kind_pick)]
 
 
-def _row(r: dict) -> dict:
-    m = r.get("metrics") or {}
-    timings = r.get("timings") or {}
-    took = timings.get("total")
-    if took is None and r.get("finished"):
-        took = r["finished"] - r["created"]
-    weights = (r.get("config") or {}).get("weights")
-    return {"status": f"{STATUS_ICONS.get(r['status'], '')} {r['status']}",
-            "backbone": r.get("backbone"), "merge": r.get("merge"), "classifier": r.get("classifier"),
+def _row(r: Run) -> dict:
+    m = r.metrics
+    took = r.seconds
+    if took is None and r.finished:
+        took = r.finished - r.created
+    return {"status": f"{STATUS_ICONS.get(r.status, '')} {r.status}",
+            "backbone": r.backbone, "merge": r.merge, "classifier": r.classifier,
             "accuracy": m.get("accuracy"), "auc": m.get("auc"), "f1": m.get("f1"), "map": m.get("map"),
-            "duration": fmt_duration(took), "error": (r.get("error") or "")[:200],
-            "weights": WEIGHT_LABELS.get(weights, weights), "dataset": r.get("dataset"), "split": r.get("split"),
-            "seed": r.get("seed"), "created": fmt_when(r["created"]), "kind": r.get("kind"), "id": r["id"]}
+            "duration": fmt_duration(took), "error": (r.error or "")[:200],
+            "weights": WEIGHT_LABELS.get(r.weights, r.weights), "dataset": r.dataset, "split": r.protocol.split,
+            "seed": r.protocol.seed, "created": fmt_when(r.created), "kind": kind_label(r), "id": r.id}
 
 
 frame = pd.DataFrame([_row(r) for r in shown])
@@ -119,12 +125,12 @@ if not selected:
     st.stop()
 
 
-def rerun_config(run: dict) -> dict | None:
-    """The grid that reproduces a pair run (a fused backbone 'a+b' re-runs a, b and their fusion)."""
-    config = dict(run.get("config") or {})
-    if (run.get("kind") or "pair") != "pair" or not config.get("backbones"):
+def rerun_config(run: Run) -> dict | None:
+    """The grid that reproduces a grid run (a fused backbone 'a+b' re-runs a, b and their fusion)."""
+    if not run.is_grid or not run.config.get("backbones"):
         return None
-    parts = str(run.get("backbone") or config["backbones"][0]).split("+")
+    config = dict(run.config)
+    parts = str(run.backbone or config["backbones"][0]).split("+")
     config["backbones"] = parts
     config["fusion"] = len(parts) > 1
     return config
@@ -144,13 +150,13 @@ with a1:
 with a2:
     confirm_key = "confirm_delete_runs"
     if st.button("Delete", icon=":material/delete:", key="delete_runs"):
-        st.session_state[confirm_key] = [r["id"] for r in selected]
-if st.session_state.get(confirm_key) == [r["id"] for r in selected]:
+        st.session_state[confirm_key] = [r.id for r in selected]
+if st.session_state.get(confirm_key) == [r.id for r in selected]:
     st.warning(f"Delete {len(selected)} run(s) and their predictions? This cannot be undone.")
     y, n, _ = st.columns([1, 1, 4])
     if y.button("Yes, delete", type="primary", key="delete_yes"):
         for r in selected:
-            store().delete_run(r["id"])
+            store().delete_run(r.id)
         st.session_state.pop(confirm_key, None)
         clear_runs_cache()
         st.rerun()
@@ -159,13 +165,13 @@ if st.session_state.get(confirm_key) == [r["id"] for r in selected]:
         st.rerun()
 
 for r in selected[:5]:
-    with st.expander(f"Run {r['id']} · {r.get('backbone')} + {r.get('merge')} + {r.get('classifier')} · "
-                     f"{r['status']}", expanded=len(selected) == 1):
-        if r.get("error"):
-            st.error(r["error"].splitlines()[0][:300], icon=":material/error:")
-            if "\n" in r["error"]:
-                st.code(r["error"], language=None)
-        m = r.get("metrics") or {}
+    with st.expander(f"Run {r.id} · {r.backbone} + {r.merge} + {r.classifier} · {r.status}",
+                     expanded=len(selected) == 1):
+        if r.error:
+            st.error(r.error.splitlines()[0][:300], icon=":material/error:")
+            if "\n" in r.error:
+                st.code(r.error, language=None)
+        m = r.metrics
         if m:
             cols = st.columns(4)
             for col, (name, key) in zip(cols, [("accuracy", "accuracy"), ("AUC", "auc"), ("F1", "f1"),
@@ -175,13 +181,13 @@ for r in selected[:5]:
             if m.get("accuracy_lo") is not None:
                 st.caption(f"Accuracy 95% CI {m['accuracy_lo']:.3f}–{m['accuracy_hi']:.3f} on {m.get('n_test')} "
                            f"test pairs ({m.get('n_train')} training pairs).")
-        if r["status"] == "done" and (r.get("kind") or "pair") == "pair":
+        if r.done and r.is_grid:
             page_link("pages/inspect.py", "Inspect this run's pairs", icon=":material/search:",
-                      query_params={"run": r["id"]})
+                      query_params={"run": r.id})
         tabs = st.tabs(["Configuration", "Metrics", "Timings & versions"])
-        tabs[0].code(json.dumps(r.get("config"), indent=1), language="json")
+        tabs[0].code(json.dumps(r.config, indent=1), language="json")
         tabs[1].code(json.dumps(m, indent=1), language="json")
-        tabs[2].code(json.dumps({"timings": r.get("timings"), "versions": r.get("versions"), "git": r.get("git"),
-                                 "job": r.get("job_id")}, indent=1), language="json")
+        tabs[2].code(json.dumps({"timings": r.timings, "versions": r.versions, "git": r.git, "job": r.job_id},
+                                indent=1), language="json")
 if len(selected) > 5:
     st.caption("Details shown for the first 5 selected runs.")

@@ -21,6 +21,7 @@ from simlab.backbones import DEFAULT_BACKBONE
 from simlab.data.images import ImageError, check_image_bytes
 from simlab.paths import atomic_write_bytes, cache_dir
 from simlab.search import build_index
+from simlab.store import Run
 
 COLUMNS = 6
 KINDS = {"auto": "Auto", "flat": "Exact (flat)", "ivf": "IVF", "hnsw": "HNSW"}
@@ -64,21 +65,16 @@ def set_label(s: dict) -> str:
     return f"{s['backbone']} · {WEIGHT_LABELS.get(s['weights'], s['weights'])} · {s['images']} images"
 
 
-def rerank_runs(fingerprint: str, backbone: str, weights: str) -> list[dict]:
-    """Finished pair runs on this dataset and vector set: their classifier can re-rank."""
-    out = []
-    for r in cached_runs():
-        config = r.get("config") or {}
-        if (r.get("status") == "done" and (r.get("kind") or "pair") == "pair" and r.get("fingerprint") == fingerprint
-                and r.get("backbone") == backbone and (config.get("weights") or "imagenet") == weights):
-            out.append(r)
-    return out
+def rerank_runs(fingerprint: str, backbone: str, weights: str) -> list[Run]:
+    """Finished grid runs on this dataset and vector set: their classifier can re-rank."""
+    return [r for r in cached_runs() if r.done and r.is_grid and r.fingerprint == fingerprint
+            and r.backbone == backbone and r.weights == weights]
 
 
-def run_label(r: dict) -> str:
-    acc = (r.get("metrics") or {}).get("accuracy")
+def run_label(r: Run) -> str:
+    acc = r.metrics.get("accuracy")
     acc = f" · accuracy {acc:.3f}" if isinstance(acc, (int, float)) else ""
-    return f"{r.get('classifier')} on {r.get('merge')}{acc} · {r['id']}"
+    return f"{r.classifier} on {r.merge}{acc} · {r.id}"
 
 
 def save_upload(upload) -> tuple[Path | None, str | None]:
@@ -167,9 +163,9 @@ with c3:
                              "faster). HNSW is a graph index. Built once per vector set, then cached.")
 with c4:
     runs = rerank_runs(dataset.fingerprint, s["backbone"], s["weights"])
-    rerank = st.selectbox("Re-rank by run", [None] + [r["id"] for r in runs], key="search_rerank",
+    rerank = st.selectbox("Re-rank by run", [None] + [r.id for r in runs], key="search_rerank",
                           format_func=lambda rid: "No re-ranking" if rid is None else run_label(
-                              next(r for r in runs if r["id"] == rid)),
+                              next(r for r in runs if r.id == rid)),
                           help="Re-order the neighbours by a finished run's classifier (P same scene). Its "
                                "classifier is refitted once on the run's training pairs, then cached.",
                           disabled=not runs)

@@ -96,10 +96,10 @@ def fmt(v, spec: str = ".3f") -> str:
 
 def results_frame(job: dict) -> pd.DataFrame:
     """One row per cell of the job's grid: finished runs with their metrics, the rest waiting."""
-    runs = [r for r in store().runs() if r.get("job_id") == job["id"]]  # a few hundred rows: cheap
+    runs = [r for r in store().list_runs() if r.job_id == job["id"]]  # a few hundred rows: cheap
     by_cell = {}
     for r in reversed(runs):  # oldest first, so that a retried cell shows its newest run
-        by_cell[(r.get("backbone"), r.get("merge"), r.get("classifier"))] = r
+        by_cell[(r.backbone, r.merge, r.classifier)] = r
     try:
         cells = GridConfig(**(job.get("params") or {})).cells()
     except (TypeError, ValueError):
@@ -108,15 +108,15 @@ def results_frame(job: dict) -> pd.DataFrame:
     rows = []
     for i, cell in enumerate(cells, 1):
         r = by_cell.get(cell)
-        m = (r or {}).get("metrics") or {}
-        status = r["status"] if r else ("not run" if finished else "waiting")
+        m = r.metrics if r else {}
+        status = r.status if r else ("not run" if finished else "waiting")
         rows.append({"#": i, "backbone": cell[0], "merge": cell[1],
                      "classifier": CLASSIFIERS[cell[2]].label if cell[2] in CLASSIFIERS else cell[2],
                      "status": status,
                      "accuracy": m.get("accuracy"),
                      "ci": f"{fmt(m.get('accuracy_lo'))}–{fmt(m.get('accuracy_hi'))}" if m else "",
                      "f1": m.get("f1"), "auc": m.get("auc"), "map": m.get("map"),
-                     "seconds": ((r or {}).get("timings") or {}).get("total"), "id": (r or {}).get("id")})
+                     "seconds": r.seconds if r else None, "id": r.id if r else None})
     frame = pd.DataFrame(rows)
     for col in ("accuracy", "f1", "auc", "map", "seconds"):  # NaN (shown blank) for runs still waiting
         frame[col] = pd.to_numeric(frame[col], errors="coerce") if len(frame) else frame.get(col)

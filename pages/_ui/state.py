@@ -39,7 +39,7 @@ def known_dataset_specs() -> list[str]:
     """Specs to offer in the picker: current, demo, $SIMLAB_DATASET, recent ones, those with runs."""
     specs = [current_dataset_spec(), "demo", default_dataset_spec(), *st.session_state.get(RECENT_KEY, [])]
     try:
-        specs += [r["dataset"] for r in cached_runs() if r.get("dataset")]
+        specs += [r.dataset for r in cached_runs() if r.dataset]
     except Exception:  # an unreadable store must not hide the picker
         log.warning("could not list the datasets of the stored runs", exc_info=True)
     return list(dict.fromkeys(s for s in specs if s))

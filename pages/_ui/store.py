@@ -1,4 +1,4 @@
-"""The run store of this session, and the list of runs (cached for 2 s, cheap enough for every page)."""
+"""The run store of this session, and its runs as typed records (cached for 2 s, cheap enough for every page)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from simlab.paths import cache_dir
-from simlab.store import Store
+from simlab.store import Run, Store
 
 
 def store_path() -> Path:
@@ -26,11 +26,11 @@ def store() -> Store:
 
 
 @st.cache_data(show_spinner=False, ttl=2)
-def _runs(path: str) -> list[dict]:
-    return Store(path).runs()
+def _runs(path: str) -> list[Run]:
+    return Store(path).list_runs()
 
 
-def cached_runs() -> list[dict]:
+def cached_runs() -> list[Run]:
     """All runs, newest first (cached for 2 s: cheap enough to call from every page)."""
     return _runs(str(store_path()))
 
