@@ -3,8 +3,9 @@
 A backbone maps a batch of RGB images (float32, 0..255, ``size x size``) to one vector per
 image. Its ``preprocess`` runs inside the input pipeline, its model only does the forward pass.
 
-Backbones come from providers, modules named by dotted path in :data:`PROVIDERS` and imported
-by name once, on first use (the registry imports no provider itself). A provider registers fixed
+Backbones come from providers, imported by name once, on first use (the registry imports no
+provider itself): every module of this folder, then the modules named by dotted path in
+:data:`PROVIDERS`. A new backbone is one module here that calls :func:`register`. A provider registers fixed
 entries with :func:`register` when imported; one whose entries come and go (towers trained here)
 also defines ``find_backbone(name) -> Backbone | None``, asked for names not registered, and
 ``discover_backbones() -> list[Backbone]``, asked when backbones are listed.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pkgutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,13 +28,16 @@ log = logging.getLogger(__name__)
 WEIGHTS_CHOICES = ("imagenet", "random")
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
-#: Modules that provide backbones, in listing order (the bundled backbone first). A new provider is
-#: one line here.
+#: Providers that live outside this folder, by dotted path.
 PROVIDERS = (
-    "simlab.backbones.efficientnet_lite0",
-    "simlab.backbones.keras_apps",
     "simlab.finetune.towers",  # Siamese towers trained here: siamese-<run id>, from cache/runs/<id>/tower.json
 )
+
+
+def provider_paths() -> list[str]:
+    """Every module of this folder (in name order), then :data:`PROVIDERS`."""
+    here = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return [f"{__name__}.{name}" for name in here] + list(PROVIDERS)
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ def providers() -> list[ModuleType]:
     """The provider modules, imported by name on the first call."""
     with _lock:
         if not _providers:
-            _providers.extend([importlib.import_module(path) for path in PROVIDERS])
+            _providers.extend([importlib.import_module(path) for path in provider_paths()])
     return list(_providers)
 
 
