@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from simlab.store import Store
 
@@ -55,6 +56,41 @@ def test_jobs_table(tmp_path):
     j = store.get_job(job)
     assert (j["done"], j["total"], j["params"]) == (3, 9, {"dataset": "demo"})
     assert [x["id"] for x in store.jobs(status="running")] == [job]
+
+
+def test_jobs_keep_their_progress_fields_and_one_job_per_request(tmp_path):
+    store = Store(tmp_path / "s.db")
+    job = store.add_job("vectorize", {"dataset": "demo", "backbones": ["b"]})
+    store.update_job(job, fields={"stage": "vectorize", "backbone": "b", "rate": 12.5, "eta": 3.0})
+    assert store.get_job(job)["fields"] == {"stage": "vectorize", "backbone": "b", "rate": 12.5, "eta": 3.0}
+    assert store.add_job_once("vectorize", {"backbones": ["b"], "dataset": "demo"}) == (job, False)
+    other, new = store.add_job_once("vectorize", {"dataset": "demo", "backbones": ["c"]})
+    assert new and other != job
+    store.update_job(job, status="done")
+    again, new = store.add_job_once("vectorize", {"dataset": "demo", "backbones": ["b"]})
+    assert new and again not in (job, other)
+
+
+def test_runs_carry_their_owner_and_a_heartbeat(tmp_path):
+    from simlab.store import HOST, process_started
+
+    store = Store(tmp_path / "s.db")
+    run_id = store.add_run(dataset="demo", backbone="b", merge="l1", classifier="rf")
+    run = store.get(run_id)
+    assert (run.owner_pid, run.owner_started, run.owner_host) == (os.getpid(), process_started(), HOST)
+    first = run.heartbeat
+    store.add_curve_points(run_id, [(0, 0, "loss", 1.0)])
+    assert store.get(run_id).heartbeat >= first and store.get(run_id).status == "running"
+
+
+def test_check_writable_passes_on_a_writable_store_and_names_the_file_when_the_disk_is_short(tmp_path):
+    from simlab.store import StoreFull
+
+    store = Store(tmp_path / "s.db")
+    store.check_writable()
+    with pytest.raises(StoreFull) as short:
+        store.check_writable(min_free=2**62)
+    assert str(tmp_path / "s.db") in str(short.value) and "\n" not in str(short.value)
 
 
 def test_typed_runs_name_what_ran(tmp_path):

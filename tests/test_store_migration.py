@@ -122,3 +122,22 @@ def test_each_stored_map_says_what_it_was_measured_on(tmp_path):
     assert run_metric_scope(tuned, "map_frozen") == ("retrieval mAP of the frozen efficientnet_lite0 vectors on "
                                                      "the test scenes")
     assert metric_label("auc") == "ROC AUC" and run_metric_scope(grid, "unknown") == "unknown"
+
+
+def test_migration_adds_owners_fields_and_request_keys_and_an_old_active_job_is_attached_to(tmp_path):
+    path = old_store(tmp_path)
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO jobs (id, kind, created, status, params) VALUES "
+               "('j0running01', 'grid', 1700000005.0, 'running', '{\"seed\": 1, \"dataset\": \"demo\"}')")
+    db.commit()
+    db.close()
+    store = Store(path)
+    db = sqlite3.connect(path)
+    columns = {table: {r[1] for r in db.execute(f"PRAGMA table_info({table})")} for table in ("runs", "jobs")}
+    db.close()
+    assert {"owner_pid", "owner_started", "owner_host", "heartbeat"} <= columns["runs"]
+    assert {"pid_started", "host", "fields", "params_key"} <= columns["jobs"]
+    assert store.get_job("j0job000001")["fields"] is None
+    assert store.add_job_once("grid", {"dataset": "demo", "seed": 1}) == ("j0running01", False)
+    old = store.get("r0grid00001")  # runs of an older simlab have no owner: left as they are
+    assert (old.status, old.owner_pid, old.heartbeat) == ("done", None, None)

@@ -2,6 +2,15 @@
 
 A run reads back as a typed :class:`Run` (``Store.get``, ``Store.list_runs``); the schema carries its
 version in ``PRAGMA user_version`` and a store written by an older simlab migrates when opened.
+
+Every run carries its owner, the process that writes it (pid, start time, machine). A run left
+``running`` by a process that has ended is marked failed by the next reader
+(:meth:`Store.reap_orphan_runs`); a pid now used by another process is told apart by its start time.
+A store that cannot be written raises :class:`StoreError`, one line naming the file, why and what to do.
+
+    schema.py   the tables, their versions and migrations, the errors a store raises
+    run.py      the typed Run record
+    owner.py    a process told by pid, start time and machine (psutil)
 """
 
 from __future__ import annotations
@@ -9,218 +18,41 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
 
 from simlab.paths import cache_dir
-from simlab.protocol import Protocol, unchecked
+from simlab.store.owner import HOST, owner_process, process_started
+from simlab.store.run import KIND_COLUMN, KINDS, Run
+from simlab.store.schema import (
+    JSON_COLUMNS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    StoreError,
+    StoreFull,
+    StoreTooNew,
+    free_bytes,
+    migrate,
+    params_key,
+    schema_version,
+    store_error,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Run", "Store", "StoreTooNew", "new_id"]
+__all__ = ["HOST", "MIGRATIONS", "SCHEMA_VERSION", "Run", "Store", "StoreError", "StoreFull", "StoreTooNew",
+           "new_id", "owner_process", "params_key", "process_started"]
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY, created REAL, finished REAL, status TEXT, kind TEXT,
-    dataset TEXT, fingerprint TEXT, backbone TEXT, merge TEXT, classifier TEXT, split TEXT, seed INTEGER,
-    config TEXT, metrics TEXT, timings TEXT, versions TEXT, git TEXT, error TEXT, job_id TEXT, artifacts TEXT);
-CREATE TABLE IF NOT EXISTS predictions (
-    run_id TEXT, left_path TEXT, right_path TEXT, left_group TEXT, right_group TEXT, label INTEGER, prob REAL);
-CREATE INDEX IF NOT EXISTS predictions_run ON predictions(run_id);
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY, kind TEXT, created REAL, started REAL, finished REAL, status TEXT, params TEXT,
-    done INTEGER, total INTEGER, message TEXT, pid INTEGER, error TEXT, cancel INTEGER DEFAULT 0, result TEXT,
-    heartbeat REAL);
-CREATE TABLE IF NOT EXISTS curves (
-    run_id TEXT, step INTEGER, epoch INTEGER, name TEXT, value REAL, t REAL);
-CREATE INDEX IF NOT EXISTS curves_run ON curves(run_id);
-"""
-JSON_COLUMNS = ("config", "metrics", "timings", "versions", "params", "result", "artifacts")
-
-
-# --------------------------------------------------------------------------- schema versions
-
-
-def _tables(db: sqlite3.Connection) -> None:
-    """Version 1: the tables as simlab first wrote them (a no-op on a store that has them)."""
-    for statement in filter(str.strip, SCHEMA.split(";")):
-        db.execute(statement)
-
-
-def _run_indexes(db: sqlite3.Connection) -> None:
-    """Version 2: the runs lists filter by fingerprint and status and sort by time."""
-    db.execute("CREATE INDEX IF NOT EXISTS runs_created ON runs(created)")
-    db.execute("CREATE INDEX IF NOT EXISTS runs_fingerprint ON runs(fingerprint, status)")
-    db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status)")
-
-
-#: Applied in order: a store at ``user_version`` v runs ``MIGRATIONS[v:]``. Append, never edit.
-MIGRATIONS = (_tables, _run_indexes)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-class StoreTooNew(RuntimeError):
-    """The store was written by a newer simlab, with a schema this one does not know."""
-
-
-def schema_version(db: sqlite3.Connection) -> int:
-    return int(db.execute("PRAGMA user_version").fetchone()[0])
-
-
-def migrate(db: sqlite3.Connection, path: Path | str = "") -> int:
-    """Bring the store up to :data:`SCHEMA_VERSION` in one transaction; returns the version it had."""
-    found = schema_version(db)
-    if found == SCHEMA_VERSION:
-        return found
-    db.execute("BEGIN IMMEDIATE")  # another process may be migrating the same file: read again once locked
-    try:
-        found = schema_version(db)
-        if found > SCHEMA_VERSION:
-            raise StoreTooNew(f"{path} has schema version {found}; this simlab knows up to {SCHEMA_VERSION}. "
-                              "Update simlab, or set SIMLAB_CACHE to another folder.")
-        for version in range(found, SCHEMA_VERSION):
-            MIGRATIONS[version](db)
-            db.execute(f"PRAGMA user_version = {version + 1}")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    if found != SCHEMA_VERSION:
-        log.info("store %s: schema version %d -> %d", path, found, SCHEMA_VERSION)
-    return found
-
-
-# --------------------------------------------------------------------------- the typed run record
-
-#: Stored ``kind`` column -> ``Run.kind``. Grid cells are stored as "pair" (and very old rows as NULL).
-KINDS = {"pair": "grid", None: "grid", "grid": "grid", "finetune": "finetune"}
-#: ``Run.kind`` -> the value written in the ``kind`` column.
-KIND_COLUMN = {"grid": "pair", "finetune": "finetune"}
-
-
-@dataclass
-class Run:
-    """One stored run. ``kind`` is "grid" (a backbone x merge x classifier cell on frozen vectors) or
-    "finetune"; ``config`` is the configuration it ran with (a grid cell's ``GridConfig`` with one-item
-    lists, or a ``FinetuneConfig``), and :attr:`protocol` the split, negatives, seed and weights in it.
-
-    ``merge`` and ``classifier`` are the stored columns (a fine-tune run fills them with its method so
-    the Compare heatmaps can place it); read :attr:`mode`, :attr:`loss` and :attr:`method` for what a
-    fine-tune run did.
-    """
-
-    id: str
-    created: float | None = None
-    finished: float | None = None
-    status: str | None = None
-    kind: str = "grid"
-    dataset: str | None = None
-    fingerprint: str | None = None
-    backbone: str | None = None
-    merge: str | None = None
-    classifier: str | None = None
-    config: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
-    versions: dict = field(default_factory=dict)
-    git: str | None = None
-    error: str | None = None
-    job_id: str | None = None
-    artifacts: dict = field(default_factory=dict)
-    split: str | None = None  # also in config; kept as stored for the protocol of rows without one
-    seed: int | None = None
-
-    @classmethod
-    def from_row(cls, row: Mapping) -> Run:
-        """From a ``runs`` row as a dict (JSON columns decoded or still text); unknown columns ignored."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in dict(row).items() if k in known}
-        for k in ("config", "metrics", "timings", "versions", "artifacts"):
-            value = values.get(k)
-            if isinstance(value, (str, bytes)):
-                value = json.loads(value)
-            values[k] = dict(value or {})
-        values["kind"] = KINDS.get(values.get("kind"), values.get("kind"))
-        return cls(**values)
-
-    def to_row(self) -> dict:
-        """The dict the ``runs`` table holds (``kind`` as stored), as ``Store.get_run`` returns it."""
-        row = {f.name: getattr(self, f.name) for f in fields(self)}
-        row["kind"] = KIND_COLUMN.get(self.kind, self.kind)
-        return row
-
-    # ------------------------------------------------------------------ what ran
-
-    @property
-    def is_finetune(self) -> bool:
-        return self.kind == "finetune"
-
-    @property
-    def is_grid(self) -> bool:
-        return self.kind == "grid"
-
-    @property
-    def done(self) -> bool:
-        return self.status == "done"
-
-    @property
-    def protocol(self) -> Protocol:
-        """Split, test size, negatives, ratio, seed and weights; the declared defaults where a stored config
-        lacks one. A stored value now out of bounds is kept as it is (logged), for display."""
-        try:
-            return Protocol.from_config(self.config, split=self.split, seed=self.seed)
-        except ValueError as exc:
-            log.warning("run %s: protocol out of today's bounds (%s); shown as stored", self.id, exc)
-            return unchecked(**{"split": self.split, "seed": self.seed,
-                                **{k: v for k, v in self.config.items() if k in Protocol.names() and v is not None}})
-
-    @property
-    def weights(self) -> str:
-        return self.protocol.weights
-
-    @property
-    def mode(self) -> str | None:
-        """A fine-tune run's mode ("siamese" or "head"); None for a grid cell."""
-        return self.config.get("mode") if self.is_finetune else None
-
-    @property
-    def loss(self) -> str | None:
-        """A Siamese run's loss ("contrastive", "triplet"); None otherwise."""
-        return self.config.get("loss") if self.mode == "siamese" else None
-
-    @property
-    def head_merge(self) -> str | None:
-        """The merge a fine-tuned head trains on; None otherwise."""
-        return self.config.get("merge") if self.mode == "head" else None
-
-    @property
-    def method(self) -> str:
-        """How pairs were scored: 'dot + xgboost' for a grid cell, 'siamese, contrastive loss' or
-        'head on dot' for a fine-tune run, with its augmentation and unfrozen layers."""
-        if not self.mode:
-            return f"{self.merge} + {self.classifier}"
-        base = f"siamese, {self.loss} loss" if self.mode == "siamese" else f"head on {self.head_merge}"
-        extras = (["augmented"] if self.config.get("augment") else []) + (
-            [f"top {self.config['unfreeze']} layers trained"] if self.config.get("unfreeze") else [])
-        return base + "".join(f", {e}" for e in extras)
-
-    @property
-    def label(self) -> str:
-        """One line naming the run, e.g. 'resnet50 + dot + xgboost' or 'fine-tune of resnet50: siamese, ...'."""
-        if self.is_finetune:
-            return f"fine-tune of {self.backbone}: {self.method}"
-        return f"{self.backbone} + {self.merge} + {self.classifier}"
-
-    @property
-    def seconds(self) -> float | None:
-        return self.timings.get("total")
-
+ACTIVE_JOBS = ("queued", "running")
+INTERRUPTED = "interrupted (process ended)"  # the error of a run whose process ended while it ran
+REAP_INTERVAL = 3.0  # seconds between two looks for orphaned runs by the readers of one store
+MIN_FREE_BYTES = 16 * 2**20  # below this much free disk, work is not started
+_LAST_REAP: dict[str, float] = {}  # store path -> when its orphaned runs were last looked for (monotonic)
 
 
 def new_id(prefix: str = "") -> str:
@@ -235,20 +67,45 @@ class Store:
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else cache_dir() / "simlab.db"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise store_error(self.path, exc) or exc from exc
         with self._connect() as db:
             migrate(db, self.path)
 
     @contextlib.contextmanager
     def _connect(self):
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        """A connection; a full disk or an unwritable file raises :class:`StoreError` (one line)."""
+        try:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) or exc from exc
         db.row_factory = sqlite3.Row
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=60000")
             yield db
+        except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+            raise store_error(self.path, exc) or exc from exc
         finally:
             db.close()
+
+    def check_writable(self, min_free: int = MIN_FREE_BYTES) -> None:
+        """Raise :class:`StoreError` (:class:`StoreFull` for a full disk) unless the store can be written now.
+
+        Called before any work starts, so nothing is computed only to be lost. A real write is tried
+        (file permissions say nothing to root, and a read-only mount says it only on a write).
+        """
+        free = free_bytes(self.path.parent)
+        if free is not None and free < min_free:
+            raise StoreFull(f"{self.path}: the disk is full ({free // 2**20} MiB free, {min_free // 2**20} MiB "
+                            f"needed). Free space on {self.path.parent} or set SIMLAB_CACHE to another folder, "
+                            "then run again.")
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(f"PRAGMA user_version = {schema_version(db)}")
+            db.execute("COMMIT")
 
     @staticmethod
     def _row(row: sqlite3.Row | None) -> dict | None:
@@ -275,12 +132,69 @@ class Store:
 
     # runs ---------------------------------------------------------------------------------------
     def add_run(self, **fields) -> str:
+        """Open a run (status "running", owned by this process unless ``owner_*`` are given); returns its id."""
         run_id = fields.pop("id", None) or new_id("r")
-        self._insert("runs", {"id": run_id, "created": time.time(), "status": "running", "kind": "pair", **fields})
+        now = time.time()
+        owner = {"owner_pid": os.getpid(), "owner_started": process_started(), "owner_host": HOST}
+        self._insert("runs", {"id": run_id, "created": now, "status": "running", "kind": "pair", "heartbeat": now,
+                              **owner, **fields})
         return run_id
 
     def update_run(self, run_id: str, **fields) -> None:
-        self._update("runs", run_id, fields)
+        self._update("runs", run_id, {"heartbeat": time.time(), **fields})
+
+    def interrupt_runs(self, reason: str = "interrupted") -> list[str]:
+        """Mark the runs this process still has running as failed with ``reason`` (e.g. on SIGTERM); their ids."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            ids = [r[0] for r in db.execute("SELECT id FROM runs WHERE status = 'running' AND owner_pid = ? AND "
+                                            "owner_host = ?", [os.getpid(), HOST])]
+            db.executemany("UPDATE runs SET status = 'failed', error = ?, finished = ? WHERE id = ?",
+                           [(reason, time.time(), id_) for id_ in ids])
+            db.execute("COMMIT")
+        return ids
+
+    def reap_orphan_runs(self, force: bool = False) -> list[str]:
+        """Mark runs left "running" by a process that has ended (or by a job that has ended) as failed.
+
+        Readers call it, at most once per REAP_INTERVAL per store file unless ``force``; returns the ids
+        it marked. A run owned by another machine is left to that machine's readers.
+        """
+        key, now = str(self.path), time.monotonic()
+        if not force and now - _LAST_REAP.get(key, -REAP_INTERVAL) < REAP_INTERVAL:
+            return []
+        _LAST_REAP[key] = now
+        try:
+            with self._connect() as db:
+                gone = self._orphans(db)
+                if gone:
+                    db.executemany("UPDATE runs SET status = 'failed', error = ?, finished = ? "
+                                   "WHERE id = ? AND status = 'running'", [(why, time.time(), id_)
+                                                                          for id_, why in gone.items()])
+        except StoreError as exc:
+            log.warning("Runs of ended processes not marked failed: %s", exc)
+            return []
+        for run_id, why in gone.items():
+            log.warning("Run %s marked failed: %s", run_id, why)
+        return list(gone)
+
+    @staticmethod
+    def _orphans(db: sqlite3.Connection) -> dict[str, str]:
+        """Running runs whose owner process is gone (or whose job has ended) -> the error to record."""
+        rows = db.execute("SELECT r.id, r.owner_pid, r.owner_started, r.owner_host, j.status AS job_status "
+                          "FROM runs r LEFT JOIN jobs j ON j.id = r.job_id WHERE r.status = 'running'").fetchall()
+        alive: dict[tuple, bool] = {}
+        gone = {}
+        for r in rows:
+            if r["job_status"] is not None and r["job_status"] not in ACTIVE_JOBS:
+                gone[r["id"]] = f"interrupted (its job ended {r['job_status']})"
+            elif r["owner_pid"] and r["owner_host"] in (None, HOST):
+                owner = (r["owner_pid"], r["owner_started"])
+                if owner not in alive:
+                    alive[owner] = owner_process(*owner) is not None
+                if not alive[owner]:
+                    gone[r["id"]] = INTERRUPTED
+        return gone
 
     def finish_run(self, run_id: str, metrics: dict, predictions: pd.DataFrame | None = None, **fields) -> None:
         """Record a run's results in one transaction: its predictions, metrics and status together."""
@@ -292,13 +206,15 @@ class Store:
                 db.executemany(
                     f"INSERT INTO predictions (run_id, {', '.join(cols)}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [(run_id, *row) for row in predictions[cols].itertuples(index=False, name=None)])
-            values = {"metrics": json.dumps(metrics), "status": "done", "finished": time.time(),
+            now = time.time()
+            values = {"metrics": json.dumps(metrics), "status": "done", "finished": now, "heartbeat": now,
                       **{k: json.dumps(v) if k in JSON_COLUMNS else v for k, v in fields.items()}}
             db.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
                        [*values.values(), run_id])
             db.execute("COMMIT")
 
     def get_run(self, run_id: str) -> dict | None:
+        self.reap_orphan_runs()
         with self._connect() as db:
             return self._row(db.execute("SELECT * FROM runs WHERE id = ?", [run_id]).fetchone())
 
@@ -321,6 +237,7 @@ class Store:
             where.append(f"(kind IN ({', '.join('?' * len(stored))}){null})")
             args.extend(stored)
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created DESC"
+        self.reap_orphan_runs()
         with self._connect() as db:
             return [Run.from_row(self._row(r)) for r in db.execute(sql, args).fetchall()]
 
@@ -332,6 +249,7 @@ class Store:
                 where.append(f"{col} = ?")
                 args.append(val)
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created DESC"
+        self.reap_orphan_runs()
         with self._connect() as db:
             return [self._row(r) for r in db.execute(sql, args).fetchall()]
 
@@ -363,8 +281,11 @@ class Store:
         """(step, epoch, name, value) points, e.g. name 'batch_loss', 'loss', 'val_loss', 'val_accuracy'."""
         now = time.time()
         with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
             db.executemany("INSERT INTO curves (run_id, step, epoch, name, value, t) VALUES (?, ?, ?, ?, ?, ?)",
                            [(run_id, s, e, n, float(v), now) for s, e, n, v in points])
+            db.execute("UPDATE runs SET heartbeat = ? WHERE id = ?", [now, run_id])
+            db.execute("COMMIT")
 
     def curves(self, run_id: str) -> pd.DataFrame:
         with self._connect() as db:
@@ -374,9 +295,29 @@ class Store:
     # jobs ---------------------------------------------------------------------------------------------
     def add_job(self, kind: str, params: dict) -> str:
         job_id = new_id("j")
-        self._insert("jobs", {"id": job_id, "kind": kind, "created": time.time(), "status": "queued",
-                              "params": params, "done": 0, "total": 0, "message": "Waiting to start"})
+        self._insert("jobs", self._new_job(job_id, kind, params))
         return job_id
+
+    def add_job_once(self, kind: str, params: dict) -> tuple[str, bool]:
+        """``(id, True)`` of a new queued job, or ``(id, False)`` of the queued or running job (not being
+        cancelled) with the same kind and params (equal as canonical JSON). Atomic across processes."""
+        key = params_key(params)
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT id FROM jobs WHERE kind = ? AND params_key = ? AND status IN ('queued', "
+                             "'running') AND COALESCE(cancel, 0) = 0 ORDER BY created LIMIT 1", [kind, key]).fetchone()
+            if row is None:
+                values = self._new_job(new_id("j"), kind, params)
+                values["params"] = json.dumps(values["params"])
+                db.execute(f"INSERT INTO jobs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                           list(values.values()))
+            db.execute("COMMIT")
+        return (row["id"], False) if row is not None else (values["id"], True)
+
+    @staticmethod
+    def _new_job(job_id: str, kind: str, params: dict) -> dict:
+        return {"id": job_id, "kind": kind, "created": time.time(), "status": "queued", "params": params,
+                "params_key": params_key(params), "done": 0, "total": 0, "message": "Waiting to start"}
 
     def update_job(self, job_id: str, **fields) -> None:
         self._update("jobs", job_id, fields)
