@@ -2,8 +2,8 @@
 
 Runs the real app (``streamlit.testing.v1.AppTest.from_file("app.py")``) in-process, on the
 benchmarks' isolated cache: the Holidays-shaped dataset and the run store that grid.py fills
-(if that store holds no grid yet, this script runs it first). Each page listed in app.py whose
-file exists is opened by switching to it, ``--warm`` times more after its first (cold) render;
+(if that store holds no grid yet, this script runs it first). Each page listed in app.py is opened
+by switching to it, ``--warm`` times more after its first (cold) render;
 the table shows the cold time, the median and worst warm time, and any exception a page raised.
 
     .venv/bin/python benchmarks/pages.py [--warm 3] [--json]
@@ -32,9 +32,8 @@ APP = REPO_ROOT / "app.py"
 
 
 def app_pages() -> list[str]:
-    """Page files app.py lists that exist now, in navigation order (the set changes as pages land)."""
-    listed = re.findall(r"""["'](pages/[\w-]+\.py)["']""", APP.read_text())
-    return [p for p in dict.fromkeys(listed) if (REPO_ROOT / p).exists()]
+    """Page files app.py lists, in navigation order."""
+    return list(dict.fromkeys(re.findall(r"""["'](pages/[\w-]+\.py)["']""", APP.read_text())))
 
 
 def ensure_grid(quick: bool) -> int:
@@ -42,14 +41,14 @@ def ensure_grid(quick: bool) -> int:
     from simlab.store import Store
 
     store = Store()
-    done = [r for r in store.runs(status="done")]
+    done = store.list_runs(status="done")
     if not done:
         from benchmarks import grid
 
         log("the benchmark store holds no grid yet: running benchmarks/grid.py first"
             + (" (quick: cosine, gnb, logreg)" if quick else ""))
         grid.run(classifiers=["cosine", "gnb", "logreg"] if quick else None, fresh_store=False)
-        done = store.runs(status="done")
+        done = store.list_runs(status="done")
     return len(done)
 
 

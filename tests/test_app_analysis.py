@@ -23,7 +23,7 @@ from streamlit.testing.v1 import AppTest
 from helpers import simlab_cache_at, write_group_folder
 from simlab.experiment import GridConfig, run_grid
 from simlab.reference import STUDY_BACKBONES, STUDY_CLASSIFIERS, STUDY_MERGES, published_accuracies
-from simlab.store import Store
+from simlab.store import Run, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -83,14 +83,14 @@ def shown_range(at: AppTest) -> tuple[int, int]:
     raise AssertionError("no 'Showing pairs' caption")
 
 
-def study_runs(store: Store, base_run: dict, split: str, shift: float) -> None:
+def study_runs(store: Store, base_run: Run, split: str, shift: float) -> None:
     """Runs of the 2017 grid recorded in the store (test data: the published numbers, shifted)."""
-    preds = store.predictions(base_run["id"])
+    preds = store.predictions(base_run.id)
     for r in published_accuracies().itertuples():
         acc = r.accuracy + shift
-        config = dict(base_run["config"], backbones=[r.backbone], merges=[r.merge], classifiers=[r.classifier],
+        config = dict(base_run.config, backbones=[r.backbone], merges=[r.merge], classifiers=[r.classifier],
                       split=split, negatives="same_left", weights="imagenet")
-        run_id = store.add_run(dataset=base_run["dataset"], fingerprint=base_run["fingerprint"],
+        run_id = store.add_run(dataset=base_run.dataset, fingerprint=base_run.fingerprint,
                                backbone=r.backbone, merge=r.merge, classifier=r.classifier, split=split, seed=0,
                                config=config)
         store.finish_run(run_id, {"accuracy": acc, "accuracy_lo": acc - 0.02, "accuracy_hi": acc + 0.02,
@@ -162,7 +162,7 @@ def test_compare_sets_runs_beside_the_2017_study(lab, tmp_path, monkeypatch):
     monkeypatch.setenv("SIMLAB_CACHE", str(cache))
     monkeypatch.setenv("SIMLAB_DATASET", lab["spec"])
     store = Store(cache / "simlab.db")
-    base = store.get_run(lab["runs"][0]["run_id"])
+    base = store.get(lab["runs"][0]["run_id"])
     study_runs(store, base, "pair", +0.01)
     study_runs(store, base, "group", -0.05)
     at = open_page("pages/compare.py")
@@ -294,7 +294,7 @@ def test_train_runs_a_grid_in_the_background_and_fills_the_table(lab, tmp_path, 
     table = at.dataframe[0].value
     assert list(table["status"]) == ["done", "done"]
     assert table["accuracy"].between(0, 1).all()
-    assert set(table["id"]) == {r["id"] for r in store.runs() if r.get("job_id") == job_id}
+    assert set(table["id"]) == {r.id for r in store.list_runs() if r.job_id == job_id}
 
 
 # --------------------------------------------------------------------------- a real browser

@@ -97,11 +97,12 @@ def page(app_url):
         pg = context.new_page()
         pg.set_default_timeout(PAGE_TIMEOUT)
         # A deep link as the server's very first visit still goes through app.py's navigation
-        # (not Streamlit's legacy pages/ folder mode, which would list app, common, ... as pages).
+        # (not Streamlit's legacy pages/ folder mode, which would list the files app, compare, ... as pages).
         pg.goto(f"{app_url}/runs")
         pg.wait_for_selector('h1:has-text("Runs")', timeout=PAGE_TIMEOUT)
         nav = pg.locator('[data-testid="stSidebarNav"]').inner_text()
         assert "Home" in nav and "Vectorize" in nav and "common" not in nav, nav
+        assert "compare" not in nav and "_ui" not in nav, nav
         pg.goto(app_url)
         yield pg
         context.close()
