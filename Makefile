@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8501
+HOST ?= 127.0.0.1
 
 .PHONY: run lint test clean-cache
 
@@ -20,7 +21,10 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 	touch $@
 
 run: $(VENV)/.installed
-	SIMLAB_DATASET=demo $(BIN)/streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
+	@case "$(HOST)" in 127.0.0.1|localhost|::1) ;; *) [ -n "$$SIMLAB_PASSWORD" ] || { \
+	  echo "make run HOST=$(HOST) serves simlab to other machines: set SIMLAB_PASSWORD first." >&2; exit 2; } ;; esac
+	SIMLAB_DATASET=demo $(BIN)/streamlit run app.py --server.address $(HOST) --server.port $(PORT) \
+	  --browser.gatherUsageStats false
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from pages._ui.auth import require_access
 from pages._ui.device import device_badge
 from pages._ui.state import current_dataset_spec, known_dataset_specs, set_dataset_spec
 
@@ -50,6 +51,7 @@ def sidebar() -> None:
 
 
 st.set_page_config(page_title="simlab", page_icon="🔍", layout="wide")
+require_access()
 page = navigation()
 sidebar()
 page.run()

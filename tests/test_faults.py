@@ -136,3 +136,61 @@ def test_a_zero_stride_tensor_in_a_tiny_checkpoint_is_refused(tmp_path):
     assert path.stat().st_size < 2048
     with pytest.raises(LegacyFormatError, match="larger than its storage"):
         load_legacy_state_dict(path)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_app_listens_on_loopback_only_by_default(tmp_cache):
+    """The real server, started as `make run` starts it (the repo's .streamlit/config.toml), binds 127.0.0.1."""
+    import time
+
+    import psutil
+
+    port = _free_port()
+    streamlit = str(Path(sys.executable).parent / "streamlit")
+    proc = subprocess.Popen([streamlit, "run", "app.py", "--server.port", str(port),
+                             "--server.headless", "true"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "SIMLAB_CACHE": str(tmp_cache)})
+    try:
+        listening = []
+        deadline = time.time() + 120
+        while not listening and time.time() < deadline:
+            time.sleep(0.5)
+            listening = [c.laddr for c in psutil.Process(proc.pid).net_connections(kind="inet")
+                         if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+        assert listening, "the server never listened"
+        assert {a.ip for a in listening} == {"127.0.0.1"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_exposed_without_a_password_refuses_and_with_one_asks_for_it(monkeypatch, tmp_cache):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.delenv("SIMLAB_PASSWORD", raising=False)
+    st.config.set_option("server.address", "0.0.0.0")
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+        assert not at.exception
+        assert "no password is set" in at.error[0].value and not at.text_input
+
+        monkeypatch.setenv("SIMLAB_PASSWORD", "s3cret")
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+        assert at.text_input[0].label == "Password"
+        at.text_input[0].input("wrong")
+        at.button[0].click().run()
+        assert "Wrong password." in [e.value for e in at.error]
+        at.text_input[0].input("s3cret")
+        at.button[0].click().run()
+        assert not at.text_input or at.text_input[0].label != "Password"
+        assert not at.error
+    finally:
+        st.config.set_option("server.address", "127.0.0.1")
