@@ -24,8 +24,11 @@ import os  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
 
-from benchmarks._common import (  # noqa: E402
-    REPO_ROOT, emit, log, machine, make_holidays, median, table, use_bench_cache, verdict)
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from benchmarks import grid  # noqa: E402
+from benchmarks._common import REPO_ROOT, emit, log, machine, make_holidays, median, table, use_bench_cache, verdict  # noqa: E402
+from simlab.store import Store  # noqa: E402
 
 GOAL_S = 1.0
 APP = REPO_ROOT / "app.py"
@@ -38,13 +41,9 @@ def app_pages() -> list[str]:
 
 def ensure_grid(quick: bool) -> int:
     """The store's finished runs; runs the benchmark grid first when the store holds none."""
-    from simlab.store import Store
-
     store = Store()
     done = store.list_runs(status="done")
     if not done:
-        from benchmarks import grid
-
         log("the benchmark store holds no grid yet: running benchmarks/grid.py first"
             + (" (quick: cosine, gnb, logreg)" if quick else ""))
         grid.run(classifiers=["cosine", "gnb", "logreg"] if quick else None, fresh_store=False)
@@ -79,8 +78,6 @@ def main(argv=None) -> dict:
     spec = f"holidays:{make_holidays()}"
     os.environ["SIMLAB_DATASET"] = spec  # the app's default dataset: the one the grid ran on
     n_runs = ensure_grid(args.quick_grid)
-    from streamlit.testing.v1 import AppTest
-
     pages = app_pages()
     log(f"pages benchmark: {len(pages)} pages, store with {n_runs} runs, dataset {spec}")
     os.chdir(REPO_ROOT)  # app.py resolves pages/ from its own folder; AppTest from the cwd too
@@ -92,13 +89,14 @@ def main(argv=None) -> dict:
         errors = _errors(at)
         warm = [_render(at, page, args.timeout) for _ in range(args.warm)]
         errors = list(dict.fromkeys(errors + _errors(at)))
-        rows.append({"page": page, "elements": len(list(at.main)), "cold_s": round(cold, 3), "warm_median_s": round(median(warm), 3),
-                     "warm_max_s": round(max(warm), 3),
+        rows.append({"page": page, "elements": len(list(at.main)), "cold_s": round(cold, 3),
+                     "warm_median_s": round(median(warm), 3), "warm_max_s": round(max(warm), 3),
                      "verdict": "ERROR" if errors else verdict(median(warm) < GOAL_S),
                      "errors": "; ".join(errors)[:160] or "-"})
         log(f"  {page}: cold {cold:.2f} s, warm {median(warm):.2f} s" + (f"  [{errors[0][:100]}]" if errors else ""))
     out = {"benchmark": "pages", "dataset": spec, "runs_in_store": n_runs, "first_run_s": round(t_start, 2),
-           "pages": rows, "goal_s": GOAL_S, "goal_met": all(r["warm_median_s"] < GOAL_S and r["errors"] == "-" for r in rows),
+           "pages": rows, "goal_s": GOAL_S,
+           "goal_met": all(r["warm_median_s"] < GOAL_S and r["errors"] == "-" for r in rows),
            "machine": machine()}
     text = (f"Pages: warm render (median of {args.warm}) per page, store with {n_runs} runs "
             f"({out['machine']['device']}, load {out['machine'].get('load_avg')}); "

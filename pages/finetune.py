@@ -169,7 +169,8 @@ def curves_figure(runs: list[Run]) -> go.Figure:
         if len(batch):
             fig.add_trace(go.Scatter(x=_fractional_epochs(batch, per_epoch), y=batch.value, mode="lines",
                                      line=dict(width=1, color=color), opacity=0.35, name=name, legendgroup=run.id,
-                                     showlegend=False, hovertemplate="batch %{customdata}<br>loss %{y:.4f}<extra></extra>",
+                                     showlegend=False,
+                                     hovertemplate="batch %{customdata}<br>loss %{y:.4f}<extra></extra>",
                                      customdata=batch.step), row=1, col=1)
         first = True
         for metric, col in (("loss", 1), ("val_loss", 1), ("accuracy", 2), ("val_accuracy", 2)):

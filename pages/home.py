@@ -21,18 +21,16 @@ st.markdown(
     "or wrong. It reproduces, and outdoes, a 2017 transfer-learning study on the INRIA Holidays photos.")
 
 left, right = st.columns(2)
-with left:
-    with st.container(border=True):
-        st.caption("Current dataset")
-        st.markdown(f"**{escape_md(current_dataset_spec())}**")
-        st.caption("Every page works on this dataset; pick another in the sidebar.")
-        page_link("pages/data.py", "Browse or change it on the Data page", icon=":material/photo_library:")
-with right:
-    with st.container(border=True):
-        st.caption("Device")
-        text = device_text(wait=0.5)
-        st.markdown(f"**{escape_md(text or 'detecting…')}**")
-        st.caption("Vectorising uses the GPU when there is one; everything also runs on the CPU.")
+with left, st.container(border=True):
+    st.caption("Current dataset")
+    st.markdown(f"**{escape_md(current_dataset_spec())}**")
+    st.caption("Every page works on this dataset; pick another in the sidebar.")
+    page_link("pages/data.py", "Browse or change it on the Data page", icon=":material/photo_library:")
+with right, st.container(border=True):
+    st.caption("Device")
+    text = device_text(wait=0.5)
+    st.markdown(f"**{escape_md(text or 'detecting…')}**")
+    st.caption("Vectorising uses the GPU when there is one; everything also runs on the CPU.")
 
 # --------------------------------------------------------------------------- how it works
 
@@ -94,7 +92,8 @@ if demo is not None:
 st.subheader("Latest results")
 frame = runs_frame()
 if frame.empty:
-    st.info("No results yet. Run the demo above, or set up your own grid on the Train page.", icon=":material/arrow_forward:")
+    st.info("No results yet. Run the demo above, or set up your own grid on the Train page.",
+            icon=":material/arrow_forward:")
 else:
     spec = current_dataset_spec()
     mine = frame[frame["dataset"] == spec]

@@ -33,7 +33,8 @@ st.caption("Everything simlab has computed: background jobs (vectorising, grids,
 st.subheader("Jobs")
 all_jobs = jobs.list_jobs(store_path())
 if not all_jobs:
-    st.info("No jobs yet. Start one from the Home page (the demo), Vectorize or Train.", icon=":material/arrow_forward:")
+    st.info("No jobs yet. Start one from the Home page (the demo), Vectorize or Train.",
+            icon=":material/arrow_forward:")
 else:
     active = [j for j in all_jobs if j["status"] in jobs.ACTIVE]
     for job in active:
@@ -77,7 +78,8 @@ else:
 st.subheader("Runs")
 runs = cached_runs()
 if not runs:
-    st.info("No runs yet. Run the demo on the Home page, or set up a grid on the Train page.", icon=":material/arrow_forward:")
+    st.info("No runs yet. Run the demo on the Home page, or set up a grid on the Train page.",
+            icon=":material/arrow_forward:")
     page_link("pages/home.py", "Home: run the demo", icon=":material/home:")
     st.stop()
 
@@ -145,7 +147,8 @@ with a1:
                  if configs else "Only pair-classifier runs can be re-run from here."):
         for config in configs:
             start_job("grid", config)
-        st.toast(f"Started {len(configs)} job(s); progress is shown at the top of this page.", icon=":material/autorenew:")
+        st.toast(f"Started {len(configs)} job(s); progress is shown at the top of this page.",
+                 icon=":material/autorenew:")
         st.rerun()
 with a2:
     confirm_key = "confirm_delete_runs"

@@ -240,8 +240,8 @@ def presets() -> None:
         note = st.session_state.pop("_train_preset_note", None)
         if note == "pair":
             st.success("Filled with the 2017 study's protocol: 5 backbones × dot, l1, l2 × 4 classifiers on the pair "
-                       "split (30% test, negatives sharing the left image, the libraries' default classifier settings). "
-                       "Check the dataset, then press Start.",
+                       "split (30% test, negatives sharing the left image, the libraries' default classifier "
+                       "settings). Check the dataset, then press Start.",
                        icon=":material/history_edu:")
         elif note == "group":
             st.success("Filled with the study's grid on the group split: whole scenes held out, the honest "

@@ -125,7 +125,8 @@ st.dataframe(sets[["backbone", "weights", "images", "dim", "mb", "this dataset",
 st.subheader("Embedding map")
 mine = sets[sets["this dataset"]].reset_index(drop=True)
 if mine.empty:
-    st.info(f"No vectors for the current dataset ({current_dataset_spec()}) yet: vectorize it above.", icon=":material/arrow_forward:")
+    st.info(f"No vectors for the current dataset ({current_dataset_spec()}) yet: vectorize it above.",
+            icon=":material/arrow_forward:")
     st.stop()
 c1, c2 = st.columns([3, 2])
 with c1:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +38,5 @@ def write_group_folder(root: Path, n_groups: int = 8, per_group: int = 3, size: 
 
 def pid_after(seconds: float) -> int:
     """Sleep, then say which process did (run in pool workers, to see how many are alive)."""
-    import os
-    import time
-
     time.sleep(seconds)
     return os.getpid()

@@ -312,36 +312,35 @@ def test_clicking_a_heatmap_square_opens_that_run_on_inspect(with_runs):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    log = open(with_runs["cache"].parent / "streamlit.log", "wb")  # read it when this test fails
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", APP, "--server.headless", "true",
-                               "--server.port", str(port), "--server.fileWatcherType", "none",
-                               "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1200})
-            for _ in range(60):
-                try:
-                    page.goto(f"http://localhost:{port}/")
-                    break
-                except Exception:
-                    time.sleep(0.5)
-            page.get_by_text("Explore", exact=True).wait_for(timeout=90_000)  # app.py's navigation is up
-            page.goto(f"http://localhost:{port}/compare")
-            plot = page.locator(".js-plotly-plot").first
-            plot.wait_for(timeout=90_000)
-            point = plot.locator("g.trace.scatter").nth(1).locator("path.point").first
-            box = point.bounding_box()
-            page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            page.wait_for_url(re.compile(r".*/inspect\?run=r[0-9a-f]+"), timeout=60_000)
-            run_id = page.url.split("run=")[1]
-            assert run_id in {r["run_id"] for r in with_runs["runs"]}
-            page.get_by_text("Showing pairs").wait_for(timeout=60_000)
-            browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+    with open(with_runs["cache"].parent / "streamlit.log", "wb") as log:  # read it when this test fails
+        server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", APP, "--server.headless", "true",
+                                   "--server.port", str(port), "--server.fileWatcherType", "none",
+                                   "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run"])
+                page = browser.new_page(viewport={"width": 1400, "height": 1200})
+                for _ in range(60):
+                    try:
+                        page.goto(f"http://localhost:{port}/")
+                        break
+                    except Exception:
+                        time.sleep(0.5)
+                page.get_by_text("Explore", exact=True).wait_for(timeout=90_000)  # app.py's navigation is up
+                page.goto(f"http://localhost:{port}/compare")
+                plot = page.locator(".js-plotly-plot").first
+                plot.wait_for(timeout=90_000)
+                point = plot.locator("g.trace.scatter").nth(1).locator("path.point").first
+                box = point.bounding_box()
+                page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+                page.wait_for_url(re.compile(r".*/inspect\?run=r[0-9a-f]+"), timeout=60_000)
+                run_id = page.url.split("run=")[1]
+                assert run_id in {r["run_id"] for r in with_runs["runs"]}
+                page.get_by_text("Showing pairs").wait_for(timeout=60_000)
+                browser.close()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)

@@ -17,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 from helpers import simlab_cache_at
 from pages._ui import legacy_pages
 from simlab import jobs
+from simlab.experiment import GridConfig, run_grid
 from simlab.paths import REPO_ROOT
 from simlab.store import Store
 
@@ -50,8 +51,6 @@ def cache_with_runs(tmp_path_factory, dataset_spec) -> Path:
     """A cache whose store holds a small grid of finished runs (random weights: seconds)."""
     cache = tmp_path_factory.mktemp("cache_with_runs")
     with simlab_cache_at(cache):
-        from simlab.experiment import GridConfig, run_grid
-
         config = GridConfig(dataset=dataset_spec, merges=["dot", "l1"], classifiers=["cosine", "logreg"],
                             weights="random")
         assert len(list(run_grid(config, Store()))) == 4

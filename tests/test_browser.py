@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from simlab import jobs
 from simlab.paths import REPO_ROOT
+from simlab.store import Store
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -55,37 +57,34 @@ def app_url(tmp_path_factory):
     port = free_port()
     env = dict(os.environ, SIMLAB_CACHE=str(cache), SIMLAB_DATASET="demo", PYTHONPATH=str(REPO_ROOT),
                TF_CPP_MIN_LOG_LEVEL="2")
-    log = open(cache / "streamlit.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START
-    try:
-        while True:
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start:\n{(cache / 'streamlit.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        from simlab import jobs
-        from simlab.store import Store
-
-        for job in Store(cache / "simlab.db").jobs():  # never leave a worker behind
-            if job["status"] in jobs.ACTIVE and job.get("pid"):
-                with contextlib.suppress(OSError):
-                    os.killpg(job["pid"], signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            os.killpg(server.pid, signal.SIGTERM)
+    with open(cache / "streamlit.log", "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+             "--server.fileWatcherType", "none"],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + SERVER_START
         try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
+            while True:
+                with contextlib.suppress(OSError):
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                        break
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"streamlit did not start:\n{(cache / 'streamlit.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            for job in Store(cache / "simlab.db").jobs():  # never leave a worker behind
+                if job["status"] in jobs.ACTIVE and job.get("pid"):
+                    with contextlib.suppress(OSError):
+                        os.killpg(job["pid"], signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,7 @@ import pytest
 from PIL import Image
 
 from helpers import simlab_cache_at
-from simlab.data import DATASET_KINDS, file_digest, load_dataset
-from simlab.data import demo
+from simlab.data import DATASET_KINDS, demo, file_digest, load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -30,7 +30,8 @@ def load_dataset_cached(spec: str, show_error: bool = True):
             return _load_dataset(spec, str(cache_dir()))
     except DatasetError as exc:
         if show_error:
-            st.error(f"Could not load the dataset **{escape_md(spec)}**: {escape_md(str(exc))}", icon=":material/folder_off:")
+            st.error(f"Could not load the dataset **{escape_md(spec)}**: {escape_md(str(exc))}",
+                     icon=":material/folder_off:")
     except Exception as exc:  # anything else: a short message, never a raw traceback
         log.warning("loading the dataset %s failed", spec, exc_info=True)
         if show_error:

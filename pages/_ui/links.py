@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import streamlit as st
 from streamlit.errors import StreamlitAPIException, StreamlitPageNotFoundError
 
@@ -9,10 +11,8 @@ from streamlit.errors import StreamlitAPIException, StreamlitPageNotFoundError
 def page_link(page: str, label: str, icon: str | None = None, query_params: dict | None = None) -> None:
     """st.page_link to a page (e.g. 'pages/compare.py'); nothing when the page is not in the navigation
     (a page file run alone, as the page tests do)."""
-    try:
+    with contextlib.suppress(StreamlitAPIException, StreamlitPageNotFoundError):
         st.page_link(page, label=label, icon=icon, query_params=query_params)
-    except (StreamlitAPIException, StreamlitPageNotFoundError):
-        pass
 
 
 def no_runs_yet() -> None:
