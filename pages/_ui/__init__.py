@@ -1,8 +1,9 @@
 """What the pages share, one small module each (pages import from these modules, never the reverse):
 
     legacy_pages   leave Streamlit's legacy pages/ folder mode (runs on import of this package)
+    auth           who may use the app (a password when it is served beyond this machine)
     state          the session's current dataset and its recent ones
-    store          the run store and the cached list of runs
+    store          the run store and its runs as typed records (cached for 2 s)
     datasets       loading the current dataset (cached), and the guard of pages that need one
     vector_sets    the cached vector sets of a dataset, read through simlab's vector cache
     job_panel      starting a background job and its live panel (progress, Cancel, outcome)
