@@ -121,3 +121,24 @@ def test_a_killed_write_leaves_no_partial_file(cache, fingerprint):
     assert not vc.has("new")
     assert [s["fingerprint"] for s in cached_sets()] == ["fp"]
     assert set(vc.bank(digests(4))) == set(digests(4))
+
+
+def test_parts_are_banked_not_listed_and_go_with_the_full_set(cache):
+    """A vectorisation in progress keeps parts of a set: the bank finds their vectors, the listing
+    does not show them, an unreadable part is skipped, and writing the full set removes them."""
+    vc = VectorCache(BACKBONE, "random")
+    rows = np.random.default_rng(1).normal(size=(6, 8)).astype(np.float32)
+    first = vc.write_part("fp", rows[:3], digests(3))
+    second = vc.write_part("fp", rows[3:5], digests(6)[3:5], bad={digests(6)[5]: "not an image"})
+    assert first != second and {first.name, second.name} <= {f.name for f in vc.folder.iterdir()}
+    assert first.name.startswith("fp.part-") and not vc.has("fp") and cached_sets() == []
+    kept = vc.parts("fp")
+    assert sorted(kept.digests) == digests(5) and kept.bad == {digests(6)[5]: "not an image"}
+    np.testing.assert_array_equal(vc.bank(digests(6))[digests(6)[4]], rows[4])
+    other = vc.write_part("other", rows[:1], ["aaaa"])
+    (vc.folder / "fp.part-torn.npz").write_bytes(b"PK torn")
+    assert sorted(vc.parts("fp").digests) == digests(5)  # the torn part skipped
+    vc.write("fp", rows[:5], digests(5), bad={digests(6)[5]: "not an image"})
+    assert sorted(f.name for f in vc.folder.iterdir()) == ["fp.npz", other.name]  # another set's part stays
+    assert [s["fingerprint"] for s in cached_sets()] == ["fp"]
+    assert vc.parts("fp").digests == [] and vc.parts("fp").vectors.shape == (0, 1280)

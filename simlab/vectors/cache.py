@@ -8,6 +8,12 @@ dataset fingerprint with three arrays:
 - ``digests``: the ``N`` images' content digests, row for row;
 - ``bad``: a JSON object ``{digest: reason}`` for the images that could not be vectorised.
 
+A vectorisation in progress keeps its finished batches as *part* files beside the set,
+``<fingerprint>.part-<digest>.npz`` (same three arrays, a few images each; the digest is of the
+part's image digests): :meth:`VectorCache.bank` reads them like any set, so a run killed half-way
+computes only the rest when started again. Writing the full set removes its parts; parts are never
+listed as sets.
+
 Everyone else goes through :class:`VectorCache` (or :func:`cached_sets` / :func:`read_path` for
 what is listed). Files are written atomically, and a file that does not hold what it should
 raises :class:`CorruptCache`: the caller treats it as a miss and computes the vectors again.
@@ -31,6 +37,7 @@ log = logging.getLogger(__name__)
 
 PIPELINE_VERSION = "1"  # bump when decoding or resizing changes: it keys the cache
 FITS = ("crop", "pad")
+PART = ".part-"  # between a fingerprint and a part's digest in a part file's name
 
 
 class CorruptCache(ValueError):
@@ -86,16 +93,37 @@ class VectorCache:
         return read_path(self.path(fingerprint))
 
     def write(self, fingerprint: str, vectors: np.ndarray, digests, bad: dict[str, str] | None = None) -> Path:
-        """Store a set (atomically: a killed process leaves no partial file under its name)."""
-        vectors = np.asarray(vectors)
-        digests = [str(d) for d in digests]
-        if vectors.ndim != 2 or len(vectors) != len(digests):
-            raise ValueError(f"{len(digests)} digests for vectors of shape {vectors.shape}")
-        target = self.path(fingerprint)
-        with atomic_path(target, suffix=".npz") as tmp:
-            np.savez(tmp, vectors=vectors.astype(np.float32, copy=False), digests=np.array(digests),
-                     bad=json.dumps(dict(bad or {})))
+        """Store a set (atomically: a killed process leaves no partial file under its name), then
+        remove the parts a vectorisation of this fingerprint kept on its way (they are in the set)."""
+        target = _save(self.path(fingerprint), vectors, digests, bad)
+        for part in self._part_files(fingerprint):
+            part.unlink(missing_ok=True)
         return target
+
+    def write_part(self, fingerprint: str, vectors: np.ndarray, digests, bad: dict[str, str] | None = None) -> Path:
+        """Keep some finished vectors of a set still being computed (atomically, one file per part)."""
+        digests = [str(d) for d in digests]
+        name = hashlib.blake2b("\n".join([*digests, *sorted(bad or {})]).encode(), digest_size=8).hexdigest()
+        return _save(self.folder / f"{fingerprint}{PART}{name}.npz", vectors, digests, bad)
+
+    def parts(self, fingerprint: str) -> CachedVectors:
+        """What the parts kept for this fingerprint hold, together (unreadable parts skipped)."""
+        vectors, digests, bad = [], [], {}
+        for f in self._part_files(fingerprint):
+            try:
+                part = read_path(f)
+            except (OSError, CorruptCache) as exc:  # computed again, never fatal
+                log.warning("Skipping the unreadable vector cache part %s: %s", f, exc)
+                continue
+            vectors.append(part.vectors)
+            digests.extend(part.digests)
+            bad.update(part.bad)
+        dim = vectors[0].shape[1] if vectors else get_backbone(self.backbone).dim
+        return CachedVectors(np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32), digests, bad)
+
+    def _part_files(self, fingerprint: str) -> list[Path]:
+        prefix = f"{fingerprint}{PART}"
+        return sorted(f for f in _set_files(self.folder) if f.name.startswith(prefix))
 
     def bank(self, wanted) -> dict[str, np.ndarray]:
         """Vectors for the wanted digests found in any cached set of this configuration."""
@@ -133,9 +161,21 @@ def read_path(path: str | Path) -> CachedVectors:
     return CachedVectors(vectors, [str(d) for d in digests], bad)
 
 
-def _set_files(folder: Path) -> list[Path]:
-    """The set files in a configuration's folder (not the ``.NAME.*`` temp file of a write in progress)."""
-    return [f for f in folder.glob("*.npz") if not f.name.startswith(".")]
+def _save(target: Path, vectors: np.ndarray, digests, bad: dict[str, str] | None) -> Path:
+    vectors = np.asarray(vectors)
+    digests = [str(d) for d in digests]
+    if vectors.ndim != 2 or len(vectors) != len(digests):
+        raise ValueError(f"{len(digests)} digests for vectors of shape {vectors.shape}")
+    with atomic_path(target, suffix=".npz") as tmp:
+        np.savez(tmp, vectors=vectors.astype(np.float32, copy=False), digests=np.array(digests),
+                 bad=json.dumps(dict(bad or {})))
+    return target
+
+
+def _set_files(folder: Path, parts: bool = True) -> list[Path]:
+    """The files in a configuration's folder: sets, and parts unless ``parts=False`` (never the
+    ``.NAME.*`` temp file of a write in progress)."""
+    return [f for f in folder.glob("*.npz") if not f.name.startswith(".") and (parts or PART not in f.name)]
 
 
 def _npz_shape(f: Path, name: str = "vectors") -> tuple[int, ...]:
@@ -153,7 +193,7 @@ def _npz_shape(f: Path, name: str = "vectors") -> tuple[int, ...]:
 def cached_sets() -> list[dict]:
     """Every cached vector set: backbone configuration, dataset fingerprint, count, dim, size on disk."""
     out = []
-    files = [f for folder in cache_dir("vectors").iterdir() if folder.is_dir() for f in _set_files(folder)]
+    files = [f for folder in cache_dir("vectors").iterdir() if folder.is_dir() for f in _set_files(folder, parts=False)]
     for f in sorted(files):
         try:
             n, d = _npz_shape(f)
