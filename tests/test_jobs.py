@@ -54,10 +54,11 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("SIMLAB_CACHE", str(tmp_path / "cache"))
     s = Store()
     yield s
-    for job in s.jobs():  # never leave a worker behind
-        if job["status"] in jobs.ACTIVE and job.get("pid"):
+    for job in s.jobs():  # never leave a worker behind (only a process identified as its worker)
+        worker, _ = reaper.worker_of(job)
+        if job["status"] in jobs.ACTIVE and worker is not None:
             with contextlib.suppress(OSError):
-                os.killpg(job["pid"], signal.SIGKILL)
+                os.killpg(worker.pid, signal.SIGKILL)
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
@@ -132,6 +133,8 @@ def test_vectorize_job_reports_progress_and_can_be_cancelled(store, big):
     assert job["total"] == 600 and 0 < job["done"] < 600
     assert "img/s" in job["message"] and "ETA" in job["message"]
     assert job["heartbeat"] and time.time() - job["heartbeat"] < 30
+    assert job["fields"]["stage"] == "vectorize" and job["fields"]["backbone"] == "efficientnet_lite0"
+    assert job["pid_started"] and job["host"]
     jobs.cancel_job(job_id, store.path)
     job = wait_finished(store, job_id, timeout=60)
     assert job["status"] == "cancelled", job

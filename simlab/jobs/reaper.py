@@ -1,22 +1,29 @@
-"""Finding jobs whose worker died or hangs, and ending them in the store."""
+"""Finding jobs whose worker died or hangs, and ending them in the store.
+
+A worker is known by its pid, its start time (psutil's ``create_time``, stored when it starts), its
+machine and the job id in its command line. A pid that no longer names that process (the system
+has given the number to another one) is never signalled: the job is only marked failed.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import time
 from pathlib import Path
 
+import psutil
+
 from simlab.jobs.base import ACTIVE, log_path, log_tail, open_store
-from simlab.store import Store
+from simlab.store import HOST, Store, owner_process
 
 log = logging.getLogger(__name__)
 
 STALE_AFTER = 120.0  # a worker silent this long is considered dead even if its pid exists
 START_GRACE = 30.0  # a queued job whose worker never reported gets this long before it is reaped
 CANCEL_GRACE = 20.0  # after a cancel request, the worker is killed if it has not stopped by then
+ELSEWHERE = "elsewhere"
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -24,21 +31,40 @@ def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    try:  # a zombie (ended, not yet collected) is not alive
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (OSError, IndexError):
+    except psutil.AccessDenied:
         return True
 
 
-def _kill(pid: int) -> None:
-    with contextlib.suppress(OSError):
-        os.killpg(pid, signal.SIGKILL)
+def worker_of(job: dict) -> tuple[psutil.Process | None, str]:
+    """``(process, "")`` when the job's worker still runs on this machine; else ``(None, why not)``:
+    ``"died"``, ``"reused"`` (the pid now belongs to another process) or ``ELSEWHERE`` (another machine)."""
+    if job.get("host") not in (None, HOST):
+        return None, ELSEWHERE
+    if not pid_alive(job.get("pid")):
+        return None, "died"
+    proc = owner_process(job["pid"], job.get("pid_started"))
+    try:
+        if proc is None or job["id"] not in proc.cmdline():
+            return None, "reused"
+    except psutil.NoSuchProcess:
+        return None, "died"
+    except psutil.AccessDenied:  # another user's process: not a worker of ours
+        return None, "reused"
+    return proc, ""
+
+
+def _kill(proc: psutil.Process) -> None:
+    """SIGKILL a worker that was identified; its process group too when it leads one (its own children)."""
+    try:
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()  # psutil checks the process is still the one identified before it signals
+    except (OSError, psutil.Error) as exc:
+        log.warning("Worker %d not killed: %s", proc.pid, exc)
 
 
 def reap_stale(store: Store | str | Path | None = None) -> list[str]:
@@ -56,26 +82,25 @@ def reap_stale(store: Store | str | Path | None = None) -> list[str]:
 
 def _reap(store: Store, job: dict, now: float) -> bool:
     """End one active job if its worker is dead, silent or overdue after a cancel; whether it did."""
-    alive = pid_alive(job.get("pid"))
+    proc, why_not = worker_of(job)
     beat = job.get("heartbeat") or job.get("created") or now
     asked = job.get("cancel") or 0  # the time of the cancel request (cancel_job writes a timestamp)
-    if asked > 1e9 and alive and now - asked > CANCEL_GRACE:
-        _kill(job["pid"])
+    if asked > 1e9 and proc and now - asked > CANCEL_GRACE:
+        _kill(proc)
         log.warning("Job %s did not stop within %.0f s of its cancel and was killed", job["id"], CANCEL_GRACE)
         store.update_job(job["id"], status="cancelled", finished=now,
                          message="Stopped (the worker did not stop in time and was ended).")
         return True
     if job["status"] == "queued" and job.get("pid") is None and now - beat < START_GRACE:
         return False  # being started right now
-    if alive and now - beat < STALE_AFTER:
+    if (proc or why_not == ELSEWHERE) and now - beat < STALE_AFTER:
         return False
     if job.get("cancel"):
         store.update_job(job["id"], status="cancelled", finished=now, message="Stopped.")
         return True
-    why = ("The worker process died" if not alive
-           else f"The worker stopped responding (no heartbeat for {int(now - beat)} s) and was ended")
-    if alive:
-        _kill(job["pid"])
+    why = _why(job, why_not, now - beat)
+    if proc:
+        _kill(proc)
     log.warning("Job %s failed: %s", job["id"], why)
     tail = log_tail(job["id"])
     store.update_job(job["id"], status="failed", finished=now,
@@ -83,3 +108,14 @@ def _reap(store: Store, job: dict, now: float) -> bool:
                              "Run it again.",
                      error=f"{why}.\n\nLast lines of {log_path(job['id'])}:\n{tail or '(empty)'}")
     return True
+
+
+def _why(job: dict, why_not: str, silent: float) -> str:
+    if why_not == "reused":
+        return (f"The worker process died (its pid {job['pid']} now belongs to another process, "
+                "which was left alone)")
+    if why_not == ELSEWHERE:
+        return f"The worker on {job['host']} stopped responding (no heartbeat for {int(silent)} s)"
+    if why_not:
+        return "The worker process died"
+    return f"The worker stopped responding (no heartbeat for {int(silent)} s) and was ended"

@@ -26,7 +26,7 @@ from typing import Any
 from simlab.jobs.base import log_path
 from simlab.jobs.registry import job_function
 from simlab.progress import Cancelled
-from simlab.store import Store
+from simlab.store import HOST, Store, StoreError, process_started
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +125,28 @@ def run_worker(job_id: str, store_path: str | Path) -> int:
     if job.get("cancel"):
         store.update_job(job_id, status="cancelled", finished=time.time(), message="Cancelled before it started.")
         return 0
+    try:
+        store.check_writable()
+    except StoreError as exc:
+        print(f"simlab.jobs: {exc}", file=sys.stderr)
+        _record(store, job_id, status="failed", finished=time.time(), message=str(exc))
+        return 1
     with logging_to(log_path(job_id)):
         return _run(store, job)
 
 
+def _record(store: Store, job_id: str, **fields) -> None:
+    """Write a job's end; a store that cannot take it is logged (the reaper ends the job once it can)."""
+    try:
+        store.update_job(job_id, **fields)
+    except StoreError as exc:
+        log.error("Job %s: its end (%s) not recorded: %s", job_id, fields.get("status"), exc)
+
+
 def _run(store: Store, job: dict) -> int:
     job_id, reporter = job["id"], Reporter(store, job["id"])
-    store.update_job(job_id, status="running", started=time.time(), pid=os.getpid(), heartbeat=time.time(),
-                     message="Starting (loading libraries)")
+    store.update_job(job_id, status="running", started=time.time(), pid=os.getpid(), pid_started=process_started(),
+                     host=HOST, heartbeat=time.time(), message="Starting (loading libraries)")
     stop = threading.Event()
     beat = threading.Thread(target=heartbeat, args=(store, job_id, reporter, stop), daemon=True)
     beat.start()
@@ -144,25 +158,43 @@ def _run(store: Store, job: dict) -> int:
         if reporter.should_stop():
             raise Cancelled("Stopped on request.")
     except (Cancelled, KeyboardInterrupt) as exc:
-        reporter.flush()
+        _flush(reporter)
+        _interrupt_runs(store, "interrupted (stopped on request)")
         if reporter.cancelled or isinstance(exc, KeyboardInterrupt):
-            store.update_job(job_id, status="cancelled", finished=time.time(), message="Stopped on request.")
+            _record(store, job_id, status="cancelled", finished=time.time(), message="Stopped on request.")
             log.info("Job %s cancelled", job_id)
             return 0
-        store.update_job(job_id, status="failed", finished=time.time(), message=_short_error(exc),
-                         error=traceback.format_exc())
+        _record(store, job_id, status="failed", finished=time.time(), message=_short_error(exc),
+                error=traceback.format_exc())
         return 1
     except BaseException as exc:  # every failure must land in the store
-        reporter.flush()
+        _flush(reporter)
         log.exception("Job %s failed", job_id)
-        store.update_job(job_id, status="failed", finished=time.time(), message=_short_error(exc),
-                         error=traceback.format_exc())
+        _interrupt_runs(store, f"interrupted (the job failed: {_short_error(exc)})")
+        _record(store, job_id, status="failed", finished=time.time(), message=_short_error(exc),
+                error=traceback.format_exc())
         return 1
     finally:
         stop.set()
         beat.join(timeout=10)
     _finish(store, job_id, reporter, result)
     return 0
+
+
+def _flush(reporter: Reporter) -> None:
+    try:
+        reporter.flush()
+    except StoreError as exc:
+        log.error("Last progress of job %s not written: %s", reporter.job_id, exc)
+
+
+def _interrupt_runs(store: Store, reason: str) -> None:
+    """Runs this worker leaves behind are failed now, not left "running"."""
+    try:
+        for run_id in store.interrupt_runs(reason):
+            log.warning("Run %s ended: %s", run_id, reason)
+    except StoreError as exc:
+        log.error("Runs of this worker not marked failed (readers will): %s", exc)
 
 
 def _finish(store: Store, job_id: str, reporter: Reporter, result) -> None:

@@ -1,0 +1,300 @@
+"""Processes that end, pids that are reused, requests made twice, a store on a full or read-only disk:
+real processes, real signals and real (tmpfs) disks; no worker here loads TensorFlow."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import simlab.store
+from simlab import jobs
+from simlab.paths import REPO_ROOT
+from simlab.store import HOST, INTERRUPTED, Store, StoreError, StoreFull
+
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p))
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> Store:
+    monkeypatch.setenv("SIMLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(simlab.store, "REAP_INTERVAL", 0.0)  # every read looks for orphans
+    return Store()
+
+
+@pytest.fixture
+def bystander():
+    """An unrelated process (``sleep 600``, leading its own process group as a worker does)."""
+    proc = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def still_running(proc: subprocess.Popen, wait: float = 0.3) -> bool:
+    time.sleep(wait)  # a SIGKILL sent would have landed by now
+    return proc.poll() is None
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def running_job(store: Store, **fields) -> str:
+    """A job row left "running" by a worker that crashed long ago."""
+    job_id = store.add_job("vectorize", {"dataset": "demo"})
+    store.update_job(job_id, status="running", heartbeat=time.time() - 1000, **fields)
+    return job_id
+
+
+def workers_of(job_id: str) -> list[psutil.Process]:
+    """Live worker processes of a job (``python -m simlab.jobs JOB_ID ...``), found by command line."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmd = proc.info["cmdline"] or []
+        if "simlab.jobs" in cmd and job_id in cmd and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+# --------------------------------------------------------------------------- 1: a reused pid is never signalled
+
+
+def test_a_dead_workers_pid_now_used_by_another_process_is_not_killed(store, bystander):
+    started = psutil.Process(bystander.pid).create_time()
+    job_id = running_job(store, pid=bystander.pid, pid_started=started - 3600, host=HOST)
+    assert jobs.reap_stale(store) == [job_id]
+    assert still_running(bystander)
+    job = store.get_job(job_id)
+    assert job["status"] == "failed" and "worker process died" in job["message"]
+    assert f"pid {bystander.pid} now belongs to another process" in job["message"]
+
+
+def test_an_old_row_without_a_start_time_is_told_by_the_job_id_in_the_command_line(store, bystander):
+    job_id = running_job(store, pid=bystander.pid)  # as written by a simlab before start times were stored
+    assert jobs.reap_stale(store) == [job_id]
+    assert still_running(bystander)
+    assert store.get_job(job_id)["status"] == "failed"
+
+
+def test_an_overdue_cancel_never_kills_a_process_that_is_not_the_worker(store, bystander):
+    started = psutil.Process(bystander.pid).create_time()
+    job_id = running_job(store, pid=bystander.pid, pid_started=started, host=HOST, cancel=int(time.time()) - 600)
+    store.update_job(job_id, heartbeat=time.time())  # even one that looks alive and recent
+    assert jobs.reap_stale(store) == [job_id]
+    assert still_running(bystander)
+    assert store.get_job(job_id)["status"] == "cancelled"
+
+
+def test_a_job_of_another_machine_is_never_signalled_here(store, bystander):
+    job_id = running_job(store, pid=bystander.pid, pid_started=psutil.Process(bystander.pid).create_time(),
+                         host="another-machine")
+    assert jobs.reap_stale(store) == [job_id]  # silent for 1000 s: failed, nothing signalled
+    assert still_running(bystander)
+    assert "another-machine stopped responding" in store.get_job(job_id)["message"]
+
+
+def test_a_hung_worker_identified_by_pid_start_time_and_job_id_is_killed(store):
+    job_id = store.add_job("vectorize", {})
+    # Stands in for a hung ``python -m simlab.jobs JOB_ID STORE``: the job id and module in its command line.
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "simlab.jobs", job_id],
+                              start_new_session=True)
+    try:
+        store.update_job(job_id, status="running", pid=worker.pid, host=HOST, heartbeat=time.time() - 1000,
+                         pid_started=psutil.Process(worker.pid).create_time())
+        assert jobs.reap_stale(store) == [job_id]
+        assert worker.wait(10) == -signal.SIGKILL
+        assert "stopped responding" in store.get_job(job_id)["message"]
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+# --------------------------------------------------------------------------- 2: runs carry their owner
+
+OPEN_A_RUN = ("import sys, time; from simlab.store import Store; "
+              "print(Store(sys.argv[1]).add_run(dataset='demo', backbone='b', merge='dot', classifier='cosine'), "
+              "flush=True); time.sleep(600)")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_run_whose_process_was_killed_reads_back_failed(store, sig):
+    proc = subprocess.Popen([sys.executable, "-c", OPEN_A_RUN, str(store.path)], stdout=subprocess.PIPE, text=True,
+                            env=ENV)
+    try:
+        run_id = proc.stdout.readline().strip()
+        run = store.get(run_id)
+        assert run.status == "running" and (run.owner_pid, run.owner_host) == (proc.pid, HOST)
+        assert run.owner_started == pytest.approx(psutil.Process(proc.pid).create_time(), abs=2)
+        assert run.heartbeat and time.time() - run.heartbeat < 30
+        proc.send_signal(sig)
+        proc.wait(10)
+    finally:
+        proc.kill()
+    assert [(r.id, r.status, r.error) for r in store.list_runs()] == [(run_id, "failed", INTERRUPTED)]
+    assert store.runs()[0]["status"] == "failed" and store.runs_frame()["status"].tolist() == ["failed"]
+    assert store.get(run_id).finished
+
+
+def test_a_run_whose_pid_now_names_another_process_is_reaped_without_touching_it(store, bystander):
+    started = psutil.Process(bystander.pid).create_time()
+    orphan = store.add_run(dataset="d", owner_pid=bystander.pid, owner_started=started - 3600)
+    alive = store.add_run(dataset="d", owner_pid=bystander.pid, owner_started=started)
+    elsewhere = store.add_run(dataset="d", owner_pid=bystander.pid, owner_started=0.0, owner_host="another-machine")
+    mine = store.add_run(dataset="d")
+    status = {r.id: r.status for r in store.list_runs()}
+    assert status == {orphan: "failed", alive: "running", elsewhere: "running", mine: "running"}
+    assert still_running(bystander)
+
+
+def test_a_run_of_an_ended_job_is_reaped_even_without_an_owner(store):
+    job_id = store.add_job("grid", {})
+    store.update_job(job_id, status="failed")
+    run_id = store.add_run(dataset="d", job_id=job_id, owner_pid=None, owner_started=None, owner_host=None)
+    assert store.get(run_id).error == "interrupted (its job ended failed)"
+
+
+def test_a_process_marks_its_own_runs_interrupted(store, bystander):
+    mine = store.add_run(dataset="d")
+    theirs = store.add_run(dataset="d", owner_pid=bystander.pid,
+                           owner_started=psutil.Process(bystander.pid).create_time())
+    assert store.interrupt_runs("interrupted (SIGTERM)") == [mine]
+    assert (store.get(mine).status, store.get(mine).error) == ("failed", "interrupted (SIGTERM)")
+    assert store.get(theirs).status == "running"
+
+
+def test_readers_look_for_orphans_at_most_every_few_seconds(store, monkeypatch):
+    monkeypatch.setattr(simlab.store, "REAP_INTERVAL", 60.0)
+    store.reap_orphan_runs(force=True)
+    run_id = store.add_run(dataset="d", owner_pid=2**22 + 7, owner_started=1.0)  # a pid no process has
+    assert store.get(run_id).status == "running"
+    assert store.reap_orphan_runs(force=True) == [run_id]
+
+
+# --------------------------------------------------------------------------- 13: one job per request
+
+
+QUICK = {"dataset": "demo", "query": ""}  # a search job that fails at once, without loading a model
+
+
+def end_job(store: Store, job_id: str) -> None:
+    jobs.cancel_job(job_id, store.path)
+    wait_for(lambda: not workers_of(job_id), 30, f"the worker of {job_id} to exit")
+
+
+def test_the_same_request_twice_is_one_job_and_one_worker(store):
+    first = jobs.start_job("search", QUICK, store_path=store.path)
+    try:
+        second = jobs.start_job("search", {"query": "", "dataset": "demo"}, store_path=store.path)
+        assert second == first
+        assert [j["id"] for j in store.jobs()] == [first]
+        assert len(workers_of(first)) <= 1 and sum(len(workers_of(j["id"])) for j in store.jobs()) <= 1
+        other = jobs.start_job("search", {**QUICK, "k": 5}, store_path=store.path)
+        assert other != first
+        end_job(store, other)
+    finally:
+        end_job(store, first)
+
+
+def test_a_request_starts_again_once_its_job_has_ended_or_is_being_cancelled(store):
+    first = jobs.start_job("search", QUICK, store_path=store.path)
+    jobs.cancel_job(first, store.path)
+    second = jobs.start_job("search", QUICK, store_path=store.path)
+    assert second != first
+    end_job(store, first)
+    end_job(store, second)
+    wait_for(lambda: store.get_job(second)["status"] in jobs.FINISHED, 30, "the job to end")
+    third = jobs.start_job("search", QUICK, store_path=store.path)
+    assert third not in (first, second)
+    end_job(store, third)
+
+
+def test_processes_asking_at_once_get_one_job(store):
+    code = ("import sys; from simlab import jobs; "
+            "print(jobs.start_job('search', {'dataset': 'demo', 'query': ''}, store_path=sys.argv[1]))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(store.path)], stdout=subprocess.PIPE, text=True,
+                              env=ENV) for _ in range(4)]
+    ids = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert len(ids) == 1 and [j["id"] for j in store.jobs()] == list(ids)
+    end_job(store, ids.pop())
+
+
+# --------------------------------------------------------------------------- 9: a store that cannot be written
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MiB tmpfs mounted for the test (needs root; skipped where mounting is not allowed)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill the disk to the last byte; the filler file, to remove for room again."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        for chunk in (2**20, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    out.write(b"\0" * chunk)
+    return filler
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert "\n" not in text and "Traceback" not in text
+    return text
+
+
+def test_a_full_disk_is_one_clear_line_and_leaves_no_run_running(small_disk):
+    path = small_disk / "simlab.db"
+    store = Store(path)
+    code = ("import sys; from simlab.store import Store, StoreError\n"
+            "s = Store(sys.argv[1]); run = s.add_run(dataset='demo'); print(run, flush=True); sys.stdin.readline()\n"
+            "try:\n    s.finish_run(run, {'accuracy': 1.0})\n"
+            "except StoreError as exc:\n    print(exc); sys.exit(1)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=ENV)
+    run_id = proc.stdout.readline().strip()
+    filler = fill(small_disk)
+    with pytest.raises(StoreFull) as full:
+        store.check_writable()
+    assert str(path) in one_line(full.value) and "disk is full" in str(full.value)
+    with pytest.raises(StoreFull) as full:
+        store.check_writable(min_free=0)  # the real write fails too
+    assert "Free space on" in one_line(full.value)
+    out, _ = proc.communicate("go\n", timeout=30)
+    assert proc.returncode == 1 and out.strip().startswith(f"{path}: the disk is full")
+    filler.unlink()
+    assert [(r.id, r.status, r.error) for r in store.list_runs()] == [(run_id, "failed", INTERRUPTED)]
+
+
+def test_a_read_only_store_is_refused_before_any_work(small_disk, monkeypatch):
+    monkeypatch.setenv("SIMLAB_CACHE", str(small_disk))
+    path = small_disk / "simlab.db"
+    Store(path).add_run(dataset="demo")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(StoreError) as refused:
+        Store(path).check_writable()
+    assert not isinstance(refused.value, StoreFull)
+    assert str(path) in one_line(refused.value) and "cannot be written" in str(refused.value)
+    with pytest.raises(StoreError):
+        jobs.start_job("search", QUICK, store_path=path)
+    assert not [p for p in psutil.Process().children(recursive=True) if "simlab.jobs" in p.cmdline()]
