@@ -15,6 +15,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from simlab import options
+
 
 def binary_labels(y) -> tuple[np.ndarray, np.ndarray]:
     """``(classes_, index)`` for a two-class target, ``index`` 1 where ``y`` is the second class.
@@ -248,6 +250,8 @@ CLASSIFIERS: dict[str, Classifier] = {c.name: c for c in (
                "The study's head: Dense512-Dropout.2-ReLU-Dense128-Dropout.2-ReLU-Dense2, Adam, batch {batch_size}, "
                "{epochs} epochs, best validation loss.", {"epochs": 10, "batch_size": 32}),
 )}
+
+options.register_choices("classifier", lambda: list(CLASSIFIERS))
 
 
 def get_classifier(name: str) -> Classifier:

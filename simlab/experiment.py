@@ -14,59 +14,81 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from simlab import options
 from simlab.backbones import DEFAULT_BACKBONE, get_backbone
-from simlab.classifiers import get_classifier, make_classifier
+from simlab.classifiers import make_classifier
 from simlab.data import load_dataset
 from simlab.distributed import ray_address, ray_fit_xgboost
 from simlab.evaluate import pair_metrics, retrieval_map
-from simlab.merge import fuse, get_merge, merge_pairs
-from simlab.pairs import NEGATIVE_SCHEMES, SPLITS, build_pairs, hard_negative_pairs
+from simlab.merge import fuse, merge_pairs
 from simlab.progress import Cancelled, Progress, ShouldStop, silent
+from simlab.protocol import Protocol, SplitPairs
 from simlab.provenance import git_commit, library_versions
 from simlab.search import build_index
-from simlab.store import Store
+from simlab.store import Store, new_id
 from simlab.vectors import VectorSet, vectorize
 
 log = logging.getLogger(__name__)
 
 
+def _default(name: str):
+    """A field default declared in :mod:`simlab.options` (lists copied, so no two configs share one)."""
+    value = options.default(name)
+    return field(default_factory=lambda: list(value)) if isinstance(value, (list, tuple)) else value
+
+
 @dataclass
 class GridConfig:
-    """Everything that defines a grid; also what the app's form and the CLI fill in."""
+    """Everything that defines a grid; also what the app's form and the CLI fill in.
+
+    The protocol fields (split ... weights) take their defaults and bounds from :mod:`simlab.options`;
+    :meth:`validate` checks every field against them, and :attr:`protocol` builds the pairs.
+    """
 
     dataset: str = "demo"
     backbones: list[str] = field(default_factory=lambda: [DEFAULT_BACKBONE])
-    merges: list[str] = field(default_factory=lambda: ["dot", "l1", "l2"])
-    classifiers: list[str] = field(default_factory=lambda: ["cosine", "logreg", "xgboost"])
-    split: str = "group"
-    test_size: float = 0.3
-    negative_ratio: float = 1.0
-    negatives: str = "random"
-    seed: int = 0
-    weights: str = "imagenet"
+    merges: list[str] = _default("merges")
+    classifiers: list[str] = _default("classifiers")
+    split: str = _default("split")
+    test_size: float = _default("test_size")
+    negative_ratio: float = _default("negative_ratio")
+    negatives: str = _default("negatives")
+    seed: int = _default("seed")
+    weights: str = _default("weights")
     fusion: bool = False  # also run the backbones' vectors concatenated, as one more "backbone"
     library_defaults: bool = False  # LinearSVC and XGBoost with the libraries' defaults (the 2017 study's)
     ray: str | None = None  # Ray address (docs/scaling.md); None: $SIMLAB_RAY_ADDRESS, or no Ray
 
+    @property
+    def protocol(self) -> Protocol:
+        """Split, test size, negatives, ratio, seed and weights (validated): where the grid's pairs come from."""
+        return Protocol.from_config(asdict(self))
+
     def validate(self) -> GridConfig:
-        for name in self.backbones:
-            get_backbone(name)
-        for name in self.merges:
-            get_merge(name)
-        for name in self.classifiers:
-            get_classifier(name)
+        """Self, if every field is allowed; else a one-line ``ValueError`` naming the field and its range."""
         if not (self.backbones and self.merges and self.classifiers):
             raise ValueError("Pick at least one backbone, one merge and one classifier.")
-        if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}")
-        if self.negatives not in (*NEGATIVE_SCHEMES, "hard"):
-            raise ValueError(f"negatives must be one of {(*NEGATIVE_SCHEMES, 'hard')}")
-        if not 0 < self.test_size < 1:
-            raise ValueError("test fraction must be between 0 and 1")
+        for name in self.backbones:
+            get_backbone(name)
+        options.validate("merges", self.merges)
+        options.validate("classifiers", self.classifiers)
+        self.protocol  # noqa: B018 - validates the protocol fields
         return self
 
+    def check_groups(self, n_groups: int) -> None:
+        """A group split of ``n_groups`` needs enough groups on each side (before any work starts); the
+        refusal says which test sizes this dataset allows."""
+        try:
+            options.check_groups(self.test_size, n_groups, self.split)
+        except ValueError as exc:
+            side = options.MIN_GROUPS_PER_SIDE
+            allowed = (f"this dataset allows test_size from {side / n_groups:.2f} to {1 - side / n_groups:.2f}"
+                       if n_groups >= 2 * side else f"a group split needs at least {2 * side} groups")
+            raise ValueError(f"{exc} ({allowed})") from None
+
     def cells(self) -> list[tuple[str, str, str]]:
-        backbones = list(self.backbones) + (["+".join(self.backbones)] if self.fusion and len(self.backbones) > 1 else [])
+        fused = ["+".join(self.backbones)] if self.fusion and len(self.backbones) > 1 else []
+        backbones = list(self.backbones) + fused
         return list(itertools.product(backbones, self.merges, self.classifiers))
 
 
@@ -99,11 +121,16 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: Progress 
 
     ``progress`` hears ``stage="vectorize"`` (with ``backbone``, ``rate``, ``eta``) for each backbone's
     vectors, then ``stage="train"`` (done and total in runs). Stopping raises :class:`Cancelled`.
+
+    Settings are checked before any work: the fields first, the dataset's group count before vectorising,
+    each backbone's pairs before the first run is stored. However the grid ends (finished, stopped, an
+    error, the generator closed, Ctrl-C or a signal turned into an exception), no run stays "running".
     """
     config.validate()
     store = store or Store()
     say = progress or silent
     dataset = load_dataset(config.dataset)
+    config.check_groups(dataset.n_groups)
     paths, groups, vectors = _grid_vectors(config, dataset, say, should_stop)
     cells = _Cells(config, store, dataset.fingerprint, paths, groups, vectors, job_id)
     # Cells train concurrently (grid_workers()), each on its own thread: scikit-learn, XGBoost and
@@ -111,6 +138,7 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: Progress 
     # core idle. The store is written from this thread only; results are yielded as cells finish.
     workers = grid_workers()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="simlab-cell")
+    ending = "the grid ended before this run finished"
     try:
         while cells.waiting or cells.running:
             stop = cells.failure is not None or bool(should_stop and should_stop())
@@ -121,8 +149,11 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: Progress 
             say(cells.finished, cells.total, cells.describe(), stage="train")
             done, _ = wait(cells.running, timeout=1.0, return_when=FIRST_COMPLETED)
             yield from cells.collect(done)
+    except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or a signal the caller turned into an exception
+        ending = f"interrupted ({type(exc).__name__}{f': {exc}' if str(exc) else ''}): {ending}"
+        raise
     finally:  # left early (the caller closed the generator, or an error here): no run stays "running"
-        cells.abandon()
+        cells.abandon(ending)
         pool.shutdown(wait=True, cancel_futures=True)
     if cells.failure is not None:
         raise cells.failure
@@ -147,58 +178,68 @@ def _grid_vectors(config: GridConfig, dataset, say: Progress, should_stop: Shoul
     return paths, groups, vectors
 
 
+def check_both_labels(split_pairs: SplitPairs, protocol: Protocol) -> None:
+    """Each side of the split needs positive and negative pairs, or a classifier cannot be fitted or scored."""
+    for side, mask in (("train", split_pairs.train), ("test", split_pairs.test)):
+        labels = set(np.unique(split_pairs.pairs.label[mask]).tolist())
+        if labels != {0, 1}:
+            have = ", ".join({1: "positive", 0: "negative"}[v] for v in sorted(labels, reverse=True)) or "no"
+            raise ValueError(f"test_size {protocol.test_size:g} ({protocol.split} split) leaves the {side} side "
+                             f"with {have} pairs: each side needs positive and negative pairs. Use a test size "
+                             "nearer 0.5, or a dataset with more images per group.")
+
+
 class _Cells:
-    """The cells of one grid: those waiting, those training (future -> run id and cell), the first failure."""
+    """The cells of one grid: those waiting, those training (future -> run id and cell), the runs opened and
+    not yet stored (run id -> cell), the first failure."""
 
     def __init__(self, config: GridConfig, store: Store, fingerprint: str, paths, groups, vectors: dict,
                  job_id: str | None):
         self.config, self.store, self.fingerprint, self.job_id = config, store, fingerprint, job_id
+        self.protocol = config.protocol
         self.groups, self.vectors = groups, vectors
         self.paths_arr, self.groups_arr = np.asarray(paths), np.asarray(groups)
         self.maps = {b: retrieval_map(v, groups) for b, v in vectors.items()}
         self.waiting = collections.deque(config.cells())
         self.total, self.finished, self.failure = len(self.waiting), 0, None
         self.running: dict = {}
+        self.opened: dict[str, tuple] = {}
         self.pair_sets: dict = {}
         self.one_backbone = len({backbone for backbone, _, _ in self.waiting}) == 1
+        for backbone in dict.fromkeys(b for b, _, _ in self.waiting):  # every pair set, before any run is stored
+            check_both_labels(self.pairs_for(backbone), self.protocol)
 
-    def pairs_for(self, backbone: str):
+    def pairs_for(self, backbone: str) -> SplitPairs:
         """The grid's pairs; with hard negatives, mined on each backbone's own vectors (FAISS)."""
-        config = self.config
-        key = backbone if config.negatives == "hard" else None
+        key = backbone if self.protocol.needs_vectors else None
         if key not in self.pair_sets:
-            scheme, hard = config.negatives, None
-            if scheme == "hard":
+            if self.protocol.needs_vectors:
                 v = self.vectors[backbone]
-                scheme, hard = "random", hard_negative_pairs(v, self.groups, config.negative_ratio,
-                                                             index=build_index(v))
-            self.pair_sets[key] = build_pairs(self.groups, config.split, config.test_size, config.negative_ratio,
-                                              scheme, config.seed, hard_negatives=hard)
+                self.pair_sets[key] = self.protocol.pairs(self.groups, v, index=build_index(v))
+            else:
+                self.pair_sets[key] = self.protocol.pairs(self.groups)
         return self.pair_sets[key]
 
     def fail(self, run_id: str, exc: BaseException) -> None:
         log.warning("Run %s failed: %s: %s", run_id, type(exc).__name__, exc)
         self.store.update_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
+        self.opened.pop(run_id, None)
 
     def start_next(self, pool: ThreadPoolExecutor) -> None:
         """Open the next cell's run in the store and start training it (or record why it cannot start)."""
         config = self.config
-        backbone, merge, clf_name = self.waiting.popleft()
+        backbone, merge, clf_name = cell = self.waiting.popleft()
         cell_config = asdict(config) | {"backbones": [backbone], "merges": [merge], "classifiers": [clf_name]}
-        run_id = self.store.add_run(dataset=config.dataset, fingerprint=self.fingerprint, backbone=backbone,
-                                    merge=merge, classifier=clf_name, split=config.split, seed=config.seed,
-                                    config=cell_config, versions=library_versions(), git=git_commit(),
-                                    job_id=self.job_id)
-        try:
-            pairs, train, test = self.pairs_for(backbone)
-        except Exception as exc:  # noqa: BLE001 - logged and stored on the run; the grid raises it at the end
-            self.fail(run_id, exc)
-            self.failure = exc
-            return
+        run_id = new_id("r")
+        self.opened[run_id] = cell  # before the row exists: an interruption from here on still closes it
+        self.store.add_run(id=run_id, dataset=config.dataset, fingerprint=self.fingerprint, backbone=backbone,
+                           merge=merge, classifier=clf_name, split=config.split, seed=config.seed,
+                           config=cell_config, versions=library_versions(), git=git_commit(), job_id=self.job_id)
+        pairs, train, test = self.pairs_for(backbone)
         future = pool.submit(_run_cell, self.vectors[backbone], pairs, train, test, merge, clf_name, config.seed,
                              self.maps[backbone], self.paths_arr, self.groups_arr, config.ray,
                              config.library_defaults)
-        self.running[future] = (run_id, (backbone, merge, clf_name))
+        self.running[future] = (run_id, cell)
 
     def describe(self) -> str:
         """What is training now, e.g. "now: dot + xgboost, l1 + cosine"."""
@@ -216,15 +257,20 @@ class _Cells:
                 self.failure = self.failure or exc
                 continue
             self.store.finish_run(run_id, metrics, predictions, timings=timings)
+            self.opened.pop(run_id, None)
             self.finished += 1
             yield {"run_id": run_id, "backbone": backbone, "merge": merge, "classifier": clf_name} | metrics | {
                 "seconds": round(timings["total"], 3)}
 
-    def abandon(self) -> None:
-        """Mark every run still training as failed (the grid is leaving before they finish)."""
-        for future, (run_id, _) in self.running.items():
+    def abandon(self, reason: str) -> None:
+        """Mark every run opened and not stored as failed (the grid is leaving before they finish)."""
+        for future in self.running:
             future.cancel()
-            self.fail(run_id, Cancelled("the grid ended before this run finished"))
+        for run_id in list(self.opened):
+            run = self.store.get(run_id)
+            if run is not None and run.status == "running":  # a run whose result landed just now stays done
+                self.fail(run_id, Cancelled(reason))
+            self.opened.pop(run_id, None)
 
 
 def grid_workers() -> int:
