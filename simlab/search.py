@@ -29,9 +29,10 @@ from simlab.backbones import DEFAULT_BACKBONE
 from simlab.classifiers import make_classifier
 from simlab.data import load_dataset
 from simlab.merge import merge_pairs
-from simlab.pairs import build_pairs, group_codes, hard_negative_pairs
+from simlab.pairs import group_codes
 from simlab.paths import atomic_path, cache_dir
 from simlab.progress import Progress, ShouldStop, silent
+from simlab.protocol import Protocol
 from simlab.store import Store
 from simlab.vectors import compute_vectors, vectorize
 
@@ -246,37 +247,40 @@ def run_model_path(run_id: str) -> Path:
     return cache_dir("runs", run_id) / "model.joblib"
 
 
-def _run_config(run: dict) -> dict:
-    """The settings a refit needs, read from a stored run row (a grid cell's config holds one-item lists)."""
-    config = dict(run.get("config") or {})
+@dataclass(frozen=True)
+class RunSettings:
+    """What re-ranking needs of a finished grid run: where its vectors come from, its merge and classifier,
+    and the protocol that built its training pairs."""
 
-    def one(key: str, fallback):  # a grid cell's config holds one-item lists
-        value = config.get(key)
-        return (value or [fallback])[0] if isinstance(value, list) else value or fallback
+    run_id: str
+    dataset: str
+    backbone: str
+    merge: str
+    classifier: str
+    protocol: Protocol
 
-    return {"dataset": config.get("dataset") or run.get("dataset"),
-            "backbone": one("backbones", run.get("backbone")), "merge": one("merges", run.get("merge")),
-            "classifier": one("classifiers", run.get("classifier")),
-            "split": config.get("split") or run.get("split") or "group",
-            "test_size": float(config.get("test_size", 0.3)),
-            "negative_ratio": float(config.get("negative_ratio", 1.0)),
-            "negatives": config.get("negatives") or "random", "seed": int(config.get("seed", run.get("seed") or 0)),
-            "weights": config.get("weights") or "imagenet"}
+    @property
+    def weights(self) -> str:
+        return self.protocol.weights
 
 
-def run_settings(run_id: str, store=None) -> dict:
+def run_settings(run_id: str, store=None) -> RunSettings:
     """The settings of a finished pair run needed to refit its classifier (backbone, merge, ...)."""
-    run = (store or Store()).get_run(run_id)
+    run = (store or Store()).get(run_id)
     if run is None:
         raise ValueError(f"No run {run_id!r} in the store. List runs with: python -m simlab runs")
-    if run.get("status") != "done" or (run.get("kind") or "pair") != "pair":
-        raise ValueError(f"Run {run_id} is not a finished pair-classifier run (status {run.get('status')}, "
-                         f"kind {run.get('kind')}); pick another with: python -m simlab runs")
-    settings = _run_config(run)
-    if "+" in (settings["backbone"] or ""):
-        raise ValueError(f"Run {run_id} uses fused backbones ({settings['backbone']}); re-ranking needs a run "
+    if not (run.done and run.is_grid):
+        raise ValueError(f"Run {run_id} is not a finished pair-classifier run (status {run.status}, "
+                         f"kind {run.kind}); pick another with: python -m simlab runs")
+    if "+" in (run.backbone or ""):
+        raise ValueError(f"Run {run_id} uses fused backbones ({run.backbone}); re-ranking needs a run "
                          "on one backbone.")
-    return settings
+    try:
+        protocol = Protocol(**run.protocol.to_dict())  # a stored protocol now out of bounds cannot build pairs
+    except ValueError as exc:
+        raise ValueError(f"Run {run_id} cannot be refitted: {exc}") from None
+    return RunSettings(run_id, run.config.get("dataset") or run.dataset, run.backbone, run.merge, run.classifier,
+                       protocol)
 
 
 def run_classifier(run_id: str, store=None, progress: Progress = silent):
@@ -289,18 +293,15 @@ def run_classifier(run_id: str, store=None, progress: Progress = silent):
         except Exception:  # unreadable or from another library version: refit below
             log.warning("Refitting run %s's classifier: %s could not be loaded", run_id, path, exc_info=True)
     settings = run_settings(run_id, store)
-    progress(0, 1, f"Refitting run {run_id}'s classifier ({settings['classifier']}) on its training pairs",
+    progress(0, 1, f"Refitting run {run_id}'s classifier ({settings.classifier}) on its training pairs",
              stage="refit")
-    dataset = load_dataset(settings["dataset"])
-    vs = vectorize(dataset, settings["backbone"], settings["weights"])
-    scheme, hard = settings["negatives"], None
-    if scheme == "hard":
-        scheme, hard = "random", hard_negative_pairs(vs.vectors, vs.groups, settings["negative_ratio"],
-                                                     index=build_index(vs.vectors))
-    pairs, train, _ = build_pairs(vs.groups, settings["split"], settings["test_size"], settings["negative_ratio"],
-                                  scheme, settings["seed"], hard_negatives=hard)
-    X = merge_pairs(vs.vectors, pairs.left[train], pairs.right[train], settings["merge"])
-    model = make_classifier(settings["classifier"], random_state=settings["seed"]).fit(X, pairs.label[train])
+    dataset = load_dataset(settings.dataset)
+    vs = vectorize(dataset, settings.backbone, settings.weights)
+    protocol = settings.protocol
+    index = build_index(vs.vectors) if protocol.needs_vectors else None
+    pairs, train, _ = protocol.pairs(vs.groups, vs.vectors, index=index)
+    X = merge_pairs(vs.vectors, pairs.left[train], pairs.right[train], settings.merge)
+    model = make_classifier(settings.classifier, random_state=protocol.seed).fit(X, pairs.label[train])
     with atomic_path(path, suffix=".joblib") as tmp:
         joblib.dump(model, tmp)
     return model
@@ -382,13 +383,13 @@ def search_dataset(dataset, query: str, backbone: str | None = None, weights: st
     t0 = time.perf_counter()
     settings = run_settings(rerank, store) if rerank else None
     if settings:
-        if backbone and backbone != settings["backbone"]:
-            raise ValueError(f"Run {rerank} was trained on {settings['backbone']} vectors; search with "
-                             f"--backbone {settings['backbone']} (or leave --backbone out).")
-        if weights and weights != settings["weights"]:
-            raise ValueError(f"Run {rerank} was trained on {settings['weights']} weights; search with "
-                             f"--weights {settings['weights']} (or leave --weights out).")
-        backbone, weights = settings["backbone"], settings["weights"]
+        if backbone and backbone != settings.backbone:
+            raise ValueError(f"Run {rerank} was trained on {settings.backbone} vectors; search with "
+                             f"--backbone {settings.backbone} (or leave --backbone out).")
+        if weights and weights != settings.weights:
+            raise ValueError(f"Run {rerank} was trained on {settings.weights} weights; search with "
+                             f"--weights {settings.weights} (or leave --weights out).")
+        backbone, weights = settings.backbone, settings.weights
     backbone = backbone or DEFAULT_BACKBONE
     if not os.path.isfile(query):  # before any vectorising
         raise FileNotFoundError(f"Query image not found: {query}")
@@ -415,7 +416,7 @@ def search_dataset(dataset, query: str, backbone: str | None = None, weights: st
     if settings:
         model = run_classifier(rerank, store, progress=step("refit"))
         step("rerank")(0, 1, f"Re-ranking {len(ids)} neighbours with run {rerank}")
-        probs = pair_probabilities(model, settings["merge"], query_vector, vs.vectors[ids])
+        probs = pair_probabilities(model, settings.merge, query_vector, vs.vectors[ids])
         order = np.lexsort((-scores, -probs))  # by probability, then similarity
         ids, scores, probs = ids[order][:k], scores[order][:k], probs[order][:k]
     results = []

@@ -17,10 +17,9 @@ from helpers import simlab_cache_at, write_group_folder
 from simlab import cli
 from simlab.data import load_dataset
 from simlab.evaluate import retrieval_map
+from simlab.jobs import kinds
 from simlab.pairs import hard_negative_pairs, mine_hard_negatives
 from simlab.paths import REPO_ROOT
-from simlab.store import Store
-from simlab.jobs import kinds
 from simlab.search import (
     build_index,
     choose_kind,
@@ -28,6 +27,7 @@ from simlab.search import (
     retrieval_map_index,
     run_model_path,
 )
+from simlab.store import Store
 
 BACKBONE = "efficientnet_lite0"
 
@@ -130,7 +130,7 @@ def test_hard_negatives_come_from_other_groups_and_are_near():
     p, train, test = build_pairs(groups, hard_negatives=hard_negative_pairs(vectors, groups))
     negatives = p.label == 0
     mined = {tuple(x) for x in pairs}
-    used = sum((min(l, r), max(l, r)) in mined for l, r in zip(p.left[negatives], p.right[negatives]))
+    used = sum((min(a, b), max(a, b)) in mined for a, b in zip(p.left[negatives], p.right[negatives]))
     assert used > 0.5 * negatives.sum()  # mostly hard ones, topped up at random
 
 
