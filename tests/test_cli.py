@@ -26,7 +26,8 @@ def test_run_end_to_end_prints_one_json_line_per_run(dataset, tmp_path):
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(rows) == 4
-    assert {(r["merge"], r["classifier"]) for r in rows} == {(m, c) for m in ("dot", "l1") for c in ("cosine", "logreg")}
+    cells = {(m, c) for m in ("dot", "l1") for c in ("cosine", "logreg")}
+    assert {(r["merge"], r["classifier"]) for r in rows} == cells
     for r in rows:
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["auc"] <= 1 and r["backbone"] == "efficientnet_lite0"
         assert r["accuracy_lo"] <= r["accuracy"] <= r["accuracy_hi"]

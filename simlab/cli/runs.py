@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 
 from simlab.backbones import DEFAULT_BACKBONE
-from simlab.classifiers import CLASSIFIERS
 from simlab.cli.args import RAY_HELP
+from simlab.cli.guard import backbone_flag, option_flag
 from simlab.cli.progress_bar import ProgressBar
 from simlab.cli.table import print_table
 from simlab.experiment import GridConfig, run_grid
-from simlab.merge import MERGES
-from simlab.pairs import NEGATIVE_SCHEMES, SPLITS
 from simlab.store import Store
 
 RUN_COLUMNS = ["run_id", "backbone", "merge", "classifier", "accuracy", "accuracy_lo", "accuracy_hi", "auc", "f1",
@@ -22,32 +20,36 @@ STORED_COLUMNS = ["id", "status", "dataset", "backbone", "merge", "classifier", 
 def add_cli(subparsers, data_args) -> None:
     p = subparsers.add_parser("run", help="train and score every backbone x merge x classifier")
     data_args(p)
-    p.add_argument("--backbone", nargs="+", default=[DEFAULT_BACKBONE])
-    p.add_argument("--merge", nargs="+", default=["dot", "l1", "l2"], choices=list(MERGES))
-    p.add_argument("--classifier", nargs="+", default=["cosine", "logreg", "xgboost"], choices=list(CLASSIFIERS))
-    p.add_argument("--split", default="group", choices=SPLITS,
-                   help="group (default, no image in both train and test) or pair (the 2017 study's, leaky)")
-    p.add_argument("--test-size", type=float, default=0.3)
-    p.add_argument("--negative-ratio", type=float, default=1.0, help="negatives per positive (default 1)")
-    p.add_argument("--negatives", default="random", choices=[*NEGATIVE_SCHEMES, "hard"],
-                   help="random, same_left (the 2017 study's) or hard (mined near neighbours, FAISS)")
+    backbone_flag(p, "--backbone", "backbones", default=[DEFAULT_BACKBONE])
+    option_flag(p, "--merge", "merges")
+    option_flag(p, "--classifier", "classifiers")
+    option_flag(p, "--split", "split")
+    option_flag(p, "--test-size", "test_size")
+    option_flag(p, "--negative-ratio", "negative_ratio")
+    option_flag(p, "--negatives", "negatives")
     p.add_argument("--ray", metavar="ADDRESS", help=RAY_HELP + "; XGBoost cells train with Ray Train")
     p.add_argument("--fusion", action="store_true", help="also run the backbones' vectors concatenated")
     p.add_argument("--library-defaults", action="store_true",
                    help="LinearSVC and XGBoost with the libraries' defaults, as the 2017 study ran them")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_run)
+    option_flag(p, "--seed", "seed")
+    p.set_defaults(func=cmd_run, check=grid_config)
 
     p = subparsers.add_parser("runs", help="list stored runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
 
 
+def grid_config(args) -> GridConfig:
+    """The validated grid the command line describes (a one-line ValueError naming a setting out of bounds)."""
+    return GridConfig(dataset=args.dataset, backbones=args.backbone, merges=args.merge,
+                      classifiers=args.classifier, split=args.split, test_size=args.test_size,
+                      negative_ratio=args.negative_ratio, negatives=args.negatives, seed=args.seed,
+                      weights=args.weights, fusion=args.fusion, ray=args.ray,
+                      library_defaults=args.library_defaults).validate()
+
+
 def cmd_run(args) -> int:
-    config = GridConfig(dataset=args.dataset, backbones=args.backbone, merges=args.merge,
-                        classifiers=args.classifier, split=args.split, test_size=args.test_size,
-                        negative_ratio=args.negative_ratio, negatives=args.negatives, seed=args.seed,
-                        weights=args.weights, fusion=args.fusion, ray=args.ray, library_defaults=args.library_defaults)
+    config = grid_config(args)
     rows = []
     for result in run_grid(config, progress=ProgressBar()):
         rows.append(result)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from simlab.cli.guard import backbone_flag
 from simlab.cli.progress_bar import ProgressBar
 from simlab.data import load_dataset
 from simlab.search import FLAT_MAX, INDEX_KINDS, SearchResult, search_dataset
@@ -15,8 +16,8 @@ from simlab.search import FLAT_MAX, INDEX_KINDS, SearchResult, search_dataset
 def add_cli(subparsers, data_args) -> None:
     p = subparsers.add_parser("search", help="the images most like a query image (FAISS index)")
     data_args(p)
-    p.add_argument("--backbone", default=None, help="backbone of the vectors (default: the bundled one, or "
-                                                    "the --rerank run's)")
+    backbone_flag(p, "--backbone", "backbone", default=None,
+                  help="backbone of the vectors (default: the bundled one, or the --rerank run's)")
     p.add_argument("--query", required=True, help="path of the query image (in the dataset or not)")
     p.add_argument("--k", type=int, default=10, help="how many neighbours (default 10)")
     p.add_argument("--rerank", metavar="RUN_ID", help="re-order by this run's pair classifier (P same scene)")

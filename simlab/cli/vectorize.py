@@ -7,6 +7,7 @@ import sys
 
 from simlab.backbones import DEFAULT_BACKBONE, get_backbone
 from simlab.cli.args import RAY_HELP
+from simlab.cli.guard import backbone_flag
 from simlab.cli.progress_bar import ProgressBar, show_speed
 from simlab.data import load_dataset
 from simlab.vectors import vectorize
@@ -15,15 +16,14 @@ from simlab.vectors import vectorize
 def add_cli(subparsers, data_args) -> None:
     p = subparsers.add_parser("vectorize", help="one vector per image, cached")
     data_args(p)
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    backbone_flag(p, "--backbone", "backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--fit", default="crop", choices=["crop", "pad"], help="aspect-preserving center crop or pad")
     p.add_argument("--out", help="write vectors, paths and groups to this .npz")
     p.add_argument("--ray", metavar="ADDRESS", help=RAY_HELP)
-    p.set_defaults(func=cmd_vectorize)
+    p.set_defaults(func=cmd_vectorize, check=lambda args: get_backbone(args.backbone))  # before any work
 
 
 def cmd_vectorize(args) -> int:
-    get_backbone(args.backbone)  # an unknown name fails before any dataset work
     dataset = load_dataset(args.dataset)
     vs = vectorize(dataset, args.backbone, args.weights, fit=args.fit, ray=args.ray,
                    progress=ProgressBar(describe=show_speed))

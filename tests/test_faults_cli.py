@@ -1,0 +1,229 @@
+"""The command line under bad input and faults: refused before any work, one line, nothing left running.
+
+Real subprocesses (``python -m simlab ...``) on a tiny generated Holidays folder with random weights,
+a real read-only file (``chattr +i``), real signals; and Hypothesis fuzzing the numeric flags in process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_holidays
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from simlab import cli
+from simlab.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--weights", "random", "--merge", "dot", "--classifier", "cosine"]
+
+
+def simlab(*args, cache: Path, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
+    env = os.environ | {"SIMLAB_CACHE": str(cache), "PYTHONPATH": str(ROOT), "SIMLAB_GRID_WORKERS": "1"}
+    return subprocess.run([sys.executable, "-m", "simlab", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, **popen)
+
+
+def stored_runs(cache: Path) -> list[tuple[str, str, str | None]]:
+    """(id, status, error) of every run in the cache's store; none if there is no store."""
+    db = cache / "simlab.db"
+    if not db.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
+            return []  # being created right now
+        return con.execute("SELECT id, status, error FROM runs").fetchall()
+
+
+def vector_files(cache: Path) -> list[Path]:
+    return [p for p in (cache / "vectors").rglob("*") if p.is_file()] if (cache / "vectors").exists() else []
+
+
+def error_lines(stderr: str) -> list[str]:
+    """What the command said on stderr (TensorFlow's start-up chatter left out)."""
+    noise = ("WARNING: All log messages before absl", "I0000 ", "E0000 ", "W0000 ")
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith(noise)]
+
+
+@pytest.fixture(scope="module")
+def six_groups(tmp_path_factory) -> str:
+    """The 6-group Holidays folder of conftest's ``holidays_dir`` (15 images)."""
+    folder = tmp_path_factory.mktemp("faults_cli") / "holidays"
+    make_holidays(folder, [3, 2, 1, 4, 2, 3])
+    return f"holidays:{folder}"
+
+
+# --------------------------------------------------------------------------- bad values, refused before any work
+
+
+@pytest.mark.parametrize("flags, option, allowed", [
+    (["--negative-ratio", "inf"], "negative_ratio", "(0, 100]"),
+    (["--negative-ratio", "nan"], "negative_ratio", "(0, 100]"),
+    (["--negative-ratio", "0"], "negative_ratio", "(0, 100]"),
+    (["--seed", "99999999999999999999999"], "seed", "[0, "),
+    (["--seed", "-1"], "seed", "[0, "),
+    (["--test-size", "0.01"], "test_size", "allows test_size from 0.33 to 0.67"),
+    (["--test-size", "1"], "test_size", "(0, 1)"),
+    (["--merge", "sum"], "--merge", "choose from"),
+])
+def test_a_bad_value_exits_2_with_one_line_and_stores_nothing(six_groups, tmp_path, flags, option, allowed):
+    res = simlab("run", "--dataset", six_groups, *FAST, *flags, cache=tmp_path)
+    lines = error_lines(res.stderr)
+    assert res.returncode == 2, res.stderr
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert option in lines[0] and allowed in lines[0], lines[0]
+    assert stored_runs(tmp_path) == [] and vector_files(tmp_path) == []  # nothing ran, nothing stored
+
+
+# --------------------------------------------------------------------------- a store that cannot be written
+
+
+def test_a_read_only_store_is_refused_before_vectorising(six_groups, tmp_path):
+    Store(tmp_path / "simlab.db")  # a store of today's schema, then made immutable (root ignores chmod)
+    db = tmp_path / "simlab.db"
+    if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here (needs an ext2/3/4-like filesystem and root)")
+    try:
+        res = simlab("run", "--dataset", six_groups, *FAST, cache=tmp_path)
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=True)
+    lines = error_lines(res.stderr)
+    assert res.returncode == 2, res.stderr
+    assert len(lines) == 1 and str(db) in lines[0] and "cannot be written" in lines[0], res.stderr
+    assert "SIMLAB_CACHE" in lines[0]  # says what to do
+    assert vector_files(tmp_path) == [] and stored_runs(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- an unexpected error
+
+INJECT = """
+import sys
+import simlab.cli as cli
+import simlab.cli.backbones as command
+
+def broken():
+    return {}["no such key"]
+
+command.list_backbones = broken  # an error nobody foresaw, deep inside a command
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_an_unexpected_error_is_one_line_naming_its_traceback_log(tmp_path, debug):
+    env = os.environ | {"SIMLAB_CACHE": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    args = ["--debug", "backbones"] if debug else ["backbones"]
+    res = subprocess.run([sys.executable, "-c", INJECT, *args], env=env, capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert res.returncode == 1, res.stderr
+    logs = list((tmp_path / "logs").glob("cli-*.log"))
+    assert len(logs) == 1
+    assert "Traceback" in logs[0].read_text() and "no such key" in logs[0].read_text()
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: unexpected KeyError") and str(logs[0]) in last
+    if debug:
+        assert "Traceback" in res.stderr and "in broken" in res.stderr
+    else:
+        assert error_lines(res.stderr) == [last] and "Traceback" not in res.stderr
+
+
+# --------------------------------------------------------------------------- stopped by a signal
+
+
+@pytest.fixture(scope="module")
+def slow_groups(tmp_path_factory) -> str:
+    """Enough pairs that the neural head takes a few seconds a cell."""
+    folder = tmp_path_factory.mktemp("faults_cli_slow") / "holidays"
+    make_holidays(folder, [4] * 12)
+    return f"holidays:{folder}"
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_run_leaves_no_run_running(slow_groups, tmp_path, signum, code):
+    env = os.environ | {"SIMLAB_CACHE": str(tmp_path), "PYTHONPATH": str(ROOT), "SIMLAB_GRID_WORKERS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "simlab", "run", "--dataset", slow_groups, "--weights", "random",
+                             "--merge", "dot", "l1", "l2", "--classifier", "mlp", "--json"],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(status == "running" for _, status, _ in stored_runs(tmp_path)):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "no run started"
+            time.sleep(0.1)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, stderr
+    runs = stored_runs(tmp_path)
+    assert runs and "running" not in {status for _, status, _ in runs}, runs
+    interrupted = [error for _, status, error in runs if status == "failed"]
+    assert interrupted and all("interrupted" in error for error in interrupted), runs
+    assert "Traceback" not in stderr
+
+
+# --------------------------------------------------------------------------- fuzzing the numeric flags
+
+BAR = re.compile(r"\[[#.]+\] \d+/\d+ ")  # the progress bar's line
+NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(min_value=-(10**30), max_value=10**30).map(str),
+    st.sampled_from(["0", "1", "-0", "1e-300", "1e300", "0.5", "100", "100.0001", "4294967295", "4294967296",
+                     "0x10", "", " ", "1_000", "nan", "-inf", "abc"]),
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_cache(tmp_path_factory, six_groups):
+    """A cache where the tiny dataset's random-weight vectors are already computed (a valid case runs fast)."""
+    cache = tmp_path_factory.mktemp("fuzz_cache")
+    assert simlab("vectorize", "--dataset", six_groups, "--weights", "random", cache=cache).returncode == 0
+    return cache
+
+
+def inside_or_anything(inside: st.SearchStrategy) -> st.SearchStrategy:
+    """Text of a value in the allowed range half the time, of any number (or not a number) otherwise."""
+    return st.one_of(inside.map(repr), NUMBERS)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ratio=inside_or_anything(st.floats(0.5, 100)), test_size=inside_or_anything(st.floats(0.34, 0.66)),
+       seed=inside_or_anything(st.integers(0, 2**32 - 1)))
+def test_fuzzed_numeric_flags_work_or_exit_2_with_one_line_and_store_nothing(six_groups, fuzz_cache, monkeypatch,
+                                                                               ratio, test_size, seed):
+    monkeypatch.setenv("SIMLAB_CACHE", str(fuzz_cache))
+    before = stored_runs(fuzz_cache)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = cli.main(["run", "--dataset", six_groups, *FAST, "--json", f"--negative-ratio={ratio}",
+                             f"--test-size={test_size}", f"--seed={seed}"])
+        except SystemExit as exc:  # argparse refused a flag
+            code = exc.code
+    after = stored_runs(fuzz_cache)
+    lines = [line for line in err.getvalue().splitlines() if line.strip() and not BAR.match(line)]
+    assert "Traceback" not in err.getvalue()
+    event(f"exit {code}")
+    if code == 0:
+        new = set(after) - set(before)
+        assert new and {status for _, status, _ in new} == {"done"}
+        assert 0 < float(test_size) < 1 and 0 < float(ratio) <= 100 and math.isfinite(float(ratio))
+    else:
+        assert code == 2, err.getvalue()
+        assert len(lines) == 1 and "error: " in lines[0], lines
+        assert any(name in lines[0] for name in ("negative_ratio", "test_size", "seed", "--negative-ratio",
+                                                 "--test-size", "--seed")), lines
+        assert after == before  # nothing stored
