@@ -24,7 +24,15 @@ import os  # noqa: E402
 import time  # noqa: E402
 
 from benchmarks._common import (  # noqa: E402
-    GRID_BACKBONES, emit, log, machine, prepare_grid_vectors, table, use_bench_cache, verdict)
+    GRID_BACKBONES,
+    emit,
+    log,
+    machine,
+    prepare_grid_vectors,
+    table,
+    use_bench_cache,
+    verdict,
+)
 
 GOAL_S = 300.0
 
@@ -46,8 +54,9 @@ def run(classifiers: list[str] | None = None, merges: list[str] | None = None,
     if fresh_store:  # the benchmark's own store: one grid in it, not one per run of this script
         for f in cache.glob("simlab.db*"):
             f.unlink()
-    config = GridConfig(dataset=spec, backbones=backbones or list(GRID_BACKBONES), merges=merges or ["dot", "l1", "l2"],
-                        classifiers=classifiers or list(CLASSIFIERS), weights="random")
+    config = GridConfig(dataset=spec, backbones=backbones or list(GRID_BACKBONES), weights="random",
+                        classifiers=classifiers or list(CLASSIFIERS))
+    config.merges = merges or config.merges  # the declared default merges (simlab.options)
     n_cells = len(config.cells())
     log(f"grid benchmark: {n_cells} cells ({len(config.backbones)} backbones x {len(config.merges)} merges x "
         f"{len(config.classifiers)} classifiers) on {spec}")
@@ -87,7 +96,7 @@ def run(classifiers: list[str] | None = None, merges: list[str] | None = None,
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--classifiers", default=None, help="comma-separated (default: every one in the registry)")
-    ap.add_argument("--merges", default=None, help="comma-separated (default: dot,l1,l2)")
+    ap.add_argument("--merges", default=None, help="comma-separated (default: the grid's, dot,l1,l2)")
     ap.add_argument("--backbones", default=None, help=f"comma-separated subset of {','.join(GRID_BACKBONES)}")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
@@ -98,7 +107,8 @@ def main(argv=None) -> dict:
             f"{out['machine']['device']}, load {out['machine'].get('load_avg')}\n\n"
             + table(out["by_classifier"], floatfmt="{:.2f}")
             + f"\n\nsetup (vectors from cache, pairs, mAP): {out['setup_s']} s (cpu {out['setup_cpu_s']} s)"
-            + f"\ncells' own times add up to {sum(c['wall_s'] for c in out['runs']):.1f} s; {out['workers']} cells train at once"
+            + f"\ncells' own times add up to {sum(c['wall_s'] for c in out['runs']):.1f} s; "
+            f"{out['workers']} cells train at once"
             + f"\ntotal wall time: {out['total_s']:.1f} s, cpu time (this process, all threads): {out['cpu_s']:.0f} s"
             + f"\ngoal < {GOAL_S:.0f} s wall: {verdict(out['goal_met'])}")
     emit(out, args.json, text)
