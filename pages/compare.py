@@ -9,10 +9,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
-from streamlit.errors import StreamlitAPIException, StreamlitPageNotFoundError
 
 from pages._ui.formatting import escape_md
-from pages._ui.links import no_runs_yet
+from pages._ui.links import no_runs_yet, open_on_inspect
 from pages._ui.state import current_dataset_spec
 from pages._ui.store import cached_runs
 from simlab.backbones import DEFAULT_BACKBONE
@@ -21,7 +20,6 @@ from simlab.merge import MERGES
 from simlab.reference import ALIASES, STUDY_BACKBONES, STUDY_TEST_PAIRS, published_accuracies
 from simlab.store import Run
 
-INSPECT_PAGE = "pages/inspect.py"
 METRICS = {"accuracy": "Accuracy", "f1": "F1", "auc": "ROC AUC", "map": "Retrieval mAP"}
 METRIC_HELP = ("Accuracy and F1 (of 'same') at threshold 0.5 and ROC AUC are measured on the held-out test "
                "pairs. Retrieval mAP ranks every image by cosine similarity to each group's query: it depends "
@@ -205,12 +203,8 @@ def _row_clicked(key: str, ids: list[str]) -> None:
 
 def open_inspect_if_asked() -> None:
     run_id = st.session_state.pop("_compare_open", None)
-    if not run_id:
-        return
-    try:
-        st.switch_page(INSPECT_PAGE, query_params={"run": run_id})
-    except (StreamlitAPIException, StreamlitPageNotFoundError):  # page run alone (no navigation)
-        st.info(f"Run {run_id} is selected: open the Inspect page to see its pairs.")
+    if run_id:
+        open_on_inspect(run_id)
 
 
 def clickable_chart(fig: go.Figure, key: str) -> None:

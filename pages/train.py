@@ -6,12 +6,11 @@ from dataclasses import asdict
 
 import pandas as pd
 import streamlit as st
-from streamlit.errors import StreamlitAPIException, StreamlitPageNotFoundError
 
 from pages._ui.datasets import load_current_dataset
 from pages._ui.formatting import escape_md
 from pages._ui.job_panel import get_job, job_panel, latest_job, start_job
-from pages._ui.links import page_link
+from pages._ui.links import open_on_inspect, page_link
 from pages._ui.state import current_dataset_spec
 from pages._ui.store import store
 from pages._ui.vector_sets import vectors_cached
@@ -84,10 +83,7 @@ def _results_selected(key: str, ids: list[str | None]) -> None:
 def open_inspect_if_asked() -> None:
     run_id = st.session_state.pop("_train_open", None)
     if run_id:
-        try:
-            st.switch_page("pages/inspect.py", query_params={"run": run_id})
-        except (StreamlitAPIException, StreamlitPageNotFoundError):  # page run alone, without navigation
-            st.info(f"Run {run_id} is selected: open the Inspect page to see its pairs.")
+        open_on_inspect(run_id)
 
 
 def fmt(v, spec: str = ".3f") -> str:

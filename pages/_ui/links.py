@@ -1,4 +1,4 @@
-"""Links between pages, and the empty state of pages that show runs."""
+"""Links between pages, the switch to a run on Inspect, and the empty state of pages that show runs."""
 
 from __future__ import annotations
 
@@ -13,6 +13,14 @@ def page_link(page: str, label: str, icon: str | None = None, query_params: dict
     (a page file run alone, as the page tests do)."""
     with contextlib.suppress(StreamlitAPIException, StreamlitPageNotFoundError):
         st.page_link(page, label=label, icon=icon, query_params=query_params)
+
+
+def open_on_inspect(run_id: str) -> None:
+    """Switch to the Inspect page showing a run's pairs (when a page runs alone, say where to look)."""
+    try:
+        st.switch_page("pages/inspect.py", query_params={"run": run_id})
+    except (StreamlitAPIException, StreamlitPageNotFoundError):
+        st.info(f"Run {run_id} is selected: open the Inspect page to see its pairs.")
 
 
 def no_runs_yet() -> None:
