@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -96,11 +97,15 @@ def report_progress(progress: Progress | None, done: int, total: int, backbone: 
 
 def compute_vectors(paths: list[str], backbone: str, weights: str, fit: str = "crop",
                     batch_size: int | None = None, progress: Progress | None = None,
-                    should_stop: ShouldStop | None = None) -> tuple[np.ndarray, list[str]]:
+                    should_stop: ShouldStop | None = None,
+                    on_batch: Callable[[int, np.ndarray, list[str]], None] | None = None,
+                    ) -> tuple[np.ndarray, list[str]]:
     """Vectors of the given images (no cache). Returns (vectors, errors): errors[i] is '' when fine.
 
     ``progress(done, total, message, stage="vectorize", backbone=..., rate=..., eta=...)`` after each
     batch; a ``should_stop()`` that answers True raises :class:`simlab.progress.Cancelled`.
+    ``on_batch(start, vectors, errors)``, before the progress report: each finished batch, rows
+    ``start...`` of the result (``vectorize`` keeps them on disk as they come).
     """
     bb = get_backbone(backbone)
     _, embed = load_model(backbone, weights)
@@ -111,6 +116,8 @@ def compute_vectors(paths: list[str], backbone: str, weights: str, fit: str = "c
     for images, n, errs in _image_batches(paths, bb.input_size, fit, batch_size):
         out[done:done + n] = embed(images)[:n]
         errors.extend(errs)
+        if on_batch is not None:
+            on_batch(done, out[done:done + n], errs)
         done += n
         rate = done / max(time.perf_counter() - start, 1e-9)
         report_progress(progress, done, len(paths), backbone, rate, (len(paths) - done) / rate)
