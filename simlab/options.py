@@ -59,16 +59,19 @@ class Interval:
     def convert(self, text):
         return self.type(text)
 
+    def _fmt(self, bound) -> str:
+        return str(int(bound)) if self.type is int else f"{bound:g}"
+
     def describe(self) -> str:
         if self.left is None and self.right is None:
             return f"a finite {self.type.__name__}"
         if self.right is None:
-            return f"{'>=' if self.closed in ('both', 'left') else '>'} {self.left:g}"
+            return f"{'>=' if self.closed in ('both', 'left') else '>'} {self._fmt(self.left)}"
         if self.left is None:
-            return f"{'<=' if self.closed in ('both', 'right') else '<'} {self.right:g}"
+            return f"{'<=' if self.closed in ('both', 'right') else '<'} {self._fmt(self.right)}"
         lo = "[" if self.closed in ("both", "left") else "("
         hi = "]" if self.closed in ("both", "right") else ")"
-        return f"in {lo}{self.left:g}, {self.right:g}{hi}"
+        return f"in {lo}{self._fmt(self.left)}, {self._fmt(self.right)}{hi}"
 
 
 @dataclass(frozen=True)

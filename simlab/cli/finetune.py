@@ -7,8 +7,9 @@ import logging
 import signal
 import sys
 
+from simlab.cli.guard import option_flag
 from simlab.finetune.config import INITS, LOSSES, MODES, TOWERS, FinetuneConfig
-from simlab.pairs import NEGATIVE_SCHEMES, SPLITS
+from simlab.pairs import NEGATIVE_SCHEMES
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,12 @@ def add_cli(subparsers, data_args) -> None:
     p.add_argument("--independent", action="store_true", help="with --augment: a different transform per image")
     p.add_argument("--steps-per-epoch", type=int, default=None, help="cap batches per epoch (random subset each)")
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping on validation loss")
-    p.add_argument("--split", default=d.split, choices=SPLITS)
-    p.add_argument("--test-size", type=float, default=d.test_size)
-    p.add_argument("--negative-ratio", type=float, default=d.negative_ratio)
-    p.add_argument("--negatives", default=d.negatives, choices=NEGATIVE_SCHEMES)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.set_defaults(func=cmd_finetune)
+    option_flag(p, "--split", "split", default=d.split)
+    option_flag(p, "--test-size", "test_size", default=d.test_size)
+    option_flag(p, "--negative-ratio", "negative_ratio", default=d.negative_ratio)
+    option_flag(p, "--negatives", "negatives", default=d.negatives, choices=list(NEGATIVE_SCHEMES))
+    option_flag(p, "--seed", "seed", default=d.seed)
+    p.set_defaults(func=cmd_finetune, check=config_from_args)
 
 
 def config_from_args(args) -> FinetuneConfig:
