@@ -14,13 +14,14 @@ from pages._ui.datasets import require_dataset
 from pages._ui.formatting import escape_md, fmt_duration, fmt_when
 from pages._ui.job_panel import get_job, job_panel, latest_job, start_job
 from pages._ui.links import page_link
+from pages._ui.options import widget_choices, widget_range
 from pages._ui.store import store
 from simlab import jobs
 from simlab.backbones import list_backbones, weights_status
 from simlab.experiment import GridConfig
 from simlab.finetune import INITS, LOSSES, MODES, TOWERS, FinetuneConfig
 from simlab.merge import MERGES
-from simlab.pairs import NEGATIVE_SCHEMES, SPLITS
+from simlab.pairs import NEGATIVE_SCHEMES
 from simlab.store import Run
 
 MODE_LABELS = {"head": "Neural head (the 2017 fine-tune)", "siamese": "Siamese network"}
@@ -67,7 +68,7 @@ def settings(dataset, running: bool) -> FinetuneConfig | None:
                                  help="\n\n".join(f"**{TOWER_LABELS[k]}**: {v}" for k, v in TOWERS.items()))
             backbone = st.selectbox("Backbone", names, format_func=weights_label, key="ft_backbone",
                                     help="The pretrained network both images go through (the small CNN ignores it).")
-            weights = st.radio("Weights", list(WEIGHT_LABELS), format_func=WEIGHT_LABELS.get, key="ft_weights")
+            weights = st.radio("Weights", widget_choices("weights"), format_func=WEIGHT_LABELS.get, key="ft_weights")
         with c2:
             if mode == "head":
                 merge = st.selectbox("Merge", list(MERGES), key="ft_merge",
@@ -97,14 +98,15 @@ def settings(dataset, running: bool) -> FinetuneConfig | None:
         with st.expander("Split and training details"):
             e1, e2, e3 = st.columns(3)
             with e1:
-                split = st.radio("Split", list(SPLITS), format_func=SPLIT_LABELS.get, key="ft_split")
-                test_size = st.slider("Test fraction", 0.1, 0.5, d.test_size, 0.05, key="ft_test_size")
+                split = st.radio("Split", widget_choices("split"), format_func=SPLIT_LABELS.get, key="ft_split")
+                test_size = st.slider("Test fraction", **widget_range("test_size"), value=d.test_size,
+                                      key="ft_test_size")
             with e2:
                 negative_ratio = st.number_input("Negatives per positive", 0.5, 5.0, d.negative_ratio, 0.5,
                                                  key="ft_neg_ratio")
                 negatives = st.selectbox("Negatives", list(NEGATIVE_SCHEMES), key="ft_negatives")
             with e3:
-                seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="ft_seed")
+                seed = st.number_input("Seed", **widget_range("seed"), value=d.seed, key="ft_seed")
                 batch_size = st.number_input("Batch size", 2, 1024, d.batch_size, key="ft_batch")
                 patience = st.number_input("Patience (epochs)", 1, 100, d.patience, key="ft_patience")
             st.caption("Test pairs are built exactly as for grid runs with the same split, seed and negatives, so "

@@ -11,10 +11,11 @@ from pages._ui.datasets import load_current_dataset
 from pages._ui.formatting import escape_md
 from pages._ui.job_panel import get_job, job_panel, latest_job, start_job
 from pages._ui.links import open_on_inspect, page_link
+from pages._ui.options import default, widget_choices, widget_range
 from pages._ui.state import current_dataset_spec
 from pages._ui.store import store
 from pages._ui.vector_sets import vectors_cached
-from simlab.backbones import DEFAULT_BACKBONE, WEIGHTS_CHOICES, list_backbones, weights_status
+from simlab.backbones import DEFAULT_BACKBONE, list_backbones, weights_status
 from simlab.classifiers import CLASSIFIERS
 from simlab.experiment import GridConfig
 from simlab.jobs import ACTIVE
@@ -30,9 +31,10 @@ WEIGHT_LABELS = {"imagenet": "ImageNet (pretrained)", "random": "random: untrain
 DOWNLOAD_MB = {"vgg16": 59, "vgg19": 80, "vgg16_fc2": 553, "vgg19_fc2": 575, "resnet50": 95,
                "inceptionv3": 88, "xception": 84}
 DEFAULTS = {"train_backbones": [DEFAULT_BACKBONE], "train_merges": ["dot", "l1", "l2"],
-            "train_classifiers": ["cosine", "logreg", "xgboost"], "train_split": "group", "train_test_size": 0.3,
-            "train_negative_ratio": 1.0, "train_negatives": "random", "train_seed": 0, "train_fusion": False,
-            "train_weights": "imagenet", "train_library_defaults": False}
+            "train_classifiers": ["cosine", "logreg", "xgboost"], "train_split": default("split"),
+            "train_test_size": default("test_size"), "train_negative_ratio": default("negative_ratio"),
+            "train_negatives": default("negatives"), "train_seed": default("seed"), "train_fusion": False,
+            "train_weights": default("weights"), "train_library_defaults": False}
 FIELD_OF_KEY = {"train_backbones": "backbones", "train_merges": "merges", "train_classifiers": "classifiers",
                 "train_split": "split", "train_test_size": "test_size", "train_negative_ratio": "negative_ratio",
                 "train_negatives": "negatives", "train_seed": "seed", "train_fusion": "fusion",
@@ -182,27 +184,27 @@ def form(backbones) -> GridConfig:
                         + "\n".join(f"- **{c.label}** ({c.name}): {c.description}" for c in CLASSIFIERS.values()))
     c1, c2, c3 = st.columns(3)
     with c1:
-        st.radio("Split", list(SPLIT_LABELS), format_func=SPLIT_LABELS.get, key="train_split",
+        st.radio("Split", widget_choices("split"), format_func=SPLIT_LABELS.get, key="train_split",
                  persist_state="session",
                  help="Group: whole scenes go to test, no image is seen in training (honest). Pair: the study's "
                       "split of the pairs themselves; the same images sit in train and test, so scores are "
                       "optimistic. Offered to reproduce the old numbers.")
-        st.slider("Test fraction", 0.1, 0.5, step=0.05, key="train_test_size", persist_state="session",
+        st.slider("Test fraction", **widget_range("test_size"), key="train_test_size", persist_state="session",
                   help="Share of the groups (group split) or of the pairs (pair split) held out for testing")
     with c2:
         st.radio("Negative pairs", list(NEGATIVE_LABELS), format_func=NEGATIVE_LABELS.get, key="train_negatives",
                  persist_state="session", help="How pairs of different scenes are drawn")
-        st.number_input("Negatives per positive", 0.25, 10.0, step=0.25, key="train_negative_ratio",
+        st.number_input("Negatives per positive", **widget_range("negative_ratio"), key="train_negative_ratio",
                         persist_state="session", help="1 = balanced, as in the study")
     with c3:
-        st.number_input("Seed", 0, 2**31 - 1, step=1, key="train_seed", persist_state="session",
+        st.number_input("Seed", **widget_range("seed"), key="train_seed", persist_state="session",
                         help="Seeds the split, the negatives and the classifiers: same seed, same numbers")
         chosen = st.session_state.get("train_backbones") or []
         st.toggle("Fuse the backbones", key="train_fusion", persist_state="session",
                   disabled=len(chosen) < 2,
                   help="Also run the chosen backbones' vectors concatenated (each L2-normalised) as one more "
                        "backbone. Needs two or more backbones.")
-        st.selectbox("Weights", list(WEIGHTS_CHOICES), format_func=WEIGHT_LABELS.get, key="train_weights",
+        st.selectbox("Weights", widget_choices("weights"), format_func=WEIGHT_LABELS.get, key="train_weights",
                      persist_state="session",
                      help="ImageNet: the pretrained networks. Random: an untrained network, only for tests.")
         st.toggle("Library defaults (2017)", key="train_library_defaults", persist_state="session",
