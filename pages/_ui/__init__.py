@@ -10,7 +10,8 @@
     thumbs         thumbnails: data URIs, cached files, grids of tiles
     formatting     Markdown escaping, short paths, durations, dates, status symbols
     device         the device badge (detected in a child process)
-    links          links to pages, empty states
+    options        widget choices, ranges and defaults from simlab.options (declared once there)
+    links          links between pages, the switch to a run on Inspect, the empty state of run pages
 
 Nothing here holds a model; slow reads are cached.
 """
