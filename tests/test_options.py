@@ -27,7 +27,7 @@ def test_allowed_values_pass(name, value, expected):
 @pytest.mark.parametrize("name, value, allowed", [
     ("test_size", 0, r"in \(0, 1\)"), ("test_size", 1, r"in \(0, 1\)"), ("test_size", "0.3", r"in \(0, 1\)"),
     ("negative_ratio", 0, r"in \(0, 100\]"), ("negative_ratio", math.inf, r"in \(0, 100\]"),
-    ("negative_ratio", math.nan, r"in \(0, 100\]"), ("seed", 2**32, r"in \[0, 4.29497e\+09\]"),
+    ("negative_ratio", math.nan, r"in \(0, 100\]"), ("seed", 2**32, r"in \[0, 4294967295\]"),
     ("seed", 1.5, "in"), ("seed", True, "in"), ("split", "rows", "one of group, pair"),
     ("negatives", "easy", "one of random, same_left, hard"), ("merge", "sum", "one of dot, l1, l2, concat"),
     ("merges", [], "non-empty list"), ("hard_k", 0, "or None")])
