@@ -1,4 +1,5 @@
-"""The bundled EfficientNet-Lite0 backbone and the numpy-only legacy PyTorch reader behind it."""
+"""The bundled EfficientNet-Lite backbones (Lite0, Lite1, Lite2) and the numpy-only legacy PyTorch
+reader behind them."""
 
 from __future__ import annotations
 
@@ -91,26 +92,33 @@ def simlab_cache(tmp_path_factory):
         yield root
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    from simlab.backbones import efficientnet_lite0
-
-    return efficientnet_lite0
+LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 @pytest.fixture(scope="module")
-def converted(lite0, simlab_cache):
-    """The one-time conversion, into the empty temporary cache."""
-    path = lite0.weights_path()
-    assert not path.exists()
-    assert lite0.ensure_weights() == path
-    assert path.exists() and path.parent == simlab_cache / "weights"
-    return path
+def lite():
+    from simlab.backbones import efficientnet_lite
+
+    return efficientnet_lite
 
 
 @pytest.fixture(scope="module")
-def classifier(lite0, converted):
-    return lite0.build_classifier()
+def converted(lite, simlab_cache):
+    """The one-time conversions, into the empty temporary cache: variant -> weights path."""
+    paths = {}
+    for name in LITE:
+        path = lite.weights_path(name)
+        assert not path.exists()
+        assert lite.ensure_weights(name) == path
+        assert path.exists() and path.parent == simlab_cache / "weights"
+        paths[name] = path
+    return paths
+
+
+@pytest.fixture(scope="module")
+def classifiers(lite, converted):
+    """Each variant's classifier, built once for the module."""
+    return {name: lite.build_classifier(name) for name in LITE}
 
 
 # --------------------------------------------------------------------------- the reader
@@ -218,8 +226,8 @@ def test_reader_rejects_non_legacy_files(tmp_path):
         load_legacy_state_dict(garbage)
 
 
-def test_real_checkpoint_loads(lite0):
-    state = load_legacy_state_dict(lite0.source_path())
+def test_real_checkpoint_loads(lite):
+    state = load_legacy_state_dict(lite.source_path("efficientnet_lite0"))
     assert len(state) == 296
     expected = {
         "_conv_stem.weight": (32, 3, 3, 3),
@@ -240,35 +248,82 @@ def test_real_checkpoint_loads(lite0):
     assert np.all(state["_bn1.running_var"] > 0)
 
 
+# Per variant: (repeats per stage, output channels per stage, input size), as the checkpoints hold them.
+SHAPES = {
+    "efficientnet_lite0": ((1, 2, 2, 3, 3, 4, 1), (16, 24, 40, 80, 112, 192, 320), 224),
+    "efficientnet_lite1": ((1, 3, 3, 4, 4, 5, 1), (16, 24, 40, 80, 112, 192, 320), 240),
+    "efficientnet_lite2": ((1, 3, 3, 4, 4, 5, 1), (16, 24, 48, 88, 120, 208, 352), 260),
+}
+
+
+@pytest.mark.parametrize("name", LITE)
+def test_family_scaling(lite, name):
+    repeats, channels, size = SHAPES[name]
+    v = lite.VARIANTS[name]
+    assert tuple(s[0] for s in lite.stages(v)) == repeats
+    assert tuple(s[4] for s in lite.stages(v)) == channels
+    assert v.input_size == size and v.weights_file == f"{name}.weights.h5"
+    specs = list(lite.block_specs(v))
+    assert len(specs) == sum(repeats) and specs[0][4] == lite.STEM_CHANNELS and specs[-1][5] == channels[-1]
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_family_checkpoints_match_the_derived_blocks(lite, name):
+    """The blocks derived from the multipliers are the checkpoint's, tensor for tensor."""
+    state = load_legacy_state_dict(lite.source_path(name))
+    assert len(state) == 386
+    for i, kernel, _stride, expansion, cin, cout in lite.block_specs(lite.VARIANTS[name]):
+        assert state[f"_blocks.{i}._depthwise_conv.weight"].shape == (cin * expansion, 1, kernel, kernel)
+        assert state[f"_blocks.{i}._project_conv.weight"].shape == (cout, cin * expansion, 1, 1)
+    assert state["_conv_head.weight"].shape[:2] == (1280, SHAPES[name][1][-1])
+
+
+def test_unknown_variant(lite):
+    with pytest.raises(ValueError, match="efficientnet_lite0, efficientnet_lite1, efficientnet_lite2"):
+        lite.build("efficientnet_lite9")
+
+
 # --------------------------------------------------------------------------- the Keras port
 
 
-def _imagenet_probs(lite0, classifier, image: np.ndarray) -> np.ndarray:
+def _imagenet_probs(lite, classifier, image: np.ndarray) -> np.ndarray:
     import tensorflow as tf
 
-    x = tf.image.resize(tf.cast(image[None], tf.float32), (224, 224), method="bilinear")
-    return np.asarray(classifier(lite0.preprocess(x), training=False))[0]
+    size = classifier.input_shape[1]
+    x = tf.image.resize(tf.cast(image[None], tf.float32), (size, size), method="bilinear")
+    return np.asarray(classifier(lite.preprocess(x), training=False))[0]
 
 
-@pytest.mark.parametrize(("photo", "label", "min_prob"), [("chelsea", 285, 0.6), ("coffee", 967, 0.8)])
-def test_imagenet_predictions(lite0, classifier, photo, label, min_prob):
+# (photo, ImageNet label, lowest probability for Lite0, Lite1, Lite2): measured .79/.77/.73, .91/.66/.85
+PHOTOS = [("chelsea", 285, (0.6, 0.6, 0.6)), ("coffee", 967, (0.8, 0.55, 0.75))]
+
+
+@pytest.mark.parametrize(("name", "photo", "label", "min_prob"),
+                         [(name, photo, label, probs[i]) for photo, label, probs in PHOTOS
+                          for i, name in enumerate(LITE)])
+def test_imagenet_predictions(lite, classifiers, name, photo, label, min_prob):
     import skimage.data
 
-    probs = _imagenet_probs(lite0, classifier, getattr(skimage.data, photo)())
+    probs = _imagenet_probs(lite, classifiers[name], getattr(skimage.data, photo)())
     assert probs.shape == (1000,)
     assert abs(float(probs.sum()) - 1.0) < 1e-4
     assert int(probs.argmax()) == label
     assert probs[label] > min_prob
 
 
-def test_build_features(lite0, converted, classifier):
-    model = lite0.build()
-    assert model.input_shape == (None, 224, 224, 3)
+@pytest.mark.parametrize("name", LITE)
+def test_build_features(lite, classifiers, name):
+    from simlab.backbones import get_backbone
+
+    size = SHAPES[name][2]
+    model = get_backbone(name).build("imagenet")
+    assert model.input_shape == (None, size, size, 3)
     assert model.output_shape == (None, 1280)
-    x = lite0.preprocess(np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype(np.float32))
+    x = lite.preprocess(np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32))
     feats = np.asarray(model(x, training=False))
     assert feats.shape == (2, 1280) and np.all(np.isfinite(feats)) and np.all(feats >= 0)  # after ReLU6
     # Same layers as the classifier: its head sees exactly these features.
+    classifier = classifiers[name]
     w, b = classifier.get_layer("predictions").get_weights()
     logits = feats @ w + b
     expected = np.exp(logits - logits.max(1, keepdims=True))
@@ -276,48 +331,65 @@ def test_build_features(lite0, converted, classifier):
     np.testing.assert_allclose(np.asarray(classifier(x, training=False)), expected, atol=1e-5)
 
 
-def test_conversion_happens_once(lite0, converted, classifier, monkeypatch):
-    before = converted.stat()
+def test_conversion_happens_once(lite, converted, classifiers, monkeypatch):
+    before = {name: path.stat() for name, path in converted.items()}
     import simlab.torch_legacy
 
     def no_reconversion(*args, **kwargs):
         raise AssertionError("the checkpoint was converted again")
 
     monkeypatch.setattr(simlab.torch_legacy, "load_legacy_state_dict", no_reconversion)
-    assert lite0.ensure_weights() == converted
-    lite0.build()
-    after = converted.stat()
-    assert (after.st_mtime_ns, after.st_ino, after.st_size) == (before.st_mtime_ns, before.st_ino, before.st_size)
-    leftovers = [p.name for p in converted.parent.iterdir() if p.name != converted.name]
-    assert leftovers == []  # the atomic write left no temp file behind
+    for name, path in converted.items():
+        assert lite.ensure_weights(name) == path
+        after = path.stat()
+        assert (after.st_mtime_ns, after.st_ino, after.st_size) == (
+            before[name].st_mtime_ns, before[name].st_ino, before[name].st_size)
+    lite.build("efficientnet_lite0")
+    weights = {p.name for p in converted.values()}
+    leftovers = [p.name for p in converted["efficientnet_lite0"].parent.iterdir() if p.name not in weights]
+    assert leftovers == []  # the atomic writes left no temp file behind
 
 
-def test_random_weights_and_bad_choice(lite0, tmp_path, monkeypatch):
+def test_random_weights_and_bad_choice(lite, tmp_path, monkeypatch):
     monkeypatch.setenv("SIMLAB_CACHE", str(tmp_path / "fresh"))
-    a, b = lite0.build("random"), lite0.build(weights="random")
-    x = lite0.preprocess(np.full((1, 224, 224, 3), 200.0, np.float32))
+    name = "efficientnet_lite0"
+    a, b = lite.build(name, "random"), lite.build(name, weights="random")
+    x = lite.preprocess(np.full((1, 224, 224, 3), 200.0, np.float32))
     fa, fb = np.asarray(a(x)), np.asarray(b(x))
     np.testing.assert_array_equal(fa, fb)  # seeded
     assert fa.shape == (1, 1280) and np.all(np.isfinite(fa)) and fa.std() > 1e-3  # no vanishing signal
-    assert not lite0.weights_path().exists()  # the bundled file was not touched
+    assert not lite.weights_path(name).exists()  # the bundled file was not touched
     with pytest.raises(ValueError, match="weights"):
-        lite0.build("imagenet21k")
+        lite.build(name, "imagenet21k")
     with pytest.raises(ValueError, match="weights"):
-        lite0.build_classifier(None)
+        lite.build_classifier(name, None)
 
 
-def test_preprocess_numpy_and_tensor(lite0):
+def test_source_checked_before_conversion(lite, tmp_path, monkeypatch):
+    monkeypatch.setenv("SIMLAB_CACHE", str(tmp_path / "fresh"))
+    fake = tmp_path / "efficientnet-lite1-00000000.pth"
+    fake.write_bytes(b"not the checkpoint")
+    monkeypatch.setattr(lite, "source_path", lambda name: fake)
+    with pytest.raises(ValueError, match="not the bundled EfficientNet-Lite1 weights"):
+        lite.ensure_weights("efficientnet_lite1")
+    assert not lite.weights_path("efficientnet_lite1").exists()
+
+
+def test_preprocess_numpy_and_tensor(lite):
     import tensorflow as tf
 
     x = np.array([0.0, 127.0, 255.0], np.float32)
-    np.testing.assert_allclose(lite0.preprocess(x), [-127 / 128, 0.0, 1.0])
-    np.testing.assert_allclose(np.asarray(lite0.preprocess(tf.constant(x))), [-127 / 128, 0.0, 1.0])
+    np.testing.assert_allclose(lite.preprocess(x), [-127 / 128, 0.0, 1.0])
+    np.testing.assert_allclose(np.asarray(lite.preprocess(tf.constant(x))), [-127 / 128, 0.0, 1.0])
 
 
-def test_registered(lite0):
-    from simlab.backbones import BACKBONES
+def test_registered(lite):
+    from simlab.backbones import BACKBONES, weights_status
 
-    entry = BACKBONES["efficientnet_lite0"]
-    assert entry.build is lite0.build and entry.preprocess is lite0.preprocess
-    assert (entry.input_size, entry.dim, entry.bundled) == (224, 1280, True)
-    assert entry.weights_file == "efficientnet_lite0.weights.h5" == lite0.weights_path().name
+    for name in LITE:
+        entry = BACKBONES[name]
+        assert entry.build.func is lite.build and entry.build.args == (name,) and entry.preprocess is lite.preprocess
+        assert (entry.input_size, entry.dim, entry.bundled) == (SHAPES[name][2], 1280, True)
+        assert entry.weights_file == f"{name}.weights.h5" == lite.weights_path(name).name
+        assert entry.preprocessing_version == "1" and weights_status(name) == "bundled"
+        assert entry.description.startswith(f"EfficientNet-Lite{name[-1]} (ImageNet top-1 ")
