@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from pages._ui.formatting import escape_md
+from pages._ui.formatting import escape_md, map_column
 from pages._ui.links import no_runs_yet, open_on_inspect
 from pages._ui.state import current_dataset_spec
 from pages._ui.store import cached_runs
@@ -317,7 +317,7 @@ def leaderboard(frame: pd.DataFrame, metric: str) -> None:
         "ci": st.column_config.TextColumn("95% CI", help="Bootstrap interval of the test accuracy"),
         "f1": st.column_config.NumberColumn("F1", format="%.3f"),
         "auc": st.column_config.NumberColumn("AUC", format="%.3f"),
-        "map": st.column_config.NumberColumn("mAP", format="%.3f", help="Retrieval mAP of the backbone's vectors"),
+        "map": map_column(),
         "n_test": st.column_config.NumberColumn("Test pairs", format="%d"),
         "seconds": st.column_config.NumberColumn("Seconds", format="%.2f", help="Merge + fit + predict"),
         "created": st.column_config.DatetimeColumn("Created", format="YYYY-MM-DD HH:mm"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._ui.device import device_text
-from pages._ui.formatting import escape_md
+from pages._ui.formatting import escape_md, map_column
 from pages._ui.job_panel import job_panel, latest_job, start_job
 from pages._ui.links import page_link
 from pages._ui.state import current_dataset_spec
@@ -118,7 +118,7 @@ else:
         "accuracy": st.column_config.ProgressColumn("accuracy", format="percent", min_value=0, max_value=1),
         "auc": st.column_config.NumberColumn("AUC", format="%.3f"),
         "f1": st.column_config.NumberColumn("F1", format="%.3f"),
-        "map": st.column_config.NumberColumn("retrieval mAP", format="%.3f"),
+        "map": map_column(),
         "seconds": st.column_config.NumberColumn("fit s", format="%.2f"),
     })
     page_link("pages/compare.py", "Compare all runs", icon=":material/grid_on:")

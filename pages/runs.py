@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from pages._ui.formatting import STATUS_ICONS, fmt_duration, fmt_when
+from pages._ui.formatting import STATUS_ICONS, fmt_duration, fmt_when, map_column
 from pages._ui.job_panel import job_panel, show_job_error, start_job
 from pages._ui.links import page_link
 from pages._ui.store import cached_runs, clear_runs_cache, store, store_path
@@ -120,7 +120,7 @@ table = st.dataframe(
     column_config={"accuracy": st.column_config.NumberColumn("accuracy", format="%.3f"),
                    "auc": st.column_config.NumberColumn("AUC", format="%.3f"),
                    "f1": st.column_config.NumberColumn("F1", format="%.3f"),
-                   "map": st.column_config.NumberColumn("mAP", format="%.3f"),
+                   "map": map_column(),
                    "error": st.column_config.TextColumn("error", width="medium")})
 selected = [shown[i] for i in (table.selection.rows if table else []) if i < len(shown)]
 if not selected:

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from pages._ui.datasets import load_current_dataset
-from pages._ui.formatting import escape_md
+from pages._ui.formatting import escape_md, map_column
 from pages._ui.job_panel import get_job, job_panel, latest_job, start_job
 from pages._ui.links import open_on_inspect, page_link
 from pages._ui.options import default, widget_choices, widget_range
@@ -147,7 +147,7 @@ def results(job: dict) -> None:
                          "ci": st.column_config.TextColumn("95% CI", width=100),
                          "f1": st.column_config.NumberColumn("F1", format="%.3f"),
                          "auc": st.column_config.NumberColumn("AUC", format="%.3f"),
-                         "map": st.column_config.NumberColumn("mAP", format="%.3f"),
+                         "map": map_column(),
                          "seconds": st.column_config.NumberColumn("Seconds", format="%.2f"),
                          "id": st.column_config.TextColumn("Run")})
         if len(done):

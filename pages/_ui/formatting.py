@@ -7,6 +7,10 @@ import os
 import time
 from pathlib import Path
 
+import streamlit as st
+
+from simlab.evaluate import metric_scope
+
 # Plain symbols (tables cannot show icons; these render in any font, emoji fonts not needed)
 STATUS_ICONS = {"queued": "○", "running": "●", "done": "✓", "failed": "✗", "cancelled": "■"}
 
@@ -42,3 +46,12 @@ def fmt_duration(seconds: float | None) -> str:
 def fmt_when(ts: float | None) -> str:
     """A timestamp as local date and time."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+
+def map_column() -> st.column_config.NumberColumn:
+    """The one column for a stored run's ``map``, labelled with its scope (simlab.evaluate.METRICS)."""
+    grid = metric_scope("map", "grid", "each run's backbone")
+    tuned = metric_scope("map", "finetune")
+    return st.column_config.NumberColumn(
+        "retrieval mAP", format="%.3f",
+        help=f"Grid runs: {grid}; it describes the vectors, not the classifier. Fine-tune runs: {tuned}.")
