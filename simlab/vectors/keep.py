@@ -21,10 +21,11 @@ from simlab.vectors.cache import VectorCache
 
 log = logging.getLogger(__name__)
 
-# Seconds between two parts. A part is a small file (5 kB an image at 1,280 dims): on the demo (783
-# images, EfficientNet-Lite0, 2 CPUs, 15 s) 2 parts took 19 ms, 0.12% of the run; a part after
-# every batch (save_every=0) 25 parts, 36 ms, 0.23%.
-SAVE_EVERY_S = 5.0
+# Seconds between two parts: a killed run loses at most about this much work. Writing a part costs
+# about 16 us an image (5 kB at 1,280 dims): on the demo (783 images, EfficientNet-Lite0, 2 busy
+# CPUs, 15-22 s) 12-15 parts took 18-35 ms, 0.1-0.2% of the run (a part after every batch, 25 parts:
+# 0.15-0.5%); on a GPU at ~1,100 img/s it would be up to ~2% of a run long enough to write parts.
+SAVE_EVERY_S = 1.0
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -50,15 +51,12 @@ class Keeper:
         self.cache, self.fingerprint, self.digests = cache, fingerprint, digests
         self.total, self.kept, self.save_every = total, kept, save_every
         self.pending: list[tuple[int, np.ndarray, list[str]]] = []
-        self.last: float | None = None  # the clock starts at the first batch, not at the model's loading
+        self.last = time.monotonic()  # (the model's loading counts: the first batch after a slow one is kept at once)
 
     def add(self, start: int, vectors: np.ndarray, errors: list[str]) -> None:
         """One finished batch: rows ``start...`` of the computation."""
         self.pending.append((start, vectors, errors))
-        now = time.monotonic()
-        if self.last is None:
-            self.last = now
-        if now - self.last >= self.save_every:
+        if time.monotonic() - self.last >= self.save_every:
             self.flush()
 
     def flush(self) -> None:
