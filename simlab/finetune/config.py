@@ -105,6 +105,8 @@ class FinetuneConfig:
         get_merge(self.merge)
         if not self.uses_small_cnn and get_backbone(self.backbone).options.get("tuned"):
             raise ValueError(f"{self.backbone} is itself a tuned tower; fine-tune from a pretrained backbone.")
+        if not self.uses_small_cnn and get_backbone(self.backbone).options.get("weight_free"):
+            raise ValueError(f"{self.backbone} has no weights to learn from; fine-tune from a pretrained backbone.")
         self._validate_numbers()
         return self
 
