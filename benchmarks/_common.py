@@ -5,6 +5,7 @@ Not part of simlab: nothing here is imported by the app or the core.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -178,10 +179,8 @@ def median(values) -> float:
 def machine() -> dict:
     """What the numbers were measured on."""
     info = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
-    try:
+    with contextlib.suppress(OSError):
         info["load_avg"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
     try:
         from simlab.device import describe
 

@@ -26,8 +26,17 @@ import argparse  # noqa: E402
 import time  # noqa: E402
 
 from benchmarks._common import (  # noqa: E402
-    emit, log, machine, make_holidays, median, synthetic_vectors, table, use_bench_cache, verdict,
-    write_vector_cache)
+    emit,
+    log,
+    machine,
+    make_holidays,
+    median,
+    synthetic_vectors,
+    table,
+    use_bench_cache,
+    verdict,
+    write_vector_cache,
+)
 
 BACKBONE, WEIGHTS, DIM = "resnet50", "random", 2048
 GOAL_LOAD_S = 0.1

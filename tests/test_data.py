@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_folder, make_holidays, scene_image
 from PIL import Image
 
-from conftest import make_folder, make_holidays, scene_image
-from simlab.data import DATASET_KINDS, Dataset, DatasetError, Problem, load_dataset, parse_spec
-from simlab.data import images
+from simlab.data import DATASET_KINDS, Dataset, DatasetError, Problem, images, load_dataset, parse_spec
 from simlab.data.images import ImageError, check_image, load_for_model, open_rgb, thumbnail, thumbnail_data_uri
 
 

@@ -16,7 +16,8 @@ def test_the_pair_builder_uses_the_declared_choices():
 
 
 @pytest.mark.parametrize("name, value, expected", [
-    ("test_size", 0.3, 0.3), ("test_size", 0.999, 0.999), ("negative_ratio", 100, 100.0), ("negative_ratio", 0.25, 0.25),
+    ("test_size", 0.3, 0.3), ("test_size", 0.999, 0.999),
+    ("negative_ratio", 100, 100.0), ("negative_ratio", 0.25, 0.25),
     ("seed", 0, 0), ("seed", 2**32 - 1, 2**32 - 1), ("split", "pair", "pair"), ("negatives", "hard", "hard"),
     ("weights", "random", "random"), ("hard_k", None, None), ("merge", "concat", "concat"),
     ("merges", ["dot", "l1"], ["dot", "l1"])])

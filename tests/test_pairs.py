@@ -8,7 +8,7 @@ def test_groups_of_three_two_one_give_four_positives():
     groups = ["a", "a", "a", "b", "b", "c"]
     left, right = positive_pairs(groups)
     assert len(left) == 4
-    assert {(int(l), int(r)) for l, r in zip(left, right)} == {(0, 1), (0, 2), (1, 2), (3, 4)}
+    assert {(int(a), int(b)) for a, b in zip(left, right)} == {(0, 1), (0, 2), (1, 2), (3, 4)}
 
 
 @pytest.mark.parametrize("ratio", [0.5, 1.0, 2.0])
