@@ -174,13 +174,14 @@ class _FlatIndex:
         self.n, dim = np.shape(vectors)
         self.index = faiss.IndexFlatIP(dim)
         for start in range(0, self.n, chunk):
-            self.index.add(_normalised(vectors[start:start + chunk]))
+            self.index.add(normalised(vectors[start:start + chunk]))
 
     def search(self, queries, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        return self.index.search(_normalised(queries), max(1, min(int(k), self.n)))
+        return self.index.search(normalised(queries), max(1, min(int(k), self.n)))
 
 
-def _normalised(vectors) -> np.ndarray:
+def normalised(vectors) -> np.ndarray:
+    """float32, C-contiguous, rows of unit L2 norm (zero rows stay zero): what FAISS inner products need."""
     import faiss
 
     x = np.array(vectors, dtype=np.float32, order="C", copy=True)

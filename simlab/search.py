@@ -29,7 +29,7 @@ from simlab.backbones import DEFAULT_BACKBONE
 from simlab.classifiers import make_classifier
 from simlab.data import load_dataset
 from simlab.merge import merge_pairs
-from simlab.pairs import group_codes
+from simlab.pairs import group_codes, normalised
 from simlab.paths import atomic_path, cache_dir
 from simlab.progress import Progress, ShouldStop, silent
 from simlab.protocol import Protocol
@@ -78,17 +78,6 @@ def default_nprobe(nlist: int) -> int:
 def _pq_subquantizers(dim: int) -> int:
     """The largest m <= 64 dividing dim (PQ needs dim % m == 0)."""
     return next(m for m in range(min(64, dim), 0, -1) if dim % m == 0)
-
-
-def normalised(vectors) -> np.ndarray:
-    """float32, C-contiguous, rows of unit L2 norm (zero rows stay zero)."""
-    import faiss
-
-    x = np.array(vectors, dtype=np.float32, order="C", copy=True)
-    if x.ndim == 1:
-        x = x[None, :]
-    faiss.normalize_L2(x)
-    return x
 
 
 @dataclass
