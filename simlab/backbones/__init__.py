@@ -52,6 +52,8 @@ class Backbone:
     weights_file: str | None = None  # file name under cache/weights/ once downloaded or converted
     preprocessing_version: str = "1"  # bump when preprocess changes: it keys the vector cache
     options: dict = field(default_factory=dict)
+    # whether the weights are on disk, for backbones whose weights are not one file under cache/weights/
+    weights_present: Callable[[], bool] | None = None
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -96,10 +98,12 @@ def get_backbone(name: str) -> Backbone:
 
 
 def weights_status(name: str) -> str:
-    """'bundled', 'cached', or 'download' (needs the internet on first use)."""
+    """'bundled' (ship with simlab), 'cached' (on disk), or 'download' (needs the internet on first use)."""
     bb = get_backbone(name)
     if bb.bundled:
         return "bundled"
-    if bb.weights_file and (cache_dir("weights") / bb.weights_file).exists():
-        return "cached"
-    return "download"
+    if bb.weights_present is not None:
+        present = bb.weights_present()
+    else:
+        present = bool(bb.weights_file) and (cache_dir("weights") / bb.weights_file).exists()
+    return "cached" if present else "download"
