@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from simlab.merge import l2_normalise
@@ -56,6 +57,28 @@ def pair_metrics(y_true, prob, threshold: float = 0.5, n_boot: int = 1000, seed:
     }
 
 
+def best_threshold(y_true, prob, prefer: float = 0.5) -> float:
+    """The operating threshold that classifies the most of these pairs right (a pair is "same" when its
+    probability is at least the threshold): a midpoint between two neighbouring probabilities, or just
+    outside their range. Among equally accurate cuts, the one nearest ``prefer`` (the classifier's own rule).
+
+    Meant for validation pairs, never the test pairs a run is scored on."""
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(prob, np.float64)
+    if len(y) == 0 or len(np.unique(y)) < 2:
+        return float(prefer)
+    values = np.unique(p)
+    cuts = np.concatenate([[values[0] - 1e-6], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-6]])
+    order = np.argsort(p, kind="stable")
+    ps, ys = p[order], y[order]
+    below = np.searchsorted(ps, cuts, side="left")  # pairs under each cut: predicted "different"
+    neg_below = np.concatenate([[0], np.cumsum(ys == 0)])[below]
+    pos_above = int((ys == 1).sum()) - np.concatenate([[0], np.cumsum(ys == 1)])[below]
+    correct = neg_below + pos_above
+    best = np.flatnonzero(correct == correct.max())
+    return float(np.clip(cuts[best[np.argmin(np.abs(cuts[best] - prefer))]], 0.0, 1.0))
+
+
 def average_precision(relevant_sorted: np.ndarray) -> float:
     """AP of one ranked list given as booleans (True = relevant), over all relevant items in it."""
     hits = np.flatnonzero(relevant_sorted)
@@ -94,6 +117,75 @@ def retrieval_map_on(vectors: np.ndarray, groups, images) -> float:
     return retrieval_map(np.asarray(vectors)[images], np.asarray(groups)[images])
 
 
+# --------------------------------------------------------------------------- two runs, pair by pair
+
+#: Outcomes of a pair under two runs A and B, in the order pages list them.
+DIFF_OUTCOMES = ("fixed", "broken", "both_wrong", "both_right")
+PAIR_KEY = ("left_path", "right_path")
+
+
+class DifferentTestPairs(ValueError):
+    """Two runs were not scored on the same test pairs, so they cannot be compared pair by pair."""
+
+
+@dataclass(frozen=True)
+class PairDiff:
+    """Two runs' predictions on the same test pairs. ``pairs`` has one row per test pair (A's order):
+    paths, groups, ``label``, ``prob_a``/``prob_b``, ``correct_a``/``correct_b`` at each run's threshold, and
+    ``outcome``: "fixed" (A wrong, B right), "broken" (A right, B wrong), "both_wrong" or "both_right"."""
+
+    pairs: pd.DataFrame
+    threshold_a: float
+    threshold_b: float
+
+    @property
+    def counts(self) -> dict[str, int]:
+        found = self.pairs["outcome"].value_counts()
+        return {k: int(found.get(k, 0)) for k in DIFF_OUTCOMES}
+
+    @property
+    def disagreeing(self) -> pd.DataFrame:
+        """The pairs one run gets right and the other wrong (fixed, then broken), largest change in P(same) first."""
+        d = self.pairs[self.pairs["outcome"].isin(("fixed", "broken"))]
+        change = (d["prob_b"] - d["prob_a"]).abs()
+        return d.assign(_change=change).sort_values(["outcome", "_change"], ascending=[False, False],
+                                                    kind="stable").drop(columns="_change")
+
+
+def pair_diff(preds_a: pd.DataFrame, preds_b: pd.DataFrame, threshold_a: float = 0.5,
+              threshold_b: float = 0.5) -> PairDiff:
+    """Compare two runs pair by pair: which test pairs B fixes (A wrong, B right), breaks, and which both get
+    wrong or right, each run at its own threshold. ``preds_*`` are stored predictions (``Store.predictions``:
+    left_path, right_path, left_group, right_group, label, prob).
+
+    Raises :class:`DifferentTestPairs` (one line) unless both runs scored the same test pairs with the same labels.
+    """
+    cols = [*PAIR_KEY, "label", "prob"]
+    a, b = preds_a[["left_group", "right_group", *cols]], preds_b[cols]
+    for name, frame in (("A", a), ("B", b)):
+        if frame.duplicated(list(PAIR_KEY)).any():
+            raise DifferentTestPairs(f"Run {name} lists some test pairs twice; it cannot be compared pair by pair.")
+    both = a.merge(b, on=list(PAIR_KEY), how="outer", suffixes=("_a", "_b"), indicator=True, sort=False)
+    only_a, only_b = int((both["_merge"] == "left_only").sum()), int((both["_merge"] == "right_only").sum())
+    if only_a or only_b or len(a) == 0:
+        raise DifferentTestPairs(
+            f"The two runs were scored on different test pairs ({len(a)} and {len(b)} pairs; {only_a} only in A, "
+            f"{only_b} only in B). Compare runs on the same dataset, split, test size, negatives and seed.")
+    if (both["label_a"] != both["label_b"]).any():
+        raise DifferentTestPairs("The two runs label some of the same test pairs differently: they come from "
+                                 "different datasets. Compare runs on the same dataset.")
+    label = both["label_a"].astype(int)
+    correct_a = (both["prob_a"] >= threshold_a).astype(int) == label
+    correct_b = (both["prob_b"] >= threshold_b).astype(int) == label
+    outcome = np.select([~correct_a & correct_b, correct_a & ~correct_b, ~correct_a & ~correct_b],
+                        ["fixed", "broken", "both_wrong"], "both_right")
+    pairs = pd.DataFrame({k: both[k] for k in (*PAIR_KEY, "left_group", "right_group")}
+                         | {"label": label, "prob_a": both["prob_a"].astype(float),
+                            "prob_b": both["prob_b"].astype(float), "correct_a": correct_a,
+                            "correct_b": correct_b, "outcome": outcome})
+    return PairDiff(pairs.reset_index(drop=True), float(threshold_a), float(threshold_b))
+
+
 # --------------------------------------------------------------------------- what each number means
 
 
@@ -112,12 +204,17 @@ class Metric:
 
 
 METRICS: tuple[Metric, ...] = (
-    Metric("accuracy", "Accuracy", "share of the test pairs classified right (threshold 0.5)"),
+    Metric("accuracy", "Accuracy", "share of the test pairs classified right at the run's stored threshold "
+           "(chosen on validation scenes carved from the training scenes, never on the test pairs; 0.5 for "
+           "runs with the 2017 study's settings, for fine-tune runs and for runs stored before thresholds were kept)"),
     Metric("accuracy_lo", "Accuracy, 95% CI low", "bootstrap interval of the test accuracy"),
     Metric("accuracy_hi", "Accuracy, 95% CI high", "bootstrap interval of the test accuracy"),
-    Metric("precision", "Precision", "of 'same scene' on the test pairs"),
-    Metric("recall", "Recall", "of 'same scene' on the test pairs"),
-    Metric("f1", "F1", "of 'same scene' on the test pairs"),
+    Metric("precision", "Precision", "of 'same scene' on the test pairs, at the run's stored threshold"),
+    Metric("recall", "Recall", "of 'same scene' on the test pairs, at the run's stored threshold"),
+    Metric("f1", "F1", "of 'same scene' on the test pairs, at the run's stored threshold"),
+    Metric("threshold", "Threshold", "the run's operating threshold on P(same): chosen on validation scenes "
+           "carved from the training scenes (0.5: the 2017 study's rule)"),
+    Metric("n_val", "Validation pairs", "number of validation pairs the threshold was chosen on", kind="grid"),
     Metric("auc", "ROC AUC", "of P(same scene) on the test pairs"),
     Metric("map", "Retrieval mAP", "retrieval mAP of {backbone} vectors on all images of the dataset "
            "(every scene's query ranks every other image)", kind="grid"),

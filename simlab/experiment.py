@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -19,8 +19,9 @@ from simlab.backbones import DEFAULT_BACKBONE, get_backbone
 from simlab.classifiers import make_classifier
 from simlab.data import load_dataset
 from simlab.distributed import ray_address, ray_fit_xgboost
-from simlab.evaluate import pair_metrics, retrieval_map
+from simlab.evaluate import best_threshold, pair_metrics, retrieval_map
 from simlab.merge import fuse, merge_pairs
+from simlab.pairs import Pairs
 from simlab.progress import Cancelled, Progress, ShouldStop, silent
 from simlab.protocol import Protocol, SplitPairs
 from simlab.provenance import git_commit, library_versions
@@ -205,6 +206,7 @@ class _Cells:
         self.running: dict = {}
         self.opened: dict[str, tuple] = {}
         self.pair_sets: dict = {}
+        self.validation_sets: dict = {}
         self.one_backbone = len({backbone for backbone, _, _ in self.waiting}) == 1
         for backbone in dict.fromkeys(b for b, _, _ in self.waiting):  # every pair set, before any run is stored
             check_both_labels(self.pairs_for(backbone), self.protocol)
@@ -219,6 +221,16 @@ class _Cells:
             else:
                 self.pair_sets[key] = self.protocol.pairs(self.groups)
         return self.pair_sets[key]
+
+    def validation_for(self, backbone: str) -> SplitPairs | None:
+        """The pairs a run's threshold is chosen on (:func:`validation_pairs`); None under the study's rule."""
+        if uses_study_rule(self.config):
+            return None
+        key = backbone if self.protocol.needs_vectors else None
+        if key not in self.validation_sets:
+            self.validation_sets[key] = validation_pairs(self.protocol, self.pairs_for(backbone), self.groups,
+                                                         self.vectors[backbone])
+        return self.validation_sets[key]
 
     def fail(self, run_id: str, exc: BaseException) -> None:
         log.warning("Run %s failed: %s: %s", run_id, type(exc).__name__, exc)
@@ -238,7 +250,7 @@ class _Cells:
         pairs, train, test = self.pairs_for(backbone)
         future = pool.submit(_run_cell, self.vectors[backbone], pairs, train, test, merge, clf_name, config.seed,
                              self.maps[backbone], self.paths_arr, self.groups_arr, config.ray,
-                             config.library_defaults)
+                             config.library_defaults, self.validation_for(backbone))
         self.running[future] = (run_id, cell)
 
     def describe(self) -> str:
@@ -256,7 +268,7 @@ class _Cells:
                 self.fail(run_id, exc)
                 self.failure = self.failure or exc
                 continue
-            self.store.finish_run(run_id, metrics, predictions, timings=timings)
+            self.store.finish_run(run_id, metrics, predictions, timings=timings, threshold=metrics["threshold"])
             self.opened.pop(run_id, None)
             self.finished += 1
             yield {"run_id": run_id, "backbone": backbone, "merge": merge, "classifier": clf_name} | metrics | {
@@ -293,20 +305,105 @@ def fit_classifier(clf_name: str, X, y, seed: int, ray: str | None = None, libra
 
 
 def _run_cell(vectors, pairs, train, test, merge: str, clf_name: str, seed: int, map_score: float, paths, groups,
-              ray: str | None = None, library_defaults: bool = False) -> tuple[dict, pd.DataFrame, dict]:
-    """Train and score one cell; returns (metrics, test predictions, timings) for the store."""
+              ray: str | None = None, library_defaults: bool = False,
+              validation: SplitPairs | None = None) -> tuple[dict, pd.DataFrame, dict]:
+    """Train and score one cell; returns (metrics, test predictions, timings) for the store.
+
+    With ``validation`` (:func:`validation_pairs`), the operating threshold is chosen first: the classifier is
+    fitted on the validation split's training side and the threshold that classifies the most validation pairs
+    right is kept; then the classifier is fitted again on all training pairs and the test pairs are scored at
+    that threshold. Without it (the 2017 study's settings), P(same) >= 0.5.
+    """
     t0 = time.perf_counter()
     X_train = merge_pairs(vectors, pairs.left[train], pairs.right[train], merge)
     X_test = merge_pairs(vectors, pairs.left[test], pairs.right[test], merge)
     t1 = time.perf_counter()
+    threshold, n_val = 0.5, {}
+    if validation is not None:
+        inner, val = validation.train_pairs, validation.test_pairs
+        X_inner = merge_pairs(vectors, inner.left, inner.right, merge)
+        X_val = merge_pairs(vectors, val.left, val.right, merge)
+        chooser = fit_classifier(clf_name, X_inner, inner.label, seed, ray, library_defaults)
+        threshold = best_threshold(val.label, chooser.predict_proba(X_val)[:, 1])
+        n_val = {"n_val": len(val)}
+    elif not library_defaults:
+        n_val = {"n_val": 0}  # too few training scenes to carve validation scenes from
+    t_val = time.perf_counter()
     clf = fit_classifier(clf_name, X_train, pairs.label[train], seed, ray, library_defaults)
     t2 = time.perf_counter()
     prob = clf.predict_proba(X_test)[:, 1]
     t3 = time.perf_counter()
-    metrics = pair_metrics(pairs.label[test], prob, seed=seed) | {"map": map_score,
-                                                                 "n_train": int(train.sum())}
+    metrics = pair_metrics(pairs.label[test], prob, threshold=threshold, seed=seed) | n_val | {
+        "map": map_score, "n_train": int(train.sum())}
     left, right = pairs.left[test], pairs.right[test]
     predictions = pd.DataFrame({"left_path": paths[left], "right_path": paths[right],
                                 "left_group": groups[left], "right_group": groups[right],
                                 "label": pairs.label[test].astype(int), "prob": prob})
-    return metrics, predictions, {"merge": t1 - t0, "fit": t2 - t1, "predict": t3 - t2, "total": t3 - t0}
+    return metrics, predictions, {"merge": t1 - t0, "threshold": t_val - t1, "fit": t2 - t_val, "predict": t3 - t2,
+                                  "total": t3 - t0}
+
+
+# --------------------------------------------------------------------------- the operating threshold
+
+#: Share of a run's training scenes held out as validation scenes to choose its threshold.
+VALIDATION_SIZE = 0.25
+
+
+def uses_study_rule(config: GridConfig) -> bool:
+    """Runs with the 2017 study's settings (``library_defaults``, set by the Train page's presets) keep the
+    study's decision rule, P(same) >= 0.5 (argmax), so they stay comparable with its table."""
+    return bool(config.library_defaults)
+
+
+def validation_pairs(protocol: Protocol, split_pairs: SplitPairs, groups, vectors=None) -> SplitPairs | None:
+    """Pairs to choose a run's threshold on, never touching its test pairs: ``train`` and ``test`` masks over
+    them are the validation split's training side and its validation pairs.
+
+    The run's training scenes (all scenes on the pair split) are split again by scene, seeded by the run's
+    seed: :data:`VALIDATION_SIZE` of them held out as validation scenes, pairs built inside each side by the
+    run's own protocol (same negatives and ratio, hard negatives mined among the training images), so
+    validation pairs look like test pairs and no image is on both sides. A pair that is one of the run's test
+    pairs (pair split) is left out, and each side is brought back to the training pairs' share of positives
+    by dropping a seeded random few of the other label. None when the training scenes are too few.
+    """
+    groups = np.asarray(groups)
+    images = np.flatnonzero(~protocol.held_out(groups))
+    inner = replace(protocol, split="group", test_size=VALIDATION_SIZE)
+    try:
+        sub = inner.pairs(groups[images], None if vectors is None or not protocol.needs_vectors
+                          else np.asarray(vectors)[images])
+    except ValueError as exc:
+        log.info("no validation scenes (%s): threshold 0.5", exc)
+        return None
+    left, right, label = images[sub.pairs.left], images[sub.pairs.right], sub.pairs.label
+    keep = np.ones(len(label), bool)
+    if protocol.split == "pair":
+        test = split_pairs.test_pairs
+        tested = set(zip(np.minimum(test.left, test.right).tolist(), np.maximum(test.left, test.right).tolist()))
+        keep = np.array([pair not in tested for pair in zip(np.minimum(left, right).tolist(),
+                                                             np.maximum(left, right).tolist())], bool)
+    target = float(np.mean(split_pairs.pairs.label[split_pairs.train]))
+    rng = np.random.default_rng(protocol.seed)
+    for side in (sub.train, sub.test):
+        keep &= ~side | _balanced(label, keep & side, target, rng)
+    train, val = sub.train & keep, sub.test & keep
+    if any(set(np.unique(label[mask]).tolist()) != {0, 1} for mask in (train, val)):
+        log.info("validation scenes lack positive or negative pairs: threshold 0.5")
+        return None
+    return SplitPairs(Pairs(left, right, label), train, val)
+
+
+def _balanced(label: np.ndarray, mask: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """``mask`` less a seeded random few pairs of one label, so that ``share`` of what is left is positive."""
+    pos, neg = np.flatnonzero(mask & (label == 1)), np.flatnonzero(mask & (label == 0))
+    if not len(pos) or not len(neg) or not 0 < share < 1:
+        return mask
+    want_neg = round(len(pos) * (1 - share) / share)
+    out = mask.copy()
+    if want_neg < len(neg):
+        out[rng.choice(neg, len(neg) - want_neg, replace=False)] = False
+    else:
+        want_pos = round(len(neg) * share / (1 - share))
+        if want_pos < len(pos):
+            out[rng.choice(pos, len(pos) - want_pos, replace=False)] = False
+    return out

@@ -16,6 +16,7 @@ A store that cannot be written raises :class:`StoreError`, one line naming the f
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -268,6 +269,22 @@ class Store:
             return pd.read_sql_query(
                 "SELECT left_path, right_path, left_group, right_group, label, prob FROM predictions "
                 "WHERE run_id = ? ORDER BY rowid", db, params=[run_id])
+
+    def test_pairs_keys(self, run_ids: list[str] | None = None) -> dict[str, str]:
+        """Run id -> a digest of the test pairs it was scored on (paths and labels, in any order): two runs
+        with the same key can be compared pair by pair. Runs without stored predictions are left out."""
+        where, args = "", []
+        if run_ids is not None:
+            if not run_ids:
+                return {}
+            where, args = f" WHERE run_id IN ({', '.join('?' * len(run_ids))})", list(run_ids)
+        digests: dict = {}
+        with self._connect() as db:
+            rows = db.execute("SELECT run_id, left_path, right_path, label FROM predictions" + where
+                              + " ORDER BY run_id, left_path, right_path", args)
+            for run_id, left, right, label in rows:
+                digests.setdefault(run_id, hashlib.sha1()).update(f"{left}\t{right}\t{label}\n".encode())
+        return {run_id: h.hexdigest()[:16] for run_id, h in digests.items()}
 
     def delete_run(self, run_id: str) -> None:
         with self._connect() as db:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 from simlab.protocol import Protocol, unchecked
+from simlab.store.schema import DEFAULT_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class Run:
     owner_started: float | None = None
     owner_host: str | None = None
     heartbeat: float | None = None  # the last write while it ran
+    #: The operating threshold on P(same): chosen on validation scenes carved from the training scenes
+    #: (grid runs since schema version 4); 0.5 for the 2017 study's settings, fine-tune runs and older runs.
+    threshold: float = DEFAULT_THRESHOLD
 
     @classmethod
     def from_row(cls, row: Mapping) -> Run:
@@ -65,6 +69,8 @@ class Run:
                 value = json.loads(value)
             values[k] = dict(value or {})
         values["kind"] = KINDS.get(values.get("kind"), values.get("kind"))
+        if values.get("threshold") is None:
+            values["threshold"] = DEFAULT_THRESHOLD
         return cls(**values)
 
     def to_row(self) -> dict:
@@ -134,6 +140,19 @@ class Run:
         if self.is_finetune:
             return f"fine-tune of {self.backbone}: {self.method}"
         return f"{self.backbone} + {self.merge} + {self.classifier}"
+
+    @property
+    def threshold_rule(self) -> str:
+        """Where :attr:`threshold` comes from, in words."""
+        if self.is_finetune:
+            return "0.5 on the fine-tuned model's P(same) (its own rule, set on validation pairs)"
+        if self.metrics.get("n_val"):
+            return f"chosen on {self.metrics['n_val']} validation pairs from scenes carved out of the training scenes"
+        if "n_val" in self.metrics and not self.config.get("library_defaults"):
+            return "0.5: too few training scenes to carve validation scenes from"
+        if self.config.get("library_defaults"):
+            return "0.5: the 2017 study's rule"
+        return "0.5 (stored before thresholds were chosen on validation scenes)"
 
     @property
     def seconds(self) -> float | None:

@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS curves (
 CREATE INDEX IF NOT EXISTS curves_run ON curves(run_id);
 """
 FULL_BELOW = 2**20  # bytes: a disk with less free space than this is full for the store
+#: The threshold of a run that stored none: every run before schema version 4 was scored at 0.5.
+DEFAULT_THRESHOLD = 0.5
 JSON_COLUMNS = ("config", "metrics", "timings", "versions", "params", "result", "artifacts", "fields")
 
 # --------------------------------------------------------------------------- schema versions
@@ -62,8 +64,14 @@ def _owners(db: sqlite3.Connection) -> None:
                    [(params_key(json.loads(params) if params else {}), id_) for id_, params in active])
 
 
+def _thresholds(db: sqlite3.Connection) -> None:
+    """Version 4: a run carries its operating threshold on P(same). Runs stored before were scored at 0.5."""
+    db.execute(f"ALTER TABLE runs ADD COLUMN threshold REAL DEFAULT {DEFAULT_THRESHOLD}")
+    db.execute("UPDATE runs SET threshold = ? WHERE threshold IS NULL", [DEFAULT_THRESHOLD])
+
+
 #: Applied in order: a store at ``user_version`` v runs ``MIGRATIONS[v:]``. Append, never edit.
-MIGRATIONS = (_tables, _run_indexes, _owners)
+MIGRATIONS = (_tables, _run_indexes, _owners, _thresholds)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
