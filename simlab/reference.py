@@ -66,5 +66,5 @@ def published_head_accuracies() -> pd.DataFrame:
 def published_accuracy(backbone: str, merge: str, classifier: str) -> float | None:
     """One published number, or None when the study has no such cell."""
     table = published_accuracies()
-    hit = table[(table.backbone == backbone) & (table.merge == merge) & (table.classifier == classifier)]
+    hit = table[(table["backbone"] == backbone) & (table["merge"] == merge) & (table["classifier"] == classifier)]
     return float(hit.accuracy.iloc[0]) if len(hit) else None

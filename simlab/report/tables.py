@@ -1,0 +1,115 @@
+"""Runs as tables: one row per finished run, the newest run of each grid cell, the 2017 study beside ours.
+
+Shared by the Compare page and the HTML report, so both show the same numbers for the same runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from simlab.backbones import DEFAULT_BACKBONE
+from simlab.classifiers import CLASSIFIERS
+from simlab.reference import STUDY_BACKBONES, published_accuracies
+from simlab.store import Run
+
+SPLIT_LABELS = {"group": "Group split (held-out scenes)", "pair": "Pair split (2017 protocol, leaky)"}
+WEIGHT_LABELS = {"imagenet": "ImageNet weights", "random": "Random weights (untrained, for tests only)"}
+NUMBER_COLUMNS = ["accuracy", "accuracy_lo", "accuracy_hi", "precision", "recall", "f1", "auc", "map",
+                  "n_test", "seconds"]
+COLUMNS = ["id", "created", "dataset", "fingerprint", "kind", "backbone", "merge", "classifier", "split", "weights",
+           "negatives", "negative_ratio", "test_size", "seed", "job_id", *NUMBER_COLUMNS]
+CELL = ["backbone", "merge", "classifier"]
+
+
+def runs_table(runs: list[Run]) -> pd.DataFrame:
+    """Finished runs, newest first: identity, protocol and metrics, one row per run."""
+    rows = []
+    for r in runs:
+        if not r.done:
+            continue
+        p = r.protocol
+        rows.append({
+            "id": r.id, "created": r.created, "dataset": r.dataset or "", "fingerprint": r.fingerprint or "",
+            "kind": r.kind, "backbone": r.backbone, "merge": r.merge, "classifier": r.classifier,
+            "split": p.split, "weights": p.weights, "negatives": p.negatives, "negative_ratio": p.negative_ratio,
+            "test_size": p.test_size, "seed": p.seed, "job_id": r.job_id,
+            **{k: r.metrics.get(k) for k in NUMBER_COLUMNS if k != "seconds"},
+            "seconds": r.seconds,
+        })
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    for col in NUMBER_COLUMNS:
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    return frame
+
+
+def newest_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
+    """One run per (backbone, merge, classifier): the newest (frames are newest first)."""
+    cells = frame.dropna(subset=CELL)
+    return cells.drop_duplicates(CELL, keep="first")
+
+
+def ordered(values, preferred) -> list[str]:
+    """Distinct values, those in ``preferred`` first in its order, the rest alphabetically."""
+    present = list(dict.fromkeys(v for v in values if isinstance(v, str)))
+    first = [p for p in preferred if p in present]
+    return first + sorted(v for v in present if v not in first)
+
+
+def backbone_order(values) -> list[str]:
+    return ordered(values, [DEFAULT_BACKBONE, *STUDY_BACKBONES, "vgg16", "vgg19"])
+
+
+def classifier_label(key) -> str:
+    """The registry's display name of a classifier ("cosine" -> "Similarity threshold"); other keys as they are."""
+    entry = CLASSIFIERS.get(key)
+    return entry.label if entry else str(key)
+
+
+def fmt_value(v: float | None) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def metric_range(values: pd.Series) -> tuple[float, float]:
+    """The colour range of a heatmap: the values' span, at least 0.02 wide."""
+    vals = values.dropna()
+    if vals.empty:
+        return 0.0, 1.0
+    lo, hi = float(vals.min()), float(vals.max())
+    if hi - lo < 0.02:
+        lo, hi = lo - 0.01, hi + 0.01
+    return lo, hi
+
+
+def hover_text(row, click: str | None = "click to inspect its pairs") -> str:
+    """A heatmap square's hover: the run, its accuracy with the 95% interval, F1, AUC, mAP, test pairs."""
+    n_test = int(row.n_test) if row.n_test == row.n_test else "?"
+    lines = [f"<b>{row.backbone} + {row.merge} + {classifier_label(row.classifier)}</b>",
+             f"accuracy {fmt_value(row.accuracy)} (95% CI {fmt_value(row.accuracy_lo)}–{fmt_value(row.accuracy_hi)})",
+             f"F1 {fmt_value(row.f1)} · AUC {fmt_value(row.auc)} · mAP {fmt_value(row.map)}",
+             f"{n_test} test pairs · {SPLIT_LABELS.get(row.split, row.split)}",
+             f"run {row.id}" + (f" · {click}" if click else "")]
+    return "<br>".join(lines)
+
+
+def study_table(all_runs: pd.DataFrame, fingerprint: str) -> pd.DataFrame:
+    """The 2017 study's published cells that a pair-split ImageNet run of this dataset reproduces, newest
+    run per cell: published, ours (with the 95% interval and run id), the difference, whether the published
+    number lies inside our interval, and ours on the group split with what the leak was worth. Empty
+    when no run matches a published cell."""
+    ours = all_runs[(all_runs.fingerprint == fingerprint) & (all_runs.weights == "imagenet")
+                    & (all_runs.kind == "grid")]
+    pub = published_accuracies()
+    pair = newest_per_cell(ours[ours.split == "pair"]).merge(pub[CELL], on=CELL)
+    if pair.empty:
+        return pd.DataFrame(columns=[*CELL, "published", "id", "accuracy", "accuracy_lo", "accuracy_hi", "n_test",
+                                     "group_id", "group", "delta", "within", "leak"])
+    group = newest_per_cell(ours[ours.split == "group"])[[*CELL, "id", "accuracy"]]
+    table = pub.rename(columns={"accuracy": "published"}).merge(
+        pair[[*CELL, "id", "accuracy", "accuracy_lo", "accuracy_hi", "n_test"]], on=CELL, how="inner")
+    table = table.merge(group.rename(columns={"id": "group_id", "accuracy": "group"}), on=CELL, how="left")
+    table["delta"] = table["accuracy"] - table["published"]
+    table["within"] = (table["published"] >= table["accuracy_lo"]) & (table["published"] <= table["accuracy_hi"])
+    table["leak"] = table["group"] - table["accuracy"]
+    return table
