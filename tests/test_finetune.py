@@ -48,7 +48,10 @@ def check_recorded(store, result, epochs):
     assert run["metrics"]["accuracy"] == result["accuracy"] and 0 <= result["auc"] <= 1
     curves = store.curves(result["run_id"])
     batch = curves[curves.name == "batch_loss"]
-    assert len(batch) == epochs * math.ceil(run["metrics"]["n_train"] / 8)
+    steps = run["artifacts"]["steps_per_epoch"]
+    if run["classifier"] != "multi-similarity":  # batches of 8 pairs; multi-similarity batches 8 images of scenes
+        assert steps == math.ceil(run["metrics"]["n_train"] / 8)
+    assert len(batch) == epochs * steps
     assert list(batch.step) == list(range(1, len(batch) + 1)) and np.isfinite(batch.value).all()
     for name in ("loss", "accuracy"):
         assert list(curves[curves.name == name].epoch) == list(range(1, epochs + 1))
@@ -99,15 +102,17 @@ def test_siamese_end_to_end_and_its_tower_is_a_backbone(spec, store, cache):
 
     result = run_finetune(config(spec, mode="siamese"), store)
     run, _ = check_recorded(store, result, 2)
-    assert (run["merge"], run["classifier"]) == ("siamese", "contrastive")
-    assert {"map", "map_frozen", "tuned_backbone"} <= set(run["metrics"])
+    assert (run["merge"], run["classifier"]) == ("siamese", "multi-similarity")
+    assert {"map", "map_frozen", "accuracy_cosine", "tuned_backbone", "whitening_shrinkage"} <= set(run["metrics"])
+    assert run["metrics"]["selected_by"] == "val_map" and run["metrics"]["best_val_map"] is not None
     name = result["tuned_backbone"]
     assert os.path.exists(run["artifacts"]["tower"])
-    assert name in [b.name for b in list_backbones()] and get_backbone(name).dim == 128
+    # From learned whitening the embedding keeps the backbone's size (a rotation, nothing thrown away).
+    assert name in [b.name for b in list_backbones()] and get_backbone(name).dim == 1280
 
     ds = load_dataset(spec)
     cached = vectorize(ds, name, "random")
-    assert cached.computed == 0 and cached.vectors.shape == (36, 128)
+    assert cached.computed == 0 and cached.vectors.shape == (36, 1280)
     np.testing.assert_allclose(np.linalg.norm(cached.vectors, axis=1), 1, atol=1e-4)
     for f in (cache / "vectors").glob(f"{name}-*/*.npz"):
         f.unlink()

@@ -8,7 +8,7 @@ import signal
 import sys
 
 from simlab.cli.guard import option_flag
-from simlab.finetune.config import INITS, LOSSES, MODES, TOWERS, FinetuneConfig
+from simlab.finetune.config import INITS, LOSSES, MODES, SELECTIONS, TOWERS, FinetuneConfig
 from simlab.pairs import NEGATIVE_SCHEMES
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,8 @@ def add_cli(subparsers, data_args) -> None:
     p.add_argument("--merge", default=d.merge, help="head mode: dot | l1 | l2 | concat (default dot)")
     p.add_argument("--tower", default=d.tower, choices=list(TOWERS),
                    help="siamese: backbone (+ projection) or small-cnn")
-    p.add_argument("--loss", default=d.loss, choices=list(LOSSES), help="siamese: contrastive or triplet")
+    p.add_argument("--loss", default=d.loss, choices=list(LOSSES),
+                   help=f"siamese: {' | '.join(LOSSES)} (default {d.loss})")
     p.add_argument("--margin", type=float, default=d.margin)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -40,7 +41,11 @@ def add_cli(subparsers, data_args) -> None:
     p.add_argument("--augment", action="store_true", help="augment raw pixels (flip, rotate, zoom, shift, contrast)")
     p.add_argument("--independent", action="store_true", help="with --augment: a different transform per image")
     p.add_argument("--steps-per-epoch", type=int, default=None, help="cap batches per epoch (random subset each)")
-    p.add_argument("--patience", type=int, default=d.patience, help="early stopping on validation loss")
+    p.add_argument("--patience", type=int, default=d.patience, help="early stopping on the selection metric")
+    p.add_argument("--select", default=None, choices=list(SELECTIONS),
+                   help="what picks the best epoch (default: val_map for siamese, val_loss for head)")
+    p.add_argument("--embedding-dim", type=int, default=None,
+                   help="siamese embedding size (default: the backbone's own from whitening, else 128)")
     option_flag(p, "--split", "split", default=d.split)
     option_flag(p, "--test-size", "test_size", default=d.test_size)
     option_flag(p, "--negative-ratio", "negative_ratio", default=d.negative_ratio)
@@ -56,7 +61,8 @@ def config_from_args(args) -> FinetuneConfig:
         tower=args.tower, init=args.init, loss=args.loss, margin=args.margin, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.lr, unfreeze=args.unfreeze,
         backbone_lr_factor=args.backbone_lr_factor, augment=args.augment, same_transform=not args.independent,
-        steps_per_epoch=args.steps_per_epoch, patience=args.patience, split=args.split, test_size=args.test_size,
+        steps_per_epoch=args.steps_per_epoch, patience=args.patience, select=args.select,
+        embedding_dim=args.embedding_dim, split=args.split, test_size=args.test_size,
         negative_ratio=args.negative_ratio, negatives=args.negatives, seed=args.seed).validate()
 
 

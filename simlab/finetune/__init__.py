@@ -6,11 +6,13 @@ Siamese network. Both are scored on the same test pairs as every grid run.
               (:func:`simlab.classifiers.build_head`). With augmentation off and nothing unfrozen
               the backbone's vectors never change, so only the head trains, on the cached vectors.
 ``siamese``   One shared tower maps each image to an L2-normalised embedding: the backbone plus a
-              small trainable projection (or a small CNN trained from scratch); the Euclidean
-              distance between the two embeddings is trained with a contrastive loss (or a
-              triplet loss), and the decision threshold is chosen on validation pairs. The trained
-              tower becomes a backbone, ``siamese-<run id>``, usable by every merge, classifier and
-              retrieval through :func:`simlab.vectors.vectorize`.
+              trainable projection starting from learned whitening (or a small CNN trained from
+              scratch); trained with a multi-similarity loss on batches of a few scenes (or a
+              contrastive loss on pairs, or a triplet loss); the epoch kept is the one that
+              retrieves best on the validation scenes, and the decision threshold on the distance
+              is chosen on validation pairs. The trained tower becomes a backbone,
+              ``siamese-<run id>``, usable by every merge, classifier and retrieval through
+              :func:`simlab.vectors.vectorize`.
 
 Augmentation acts on raw pixels (0..255) before the backbone's own preprocessing (the 2017 study
 augmented after normalising: a bug not repeated here). Images are decoded once into memory; only
@@ -31,6 +33,6 @@ This module stays light: importing it does not import Keras or TensorFlow.
 
 from __future__ import annotations
 
-from simlab.finetune.config import DEFAULT_RATES, INITS, LOSSES, MODES, TOWERS, FinetuneConfig
+from simlab.finetune.config import DEFAULT_RATES, INITS, LOSSES, MODES, SELECTIONS, TOWERS, FinetuneConfig
 
-__all__ = ["DEFAULT_RATES", "INITS", "LOSSES", "MODES", "TOWERS", "FinetuneConfig"]
+__all__ = ["DEFAULT_RATES", "INITS", "LOSSES", "MODES", "SELECTIONS", "TOWERS", "FinetuneConfig"]

@@ -22,6 +22,9 @@ MODES = {
                "and others far apart (contrastive or triplet loss).",
 }
 LOSSES = {
+    "multi-similarity": "Batches of a few scenes with several images each: every image's similarity to the other "
+                        "images of its scene is pulled above 0.5 and to other scenes pushed below, the hardest "
+                        "pairs of the batch weighted most (Wang et al. 2019). Trains ranking, what retrieval needs.",
     "contrastive": "Pairs: pulls same-scene embeddings together, pushes others at least a margin apart.",
     "triplet": "Triplets (anchor, same scene, other scene): the other scene must be a margin farther.",
 }
@@ -32,11 +35,17 @@ TOWERS = {
 }
 INITS = {
     "whitening": "Projection Dense -> embedding, starting from learned whitening of the training pairs "
-                 "(Radenovic et al. 2018): the contrastive loss fine-tunes it.",
+                 "(Radenovic et al. 2018), its shrinkage chosen on validation mAP: the loss fine-tunes it.",
     "random": "Projection Dense 256 -> ReLU -> Dense -> embedding, from random weights.",
 }
+SELECTIONS = {
+    "val_map": "The epoch whose embeddings retrieve best on the validation scenes (retrieval mAP); "
+               "Siamese runs only.",
+    "val_loss": "The epoch with the lowest validation loss.",
+}
 DEFAULT_RATES = {"head": 1e-3, "whitening": 1e-4, "random": 1e-3}  # Adam; whitening starts close to a good answer
-CURVE_NAMES = ("loss", "val_loss", "accuracy", "val_accuracy")
+SMALL_EMBEDDING = 128  # embedding size of the random projection and the small CNN unless set
+CURVE_NAMES = ("loss", "val_loss", "accuracy", "val_accuracy", "val_map")
 
 
 def unit_scale(x):
@@ -66,9 +75,9 @@ class FinetuneConfig:
     merge: str = "dot"  # head: how the two vectors are merged
     tower: str = "backbone"  # siamese: backbone + projection, or small-cnn
     init: str = "whitening"  # siamese projection: learned whitening, or random
-    loss: str = "contrastive"  # siamese: contrastive | triplet
-    margin: float = 1.0  # embeddings are unit vectors: distances lie in [0, 2]
-    embedding_dim: int = 128
+    loss: str = "multi-similarity"  # siamese: multi-similarity | contrastive | triplet
+    margin: float = 1.0  # contrastive / triplet: embeddings are unit vectors, distances lie in [0, 2]
+    embedding_dim: int | None = None  # None: the backbone's own size from whitening, else 128
     epochs: int = 10
     batch_size: int = 32
     learning_rate: float | None = None  # None: 1e-3 (head, random projection, small CNN), 1e-4 (whitening)
@@ -77,7 +86,8 @@ class FinetuneConfig:
     augment: bool = False
     same_transform: bool = True  # one random transform for both images of a pair, or one each
     steps_per_epoch: int | None = None  # at most this many batches per epoch (a fresh random subset each)
-    patience: int = 3  # early stopping on validation loss
+    patience: int = 3  # early stopping on the selection metric
+    select: str | None = None  # best epoch by "val_map" | "val_loss"; None: val_map for siamese, val_loss for head
     val_fraction: float = 0.15  # of the training groups, held out for validation
     cnn_size: int = 96  # small-cnn input size
     split: str = "group"
@@ -101,6 +111,9 @@ class FinetuneConfig:
         _one_of("init", self.init, INITS)
         _one_of("weights", self.weights, WEIGHTS_CHOICES)
         _one_of("split", self.split, SPLITS)
+        _one_of("select", self.selection, SELECTIONS)
+        if self.selection == "val_map" and self.mode != "siamese":
+            raise ValueError("select val_map needs embeddings: it applies to siamese runs; use val_loss for head runs")
         _one_of("negatives", self.negatives, NEGATIVE_SCHEMES)
         get_merge(self.merge)
         if not self.uses_small_cnn and get_backbone(self.backbone).options.get("tuned"):
@@ -127,6 +140,25 @@ class FinetuneConfig:
             raise ValueError("test size and validation fraction must be between 0 and 1")
         if self.patience < 1:
             raise ValueError("patience must be at least 1 epoch")
+        if self.embedding_dim is not None and self.embedding_dim < 1:
+            raise ValueError("embedding size must be at least 1 (or None: the backbone's own size from whitening)")
+
+    @property
+    def selection(self) -> str:
+        """What picks the best epoch: as set, else validation mAP for Siamese runs, validation loss for heads."""
+        return self.select or ("val_map" if self.mode == "siamese" else "val_loss")
+
+    @property
+    def group_batches(self) -> bool:
+        """Whether training batches are images of a few scenes (multi-similarity), not pairs or triplets."""
+        return self.mode == "siamese" and self.loss == "multi-similarity"
+
+    def embedding_size(self, input_dim: int) -> int:
+        """The embedding's size: as set; else the backbone's (``input_dim``) when the projection starts from
+        whitening (a rotation, nothing thrown away), else 128."""
+        if self.embedding_dim is not None:
+            return int(self.embedding_dim)
+        return input_dim if self.init == "whitening" and not self.uses_small_cnn else SMALL_EMBEDDING
 
     @property
     def rate(self) -> float:

@@ -32,6 +32,17 @@ class PairData:
     val: Pairs
     test: Pairs
     test_images: np.ndarray  # indices of the images of held-out groups (retrieval on those)
+    grid_train: Pairs | None = None  # the training pairs a grid run with this protocol fits on (train + val here)
+
+    @property
+    def train_images(self) -> np.ndarray:
+        """Indices of the images of the training pairs (validation scenes excluded), sorted."""
+        return np.unique(np.concatenate([self.train.left, self.train.right]))
+
+    @property
+    def val_images(self) -> np.ndarray:
+        """Indices of the images of the validation pairs (the scenes carved from training), sorted."""
+        return np.unique(np.concatenate([self.val.left, self.val.right]))
 
 
 def carve_validation(groups: np.ndarray, train_mask: np.ndarray, pairs: Pairs,
@@ -94,7 +105,7 @@ def prepare_data(config: FinetuneConfig, dataset, echo: Callable[[str], None],
     else:
         test_images = np.arange(len(groups_arr))
     return PairData(np.asarray(paths), groups_arr, digests, bad, vectors, train, val, pairs.subset(test_mask),
-                    test_images)
+                    test_images, pairs.subset(train_mask))
 
 
 def decode_images(paths, size: int, should_stop: ShouldStop | None = None,

@@ -192,6 +192,63 @@ def triplet_accuracy() -> keras.metrics.MeanMetricWrapper:
     return keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")
 
 
+def multi_similarity_loss(alpha: float = 2.0, beta: float = 50.0, base: float = 0.5, mining: float = 0.1):
+    """Multi-similarity loss (Wang et al., CVPR 2019) on a batch of L2-normalised embeddings whose
+    ``y_true`` are scene codes: every pair in the batch counts, weighted by how hard it is.
+
+    Pairs are mined first: a same-scene pair is kept if its similarity is below the image's most
+    similar other scene plus ``mining``; an other-scene pair if above its least similar same-scene
+    image minus ``mining``. Then, per image, ``log(1 + sum exp(-alpha (s - base))) / alpha`` over
+    the kept same-scene pairs plus ``log(1 + sum exp(beta (s - base))) / beta`` over the kept
+    others. An image with no other image of its scene in the batch adds nothing (no pair to mine
+    against), as in the reference implementation.
+    """
+
+    def multi_similarity(y_true, embeddings):
+        labels = ops.reshape(y_true, (-1,))
+        e = ops.cast(embeddings, "float32")
+        sim = ops.matmul(e, ops.transpose(e))
+        same = ops.cast(ops.equal(labels[:, None], labels[None, :]), "float32")
+        pos = same * (1.0 - ops.eye(ops.shape(e)[0]))
+        neg = 1.0 - same
+        hardest_pos = ops.min(sim + 4.0 * (1.0 - pos), axis=1, keepdims=True)  # similarities lie in [-1, 1]
+        hardest_neg = ops.max(sim - 4.0 * (1.0 - neg), axis=1, keepdims=True)
+        keep_neg = neg * ops.cast(sim + mining > hardest_pos, "float32")
+        keep_pos = pos * ops.cast(sim - mining < hardest_neg, "float32")
+        pull = ops.log1p(ops.sum(keep_pos * ops.exp(-alpha * (sim - base)), axis=1)) / alpha
+        push = ops.log1p(ops.sum(keep_neg * ops.exp(beta * (sim - base)), axis=1)) / beta
+        return pull + push
+
+    return multi_similarity
+
+
+class BatchRecall(keras.metrics.Metric):
+    """Recall@1 within the batch: the share of images whose most similar other image of the batch shows
+    the same scene, over the images that have another image of their scene in the batch."""
+
+    def __init__(self, name: str = "accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.hits = self.add_variable(shape=(), initializer="zeros", name="hits")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, embeddings, sample_weight=None):
+        labels = ops.reshape(y_true, (-1,))
+        e = ops.cast(embeddings, "float32")
+        eye = ops.eye(ops.shape(e)[0])
+        sim = ops.matmul(e, ops.transpose(e)) - 4.0 * eye  # never its own nearest
+        same = ops.cast(ops.equal(labels[:, None], labels[None, :]), "float32") * (1.0 - eye)
+        hit = ops.take_along_axis(same, ops.argmax(sim, axis=1)[:, None], axis=1)[:, 0]
+        self.hits.assign_add(ops.sum(hit))
+        self.count.assign_add(ops.sum(ops.cast(ops.sum(same, axis=1) > 0, "float32")))
+
+    def result(self):
+        return self.hits / ops.maximum(self.count, 1.0)
+
+    def reset_state(self):
+        self.hits.assign(0.0)
+        self.count.assign(0.0)
+
+
 # --------------------------------------------------------------------------- towers
 
 
@@ -291,6 +348,67 @@ class IndexBatches(keras.utils.PyDataset):
             self.order = self.rng.permutation(len(self.order))
 
 
+class GroupBatches(keras.utils.PyDataset):
+    """Batches ``(source[rows], scene code of rows)`` of whole scenes: each epoch the scenes are
+    shuffled, each contributes at most ``per_group`` of its images (a fresh random choice), and
+    the sequence is cut into batches of ``batch_size``, so that every batch holds a few scenes with
+    several images each (what a multi-similarity loss learns from). Images whose scene has no
+    other image in ``images`` are left out. The batch sizes are the same every epoch.
+
+    Without ``seed`` the order is fixed (validation: the same batches every epoch)."""
+
+    def __init__(self, source: np.ndarray, images, codes, batch_size: int = 32, per_group: int = 4,
+                 seed: int | None = None, max_batches: int | None = None):
+        super().__init__()
+        self.source, self.batch_size, self.per_group = source, batch_size, per_group
+        images = np.asarray(images)
+        codes = np.asarray(codes)[images]
+        scenes = [images[codes == c] for c in np.unique(codes)]
+        self.scenes = [m for m in scenes if len(m) >= 2]
+        self.codes_of = {int(i): float(c) for i, c in zip(images, codes)}
+        self.seed = seed
+        self.rng = np.random.default_rng(0 if seed is None else seed)
+        self.n_rows = sum(min(per_group, len(m)) for m in self.scenes)
+        self.n_batches = min(math.ceil(self.n_rows / batch_size), max_batches or math.inf)
+        self.rows = np.zeros(0, int)
+        self.on_epoch_end()
+
+    def __len__(self):
+        return self.n_batches
+
+    def batch_sizes(self) -> list[int]:
+        return [min(self.batch_size, self.n_rows - i * self.batch_size) for i in range(self.n_batches)]
+
+    def __getitem__(self, i):
+        rows = self.rows[i * self.batch_size:(i + 1) * self.batch_size]
+        y = np.array([self.codes_of[int(r)] for r in rows], np.float32)
+        return np.asarray(self.source[rows], np.float32), y
+
+    def on_epoch_end(self):
+        if self.seed is None and len(self.rows):
+            return  # validation: the same batches every epoch
+        picked = [self.rng.permutation(self.scenes[g])[:self.per_group] for g in self.rng.permutation(len(self.scenes))]
+        self.rows = np.concatenate(picked) if picked else np.zeros(0, int)
+
+
+class ValidationMap(keras.callbacks.Callback):
+    """Adds ``val_map`` to each epoch's logs: the retrieval mAP of ``embed(images)`` on the validation
+    scenes (``groups`` of those images). Place it before the callbacks that read it."""
+
+    def __init__(self, embed: Callable[[], np.ndarray], groups: np.ndarray):
+        super().__init__()
+        self.embed, self.groups = embed, np.asarray(groups)
+
+    def score(self) -> float:
+        from simlab.evaluate import retrieval_map
+
+        return retrieval_map(np.asarray(self.embed(), np.float32), self.groups)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["val_map"] = self.score()
+
+
 class LiveCurves(keras.callbacks.Callback):
     """Writes the training curves to the store as they happen, reports progress, and checks the
     stop request after every batch (which then ends training once the batch is done).
@@ -351,18 +469,20 @@ class LiveCurves(keras.callbacks.Callback):
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Whenever validation loss improves: saves ``target`` (the scoring model) to ``path`` and keeps
-    the trained model's weights in memory; restores the best weights when training ends."""
+    """Whenever ``monitor`` improves (validation loss: lower; validation mAP: higher): saves ``target``
+    (the scoring model) to ``path`` and keeps the trained model's weights in memory; restores the
+    best weights when training ends. Ties keep the earlier epoch."""
 
-    def __init__(self, target: keras.Model, path: Path):
+    def __init__(self, target: keras.Model, path: Path, monitor: str = "val_loss"):
         super().__init__()
-        self.target, self.path = target, Path(path)
-        self.best, self.best_epoch, self.best_weights = math.inf, None, None
+        self.target, self.path, self.monitor = target, Path(path), monitor
+        self.sign = -1.0 if monitor.endswith("loss") else 1.0  # losses fall, mAP and accuracies rise
+        self.best, self.best_epoch, self.best_weights = -self.sign * math.inf, None, None
 
     def offer(self, epoch: int, logs: dict, model) -> None:
         """Epoch ``epoch`` (0 = before training) ended with these logs: keep it if it is the best."""
-        value = float((logs or {}).get("val_loss", math.nan))
-        if math.isfinite(value) and value < self.best:
+        value = float((logs or {}).get(self.monitor, math.nan))
+        if math.isfinite(value) and self.sign * value > self.sign * self.best:
             self.best, self.best_epoch = value, epoch
             self.best_weights = model.get_weights()
             save_model(self.target, self.path)

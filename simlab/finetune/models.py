@@ -8,7 +8,7 @@ decoded images when training needs pixels).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -16,9 +16,11 @@ from keras import layers
 
 from simlab.backbones import get_backbone
 from simlab.classifiers import build_head
+from simlab.evaluate import retrieval_map
 from simlab.finetune.config import FinetuneConfig
 from simlab.finetune.data import PairData, make_triplets
 from simlab.finetune.layers import (
+    BatchRecall,
     JointAugment,
     PairDistance,
     PairMerge,
@@ -26,13 +28,14 @@ from simlab.finetune.layers import (
     TwoSpeedModel,
     contrastive_accuracy,
     contrastive_loss,
+    multi_similarity_loss,
     projection,
     small_cnn,
     triplet_accuracy,
     triplet_loss,
 )
 from simlab.merge import merge_pairs
-from simlab.pairs import Pairs
+from simlab.pairs import Pairs, group_codes
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class Built:
     tower: object = None  # siamese: preprocessed image -> embedding (the new backbone)
     input_size: int = 0
     preprocess: str = ""
+    info: dict = field(default_factory=dict)  # choices made while building (e.g. the whitening's shrinkage)
 
 
 def unfreeze_top(model, k: int) -> list:
@@ -68,7 +72,7 @@ def unfreeze_top(model, k: int) -> list:
 def _encoder(config: FinetuneConfig):
     """The image network shared by both images: (model on preprocessed images, slow weights, size, preprocess)."""
     if config.uses_small_cnn:
-        return small_cnn(config.cnn_size, config.embedding_dim), [], config.cnn_size, "unit"
+        return small_cnn(config.cnn_size, config.embedding_size(0)), [], config.cnn_size, "unit"
     bb = get_backbone(config.backbone)
     base = bb.build(config.weights)
     return base, unfreeze_top(base, config.unfreeze), bb.input_size, bb.name
@@ -113,10 +117,11 @@ def build_head_models(config: FinetuneConfig, data: PairData, images: np.ndarray
                  ["accuracy"])
 
 
-def _siamese_tower(config: FinetuneConfig, data: PairData, images: np.ndarray | None, n_in: int):
+def _siamese_tower(config: FinetuneConfig, data: PairData, images: np.ndarray | None, n_in: int, info: dict):
     """(tower, inputs, their embeddings, embedder, slow weights, input size, preprocess name)."""
     if images is None:  # frozen backbone: only the projection trains, on the cached vectors
-        tower = projection(data.vectors.shape[1], config.embedding_dim, _projection_start(config, data))
+        tower = projection(data.vectors.shape[1], config.embedding_size(data.vectors.shape[1]),
+                           _projection_start(config, data, info))
         inputs = _pair_inputs(n_in, None, data.vectors.shape[1])
         embedded = [tower(x) for x in inputs]
         embed_in = keras.Input((data.vectors.shape[1],))
@@ -127,7 +132,8 @@ def _siamese_tower(config: FinetuneConfig, data: PairData, images: np.ndarray | 
         tower = encoder
     else:
         pre_in = keras.Input((size, size, 3), name="preprocessed")
-        proj = projection(encoder.output_shape[-1], config.embedding_dim, _projection_start(config, data))
+        proj = projection(encoder.output_shape[-1], config.embedding_size(encoder.output_shape[-1]),
+                          _projection_start(config, data, info))
         tower = keras.Model(pre_in, proj(encoder(pre_in, training=False)), name="tower")
     inputs = _pair_inputs(n_in, size, None)
     xs = list(inputs)
@@ -141,15 +147,23 @@ def _siamese_tower(config: FinetuneConfig, data: PairData, images: np.ndarray | 
 
 
 def build_siamese_models(config: FinetuneConfig, data: PairData, images: np.ndarray | None) -> Built:
-    """One shared tower, the distance between two embeddings, a contrastive (or triplet) loss."""
+    """One shared tower; a multi-similarity loss on batches of scenes, or the distance between two
+    embeddings with a contrastive (or triplet) loss."""
     triplet = config.loss == "triplet"
-    tower, inputs, embedded, embedder, slow, size, pre_name = _siamese_tower(config, data, images,
-                                                                             3 if triplet else 2)
+    info: dict = {}
+    tower, inputs, embedded, embedder, slow, size, pre_name = _siamese_tower(
+        config, data, images, 1 if config.group_batches else 3 if triplet else 2, info)
     distance = PairDistance(name="distance")
     # The scoring model: the distance between two un-augmented images' embeddings (best.keras).
     pair_in = [keras.Input(embedder.input_shape[1:], name=f"input_{i}") for i in range(2)]
     scorer = keras.Model(pair_in, distance([embedder(x) for x in pair_in]), name="siamese")
-    if triplet:
+    if config.group_batches:  # rows are images, labels their scene codes (GroupBatches batches them)
+        out = embedded[0]
+        codes = group_codes(data.groups).astype(np.float32)
+        train_x, val_x = [data.train_images], [data.val_images]
+        train_y, val_y = codes, codes
+        loss, metrics = multi_similarity_loss(), [BatchRecall()]
+    elif triplet:
         out = layers.Concatenate(name="distances")([distance([embedded[0], embedded[1]]),
                                                     distance([embedded[0], embedded[2]])])
         train_rows = make_triplets(data.train, data.groups, config.seed)
@@ -165,7 +179,7 @@ def build_siamese_models(config: FinetuneConfig, data: PairData, images: np.ndar
     trainer = _model(config, inputs, out, slow, "siamese_trainer")
     source = data.vectors if images is None else images
     return Built(trainer, scorer, source, train_x, train_y, val_x, val_y, loss, metrics, embedder, tower, size,
-                 pre_name)
+                 pre_name, info)
 
 
 BUILDERS = {"head": build_head_models, "siamese": build_siamese_models}
@@ -197,5 +211,30 @@ def learned_whitening(vectors: np.ndarray, pairs: Pairs, dim: int,
     return kernel, -mean @ kernel
 
 
-def _projection_start(config: FinetuneConfig, data: PairData):
-    return learned_whitening(data.vectors, data.train, config.embedding_dim) if config.init == "whitening" else None
+SHRINKAGES = (0.1, 0.3, 1.0, 3.0)  # learned whitening's candidates, chosen on validation mAP
+
+
+def choose_whitening(vectors: np.ndarray, train: Pairs, val_images: np.ndarray, groups: np.ndarray, dim: int,
+                     shrinkages=SHRINKAGES) -> tuple[tuple[np.ndarray, np.ndarray], float, dict]:
+    """Learned whitening (on the training pairs) with the shrinkage whose L2-normalised output retrieves
+    best on the validation images (earliest on ties): ((kernel, bias), shrinkage, {shrinkage: mAP})."""
+    x = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    best, scores = None, {}
+    for shrinkage in shrinkages:
+        kernel, bias = learned_whitening(vectors, train, dim, shrinkage)
+        scores[shrinkage] = retrieval_map(x[val_images] @ kernel + bias, groups[val_images])
+        if best is None or scores[shrinkage] > scores[best[1]]:
+            best = ((kernel, bias), shrinkage)
+    return best[0], best[1], scores
+
+
+def _projection_start(config: FinetuneConfig, data: PairData, info: dict):
+    if config.init != "whitening":
+        return None
+    dim = config.embedding_size(data.vectors.shape[1])
+    if len(data.val_images) < 2:
+        return learned_whitening(data.vectors, data.train, dim)
+    start, info["whitening_shrinkage"], scores = choose_whitening(data.vectors, data.train, data.val_images,
+                                                                  data.groups, dim)
+    info["whitening_val_map"] = {str(k): round(v, 4) for k, v in scores.items()}
+    return start

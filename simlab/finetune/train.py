@@ -18,14 +18,22 @@ import numpy as np
 import pandas as pd
 
 from simlab.backbones import get_backbone
-from simlab.classifiers import SimilarityThreshold
+from simlab.classifiers import SimilarityThreshold, make_classifier
 from simlab.data import load_dataset
 from simlab.evaluate import pair_metrics, retrieval_map
 from simlab.finetune.config import FinetuneConfig
 from simlab.finetune.data import PairData, decode_images, prepare_data
-from simlab.finetune.layers import BestCheckpoint, IndexBatches, LiveCurves, save_model
+from simlab.finetune.layers import (
+    BestCheckpoint,
+    GroupBatches,
+    IndexBatches,
+    LiveCurves,
+    ValidationMap,
+    save_model,
+)
 from simlab.finetune.models import BUILDERS, Built
 from simlab.finetune.towers import register_tuned, run_folder, tuned_name
+from simlab.merge import merge_pairs
 from simlab.paths import atomic_path
 from simlab.progress import Cancelled, Progress, ShouldStop, silent
 from simlab.provenance import git_commit, library_versions
@@ -95,7 +103,10 @@ def _train_and_score(config: FinetuneConfig, dataset, store, run_id: str, progre
     echo(f"Run {run_id}: {config.mode} on {len(data.train)} training, {len(data.val)} validation and "
          f"{len(data.test)} test pairs ({'pixels' if images is not None else 'cached frozen vectors'})")
     built = _build(config, data, images, progress)
-    fitted = _fit(config, built, store, run_id, progress, should_stop, echo)
+    if built.info.get("whitening_val_map"):
+        echo(f"Learned whitening: shrinkage {built.info['whitening_shrinkage']:g} chosen on validation mAP "
+             f"({', '.join(f'{k}: {v:.4f}' for k, v in built.info['whitening_val_map'].items())})")
+    fitted = _fit(config, built, data, store, run_id, progress, should_stop, echo)
     fitted.clock["start"] = t_start
     progress(0, 0, "Scoring the best checkpoint on the test pairs", stage="score")
     metrics, prob, extra = _score(config, built, data, dataset, run_id)
@@ -113,30 +124,50 @@ def _build(config: FinetuneConfig, data: PairData, images: np.ndarray | None, pr
         keras.mixed_precision.set_global_policy(policy)
 
 
-def _fit(config: FinetuneConfig, built: Built, store, run_id: str, progress: Progress,
+def _batches(config: FinetuneConfig, built: Built, data: PairData):
+    """Training and validation batches: of scenes (multi-similarity), else of pairs or triplets."""
+    if config.group_batches:
+        codes = built.train_y
+        return (GroupBatches(built.source, data.train_images, codes, config.batch_size, seed=config.seed,
+                             max_batches=config.steps_per_epoch),
+                GroupBatches(built.source, data.val_images, codes, config.batch_size))
+    return (IndexBatches(built.source, built.train_x, built.train_y, config.batch_size, seed=config.seed,
+                         max_batches=config.steps_per_epoch),
+            IndexBatches(built.source, built.val_x, built.val_y, config.batch_size))
+
+
+def _fit(config: FinetuneConfig, built: Built, data: PairData, store, run_id: str, progress: Progress,
          should_stop: ShouldStop | None, echo: Echo) -> _Fitted:
-    """Validate the starting point, then fit with live curves, best checkpoint and early stopping."""
+    """Validate the starting point, then fit with live curves, best checkpoint and early stopping, all on
+    the selection metric (validation mAP of the embeddings, or validation loss)."""
     folder = run_folder(run_id)
-    train_batches = IndexBatches(built.source, built.train_x, built.train_y, config.batch_size, seed=config.seed,
-                                 max_batches=config.steps_per_epoch)
-    val_batches = IndexBatches(built.source, built.val_x, built.val_y, config.batch_size)
+    train_batches, val_batches = _batches(config, built, data)
     artifacts = {"folder": str(folder), "steps_per_epoch": len(train_batches)}  # the page's x axis needs it
     store.update_run(run_id, artifacts=artifacts)
     curves = LiveCurves(store, run_id, train_batches.batch_sizes(), config.epochs, progress, should_stop, echo)
-    best = BestCheckpoint(built.scorer, folder / "best.keras")
+    monitor = config.selection
+    best = BestCheckpoint(built.scorer, folder / "best.keras", monitor=monitor)
+    callbacks = [curves, best]
+    if monitor == "val_map":  # first, so that the others read it in the epoch's logs
+        val_images = data.val_images
+        callbacks.insert(0, ValidationMap(lambda: _predict(built.embedder, built.source, [val_images]),
+                                          data.groups[val_images]))
     built.trainer.compile(optimizer=keras.optimizers.Adam(config.rate), loss=built.loss, metrics=built.metrics)
     progress(0, 0, "Validating the starting point", stage="validate")
-    start = curves.record(0, {f"val_{name}": value for name, value in
-                              built.trainer.evaluate(val_batches, verbose=0, return_dict=True).items()})
+    logs = {f"val_{name}": value for name, value in
+            built.trainer.evaluate(val_batches, verbose=0, return_dict=True).items()}
+    if monitor == "val_map":
+        logs["val_map"] = callbacks[0].score()
+    start = curves.record(0, logs)
     best.offer(0, start, built.trainer)
     echo("Before training: " + " · ".join(f"{k} {v:.4f}" for k, v in sorted(start.items())))
-    stop_early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
-                                               baseline=start.get("val_loss"))
+    stop_early = keras.callbacks.EarlyStopping(monitor=monitor, mode="min" if monitor.endswith("loss") else "max",
+                                               patience=config.patience, baseline=start.get(monitor))
     t_fit = time.perf_counter()
     built.trainer.fit(train_batches, validation_data=val_batches, epochs=config.epochs, shuffle=False, verbose=0,
-                      callbacks=[curves, best, stop_early])
+                      callbacks=[*callbacks, stop_early])
     t_scored = time.perf_counter()
-    if best.best_epoch is None:  # no finite validation loss: keep the last weights
+    if best.best_epoch is None:  # no finite validation score: keep the last weights
         save_model(built.scorer, folder / "best.keras")
     return _Fitted(curves, best, artifacts, {"fit": t_fit, "scored": t_scored})
 
@@ -147,11 +178,14 @@ def _finish(config: FinetuneConfig, data: PairData, store, run_id: str, fitted: 
     curves, best, artifacts, clock = fitted.curves, fitted.best, fitted.artifacts, fitted.clock
     status = "cancelled" if curves.stopped else "done"
     n_epochs = len(curves.epoch_seconds)
+    kept = curves.history.get(best.best_epoch, {}) if best.best_epoch is not None else {}
     metrics |= {"n_train": len(data.train), "n_val": len(data.val), "epochs_run": n_epochs,
-                "best_epoch": best.best_epoch, "best_val_loss": None if best.best_epoch is None else best.best,
-                "stopped": curves.stopped} | extra
+                "best_epoch": best.best_epoch, "selected_by": config.selection,
+                "best_val_loss": kept.get("val_loss"), "stopped": curves.stopped} | extra
     if best.best_epoch is not None:
-        metrics["best_val_accuracy"] = curves.history.get(best.best_epoch, {}).get("val_accuracy")
+        metrics["best_val_accuracy"] = kept.get("val_accuracy")
+        if "val_map" in kept:
+            metrics["best_val_map"] = kept["val_map"]
     t_end = time.perf_counter()
     timings = {"total": t_end - clock["start"], "prepare": clock["fit"] - clock["start"],
                "train": clock["scored"] - clock["fit"], "score": t_end - clock["scored"],
@@ -190,7 +224,9 @@ def _score(config: FinetuneConfig, built: Built, data: PairData, dataset, run_id
     test_img = data.test_images
     extra = {} if data.vectors is None else {
         "map_frozen": retrieval_map(data.vectors[test_img], data.groups[test_img]),
-        "map_scope": "test images" if config.split == "group" else "all images"}
+        "map_scope": "test images" if config.split == "group" else "all images",
+        "accuracy_cosine": cosine_baseline(data, config.seed)}
+    extra |= {k: v for k, v in built.info.items() if k == "whitening_shrinkage"}
     if config.mode == "head":
         prob = _predict(built.scorer, built.source, test_cols)[:, 1]
         return pair_metrics(data.test.label, prob, seed=config.seed), prob, extra
@@ -210,6 +246,18 @@ def _score(config: FinetuneConfig, built: Built, data: PairData, dataset, run_id
     extra["tuned_backbone"] = name
     extra["vector_key"] = _write_vector_cache(name, config.weights, dataset, data, embeddings)
     return metrics, prob, extra
+
+
+def cosine_baseline(data: PairData, seed: int = 0) -> float | None:
+    """Test accuracy of the grid's ``dot + cosine`` cell on the frozen vectors: one similarity threshold
+    fitted on the grid's training pairs, scored on the same test pairs as the run (what fine-tuning must beat)."""
+    if data.vectors is None or data.grid_train is None:
+        return None
+    train, test = data.grid_train, data.test
+    rule = make_classifier("cosine", random_state=seed).fit(
+        merge_pairs(data.vectors, train.left, train.right, "dot"), train.label)
+    prob = rule.predict_proba(merge_pairs(data.vectors, test.left, test.right, "dot"))[:, 1]
+    return float(np.mean((prob >= 0.5) == (test.label == 1)))
 
 
 def _save_tower(config: FinetuneConfig, built: Built, data: PairData, run_id: str, dim: int) -> str:
