@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pandas as pd
 import streamlit as st
 
-from pages._ui.formatting import STATUS_ICONS, fmt_duration, fmt_when, map_column
+from pages._ui.formatting import STATUS_ICONS, classifier_name, escape_md, fmt_duration, fmt_when, map_column
 from pages._ui.job_panel import job_panel, show_job_error, start_job
 from pages._ui.links import page_link
+from pages._ui.run_names import run_title, run_title_when
 from pages._ui.store import cached_runs, clear_runs_cache, store, store_path
 from simlab import jobs
 from simlab.store import Run
@@ -18,6 +20,7 @@ JOBS_SHOWN = 50
 WEIGHT_LABELS = {"imagenet": "ImageNet", "random": "random (for tests only)"}
 # A run's kind as this page has always named it: a grid cell is a "pair" run
 KIND_LABELS = {"grid": "pair", "finetune": "finetune"}
+SELECTED_KEY = "runs_selected_ids"  # the selected runs, by id (never by row position)
 
 
 def kind_label(run: Run) -> str:
@@ -104,25 +107,48 @@ def _row(r: Run) -> dict:
     if took is None and r.finished:
         took = r.finished - r.created
     return {"status": f"{STATUS_ICONS.get(r.status, '')} {r.status}",
-            "backbone": r.backbone, "merge": r.merge, "classifier": r.classifier,
-            "accuracy": m.get("accuracy"), "auc": m.get("auc"), "f1": m.get("f1"), "map": m.get("map"),
+            "backbone": r.backbone, "merge": r.merge,
+            "classifier": classifier_name(r.classifier) if r.classifier else None,
+            "accuracy": m.get("accuracy"), "auc": m.get("auc"), "f1": m.get("f1"),
+            "threshold": r.threshold if r.done else None, "map": m.get("map"),
             "duration": fmt_duration(took), "error": (r.error or "")[:200],
             "weights": WEIGHT_LABELS.get(r.weights, r.weights), "dataset": r.dataset, "split": r.protocol.split,
             "seed": r.protocol.seed, "created": fmt_when(r.created), "kind": kind_label(r), "id": r.id}
 
 
-frame = pd.DataFrame([_row(r) for r in shown])
-if not frame["error"].astype(bool).any():
-    frame = frame.drop(columns="error")
-st.caption(f"{len(shown)} of {len(runs)} runs. Select rows to see details, delete them or run them again.")
-table = st.dataframe(
-    frame, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row", key="runs_table",
-    column_config={"accuracy": st.column_config.NumberColumn("accuracy", format="%.3f"),
-                   "auc": st.column_config.NumberColumn("AUC", format="%.3f"),
-                   "f1": st.column_config.NumberColumn("F1", format="%.3f"),
-                   "map": map_column(),
-                   "error": st.column_config.TextColumn("error", width="medium")})
-selected = [shown[i] for i in (table.selection.rows if table else []) if i < len(shown)]
+def runs_table(shown: list[Run]) -> list[Run]:
+    """The runs table; returns the selected runs. The selection is kept as run ids (SELECTED_KEY), not row
+    positions: when rows come or go (a run added by "Run again", a run deleted, a filter changed) the table
+    is drawn anew (its key follows the ids shown, in order) with the same runs selected, wherever they now are."""
+    frame = pd.DataFrame([_row(r) for r in shown])
+    if not frame["error"].astype(bool).any():
+        frame = frame.drop(columns="error")
+    ids = [r.id for r in shown]
+    table_key = "runs_table_" + hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]
+    for old in [k for k in st.session_state if str(k).startswith("runs_table_") and k != table_key]:
+        del st.session_state[old]  # the tables of earlier row orders
+    kept = set(st.session_state.get(SELECTED_KEY, []))
+    table = st.container(key="runs_list").dataframe(
+        frame, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row", key=table_key,
+        selection_default={"selection": {"rows": [i for i, run_id in enumerate(ids) if run_id in kept]}},
+        column_config={"accuracy": st.column_config.NumberColumn("accuracy", format="%.3f"),
+                       "auc": st.column_config.NumberColumn("AUC", format="%.3f"),
+                       "f1": st.column_config.NumberColumn("F1", format="%.3f"),
+                       "threshold": st.column_config.NumberColumn(
+                           "threshold", format="%.2f",
+                           help="The run's operating threshold on P(same), which accuracy and F1 use: chosen on "
+                                "validation scenes carved from the training scenes; 0.5 under the 2017 study's rule."),
+                       "map": map_column(),
+                       "error": st.column_config.TextColumn("error", width="medium")})
+    rows = table.selection.rows if table else []
+    selected = [shown[i] for i in rows if i < len(shown)]
+    st.session_state[SELECTED_KEY] = [r.id for r in selected]
+    return selected
+
+
+st.caption(f"{len(shown)} of {len(runs)} runs. Select rows to see details, delete them, run them again, or pick "
+           "two to compare pair by pair.")
+selected = runs_table(shown)
 if not selected:
     st.stop()
 
@@ -138,8 +164,21 @@ def rerun_config(run: Run) -> dict | None:
     return config
 
 
+def compare_two(a: Run, b: Run) -> None:
+    """The link to the Two-runs page for two selected runs, when they were scored on the same test pairs."""
+    if not (a.done and b.done):
+        st.caption("Two finished runs can be compared pair by pair.")
+        return
+    keys = store().test_pairs_keys([a.id, b.id])
+    if a.id in keys and keys.get(a.id) == keys.get(b.id):
+        page_link("pages/diff.py", "Compare pair by pair", icon=":material/compare_arrows:",
+                  query_params={"a": a.id, "b": b.id})
+    else:
+        st.caption("These two runs were scored on different test pairs, so they cannot be compared pair by pair.")
+
+
 st.markdown(f"**{len(selected)} run(s) selected**")
-a1, a2, _ = st.columns([1, 1, 3])
+a1, a2, a3 = st.columns([1, 1, 3], vertical_alignment="center")
 configs = [c for c in (rerun_config(r) for r in selected) if c]
 with a1:
     if st.button("Run again", icon=":material/replay:", disabled=not configs,
@@ -154,21 +193,30 @@ with a2:
     confirm_key = "confirm_delete_runs"
     if st.button("Delete", icon=":material/delete:", key="delete_runs"):
         st.session_state[confirm_key] = [r.id for r in selected]
-if st.session_state.get(confirm_key) == [r.id for r in selected]:
-    st.warning(f"Delete {len(selected)} run(s) and their predictions? This cannot be undone.")
+with a3:
+    if len(selected) == 2:
+        compare_two(*selected)
+to_delete = st.session_state.get(confirm_key)
+if to_delete and to_delete == [r.id for r in selected]:
+    named = [r for r in shown if r.id in to_delete]
+    st.warning(f"Delete {'this run and its' if len(named) == 1 else f'these {len(named)} runs and their'} predictions? "
+               "This cannot be undone.  \n" + "  \n".join(f"- {escape_md(run_title_when(r))}" for r in named),
+               icon=":material/delete_forever:")
     y, n, _ = st.columns([1, 1, 4])
     if y.button("Yes, delete", type="primary", key="delete_yes"):
-        for r in selected:
-            store().delete_run(r.id)
+        for run_id in to_delete:
+            store().delete_run(run_id)
+        st.session_state[SELECTED_KEY] = [i for i in st.session_state.get(SELECTED_KEY, []) if i not in to_delete]
         st.session_state.pop(confirm_key, None)
         clear_runs_cache()
+        st.toast(f"Deleted {len(to_delete)} run(s).", icon=":material/delete:")
         st.rerun()
     if n.button("Cancel", key="delete_no"):
         st.session_state.pop(confirm_key, None)
         st.rerun()
 
 for r in selected[:5]:
-    with st.expander(f"Run {r.id} · {r.backbone} + {r.merge} + {r.classifier} · {r.status}",
+    with st.expander(f"Run {escape_md(run_title(r))} · {r.status}",
                      expanded=len(selected) == 1):
         if r.error:
             st.error(r.error.splitlines()[0][:300], icon=":material/error:")
@@ -183,7 +231,8 @@ for r in selected[:5]:
                     col.metric(name, f"{m[key]:.3f}")
             if m.get("accuracy_lo") is not None:
                 st.caption(f"Accuracy 95% CI {m['accuracy_lo']:.3f}–{m['accuracy_hi']:.3f} on {m.get('n_test')} "
-                           f"test pairs ({m.get('n_train')} training pairs).")
+                           f"test pairs ({m.get('n_train')} training pairs), at threshold {r.threshold:.2f}: "
+                           f"{escape_md(r.threshold_rule)}.")
         if r.done and r.is_grid:
             page_link("pages/inspect.py", "Inspect this run's pairs", icon=":material/search:",
                       query_params={"run": r.id})

@@ -1,0 +1,26 @@
+"""One way to name a stored run on the Runs and Two-runs pages: backbone · merge · classifier · id, and when."""
+
+from __future__ import annotations
+
+from pages._ui.formatting import classifier_name, fmt_when
+from simlab.store import Run
+
+
+def run_title(run: Run) -> str:
+    """'efficientnet_lite0 · dot · Logistic regression · r1a2b3c4d5' (a fine-tune run: its method)."""
+    if run.is_finetune:
+        parts = [run.backbone, f"fine-tune: {run.method}"]
+    else:
+        parts = [run.backbone, run.merge, classifier_name(run.classifier) if run.classifier else None]
+    return " · ".join(str(p) for p in (*parts, run.id) if p)
+
+
+def run_title_when(run: Run) -> str:
+    """:func:`run_title` and when the run was made."""
+    return f"{run_title(run)}, made {fmt_when(run.created)}" if run.created else run_title(run)
+
+
+def run_choice(run: Run) -> str:
+    """A picker's line: the title and the accuracy at the run's threshold (the protocol is said beside it)."""
+    acc = run.metrics.get("accuracy")
+    return run_title(run) + (f" · accuracy {acc:.3f}" if isinstance(acc, (int, float)) else "")
