@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import io
 import os
 from pathlib import Path
@@ -15,12 +16,13 @@ from pages._ui.formatting import escape_md, short_path
 from pages._ui.job_panel import job_panel, latest_job, start_job, wait_for_job
 from pages._ui.links import page_link
 from pages._ui.store import cached_runs
-from pages._ui.thumbs import thumb_path
+from pages._ui.thumbs import WRAP_CSS, breakable, thumb_path, thumb_uri
 from pages._ui.vector_sets import align, read_set, vector_sets
 from simlab.backbones import DEFAULT_BACKBONE
+from simlab.data import file_digest
 from simlab.data.images import ImageError, check_image_bytes
 from simlab.paths import atomic_write_bytes, cache_dir
-from simlab.search import build_index
+from simlab.search import build_index, cached_query_vector
 from simlab.store import Run
 
 COLUMNS = 6
@@ -91,11 +93,64 @@ def save_upload(upload) -> tuple[Path | None, str | None]:
     return target, None
 
 
+BADGES = {"query": ("query", "#1c4f8c", "#dbe8f8"), "same file": ("same file", "#5b2a86", "#ece0f7"),
+          "same group": ("✓ same group", "#1e6b35", "#dcf1e2"), "other group": ("other group", "#555", "#eceef1")}
+CARD_CSS = ("border:1px solid rgba(49,51,63,.18);border-radius:.5rem;padding:.45rem;display:flex;"
+            "flex-direction:column;gap:.3rem;min-width:0")
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _digest(path: str, mtime: float) -> str:
+    return file_digest(path)
+
+
+def upload_digest(path: str) -> str:
+    """Content digest of a saved upload, the same function as the dataset's (simlab.data.file_digest)."""
+    return _digest(path, os.stat(path).st_mtime)
+
+
+def result_badge(r: dict, query_group: str | None, own: str | None, digest: str | None,
+                 digest_of: dict[str, str]) -> str:
+    """What a neighbour is to the query: the query itself, the same bytes, the same group, or another group."""
+    if own is not None and r["path"] == own:
+        return "query"
+    if r.get("same_file") or (digest is not None and digest_of.get(r["path"]) == digest):
+        return "same file"
+    if query_group is not None and r["group"] == query_group:
+        return "same group"
+    return "other group"
+
+
+def result_cards_html(results: list[dict], dataset, query_group, own, digest, digest_of) -> str:
+    """The neighbours as cards of one height (a CSS grid whose rows are all as tall as the tallest), each:
+    the image letterboxed in a square, its badge, its name wrapped after separators, group and scores."""
+    cards = []
+    for r in results:
+        label, fg, bg = BADGES[result_badge(r, query_group, own, digest, digest_of)]
+        uri = thumb_uri(r["path"], 224)
+        img = (f'<img src="{uri}" alt="" style="width:100%;aspect-ratio:1;object-fit:contain;border-radius:.3rem;'
+               f'background:rgb{BOX_BG};display:block">' if uri else
+               '<div style="width:100%;aspect-ratio:1;border-radius:.3rem;background:#eee;display:flex;'
+               'align-items:center;justify-content:center;font-size:.8rem;color:#888">unreadable</div>')
+        line = f"similarity {r['score']:.3f}" + (f" · P(same) {r['prob']:.2f}" if "prob" in r else "")
+        cards.append(
+            f'<div style="{CARD_CSS}" title="{html.escape(short_path(r["path"], dataset), quote=True)}">{img}'
+            f'<span style="align-self:flex-start;font-size:.75rem;padding:.05rem .45rem;border-radius:.6rem;'
+            f'color:{fg};background:{bg}">{label}</span>'
+            f'<div style="font-size:.82rem;line-height:1.15rem;{WRAP_CSS}">#{r["rank"]} · '
+            f'{breakable(short_path(r["path"], dataset))}</div>'
+            f'<div style="font-size:.8rem;opacity:.8;{WRAP_CSS}">group {breakable(r["group"])}</div>'
+            f'<div style="font-size:.78rem;opacity:.65;margin-top:auto">{line}</div></div>')
+    return (f'<div style="display:grid;grid-template-columns:repeat({COLUMNS},minmax(0,1fr));grid-auto-rows:1fr;'
+            f'gap:.6rem">' + "".join(cards) + "</div>")
+
+
 # --------------------------------------------------------------------------- searching
 
 
-def search_here(s: dict, dataset, index_of: list[int], position: int, k: int, kind: str, bar) -> dict:
-    """Query = an image of the dataset: its cached vector, the cached index, all in this process."""
+def search_here(s: dict, dataset, index_of: list[int], query, k: int, kind: str, bar) -> dict:
+    """Search in this process: the query is a row of the vector set (an image of the dataset) or a kept
+    vector (an upload searched before); the vectors and the index come from the cache. No model is loaded."""
     path = s["path"]
     mtime = os.stat(path).st_mtime
     bar.progress(0.2, text="Loading the vectors…")
@@ -103,7 +158,7 @@ def search_here(s: dict, dataset, index_of: list[int], position: int, k: int, ki
     bar.progress(0.4, text="Loading the index (built once, then cached)…")
     index = vector_index(path, mtime, s["key"], s["fingerprint"], kind)
     bar.progress(0.8, text="Searching…")
-    scores, ids = index.search(vectors[position], k)
+    scores, ids = index.search(vectors[query] if isinstance(query, int) else query, k)
     results = [{"rank": r, "path": dataset.paths[index_of[i]], "group": str(dataset.groups[index_of[i]]),
                 "score": float(sc)} for r, (i, sc) in enumerate(zip(ids[0], scores[0]), 1) if i >= 0]
     bar.progress(1.0, text="Done")
@@ -117,7 +172,7 @@ def search_job(dataset_spec: str, s: dict, query: str, k: int, kind: str, rerank
               "k": k, "index": kind}
     if rerank:
         params["rerank"] = rerank
-    bar.progress(0.02, text="Starting (loading TensorFlow takes a few seconds)…")
+    bar.progress(0.02, text="Starting (loading TensorFlow takes a few seconds; the upload's vector is then kept)…")
     job = wait_for_job(start_job("search", params), bar, SEARCH_TIMEOUT)
     if job is None:
         return {"error": f"The search took longer than {SEARCH_TIMEOUT} s and was stopped."}
@@ -187,7 +242,9 @@ source = st.radio("Query", ["An image of the dataset", "Upload an image"], horiz
                   label_visibility="collapsed")
 query_path: str | None = None
 query_group: str | None = None
-position: int | None = None
+position: int | None = None  # row of the vector set searched with (an image of the dataset)
+digest: str | None = None  # content digest of the query file (as the dataset's digests)
+identical: int | None = None  # dataset index of an image with the upload's very bytes
 q_left, q_right = st.columns([1, 4], vertical_alignment="top")
 if source == "An image of the dataset":
     groups = list(dict.fromkeys(str(dataset.groups[i]) for i in index_of))
@@ -198,6 +255,7 @@ if source == "An image of the dataset":
         member = st.selectbox("Image", members, key=f"search_image_{group}",
                               format_func=lambda i: short_path(dataset.paths[i], dataset))
     query_path, query_group, position = dataset.paths[member], group, position_of[member]
+    digest = dataset.digests[member]
 else:
     with q_right:
         upload = st.file_uploader("An image (JPEG, PNG, WebP…)", type=UPLOAD_TYPES, key="search_upload")
@@ -208,12 +266,21 @@ else:
                 st.error(f"This file cannot be used: {problem}.", icon=":material/broken_image:")
         else:
             query_path = str(saved)
+            digest = upload_digest(query_path)
+            identical = next((i for i in index_of if dataset.digests[i] == digest), None)
+            if identical is not None:  # the same bytes as a dataset image: search with that image
+                query_group, position = str(dataset.groups[identical]), position_of[identical]
+                with q_right:
+                    st.info(f"This file is identical to **{escape_md(short_path(dataset.paths[identical], dataset))}**"
+                            f" (group {escape_md(query_group)}): it is searched as that image.",
+                            icon=":material/content_copy:")
 with q_left:
     if query_path:
         thumb = square_thumb(query_path, 256)
         if thumb:
             st.image(thumb, width="stretch")
-        st.text(short_path(query_path, dataset) if position is not None else f"uploaded: {upload.name}")
+        name = short_path(query_path, dataset) if source == "An image of the dataset" else f"uploaded: {upload.name}"
+        st.html(f'<div style="font-size:.85rem;{WRAP_CSS}">{breakable(name)}</div>')
     else:
         st.caption("Upload an image to search with it.")
 
@@ -222,12 +289,17 @@ if not query_path:
 
 # --------------------------------------------------------------------------- results
 
-request = (s["key"], s["fingerprint"], query_path, k, kind, rerank)
+# Keyed by content, not by widget: another k, index or re-ranking reuses the query's vector (an upload is
+# vectorised once per backbone configuration, then kept under cache/queries/ by its digest).
+request = (s["key"], s["fingerprint"], digest, k, kind, rerank)
 cache = st.session_state.setdefault("search_results", {})
 if request not in cache:
     bar = st.progress(0.0, text="Searching…")
-    if position is not None and rerank is None:
+    kept = None if position is not None or rerank else cached_query_vector(s["key"], digest)
+    if rerank is None and position is not None:
         cache[request] = search_here(s, dataset, index_of, position, k, kind, bar)
+    elif kept is not None:
+        cache[request] = search_here(s, dataset, index_of, kept, k, kind, bar)
     else:
         cache[request] = search_job(dataset.spec, s, query_path, k, kind, rerank, bar)
     bar.empty()
@@ -238,8 +310,10 @@ if "error" in answer:
     st.stop()
 
 results = answer["results"]
-same = sum(1 for r in results if query_group is not None and r["group"] == query_group
-           and not (position is not None and r["path"] == query_path))
+digest_of = {p: d for p, d in zip(dataset.paths, dataset.digests)}
+own = query_path if source == "An image of the dataset" else None  # the query itself, among the results
+itself = own or (dataset.paths[identical] if identical is not None else None)
+same = sum(1 for r in results if query_group is not None and r["group"] == query_group and r["path"] != itself)
 summary = f"**{len(results)} nearest images** · {KINDS.get(answer.get('index'), answer.get('index'))} index"
 if rerank:
     summary += f" · re-ranked by run {escape_md(rerank)}"
@@ -251,27 +325,8 @@ order = ("ordered by the run's probability that the pair shows the same scene, P
          else "ordered by cosine similarity")
 if query_group is not None:
     st.caption(f"Neighbours {order}. Images of the query's own group are marked **same group**; the query "
-               "itself has similarity 1.")
+               "itself (or a file with the very same bytes, **same file**) has similarity 1.")
 else:
-    st.caption(f"Neighbours {order}.")
-
-for start in range(0, len(results), COLUMNS):
-    cols = st.columns(COLUMNS)
-    for col, r in zip(cols, results[start:start + COLUMNS]):
-        with col, st.container(border=True):
-            thumb = square_thumb(r["path"])
-            if thumb:
-                st.image(thumb, width="stretch")
-            else:
-                st.caption(":material/broken_image: unreadable")
-            if position is not None and r["path"] == query_path:
-                st.badge("query", icon=":material/center_focus_strong:", color="blue")
-            elif query_group is not None and r["group"] == query_group:
-                st.badge("same group", icon=":material/check:", color="green")
-            else:
-                st.badge("other group", color="gray")
-            st.text(f"#{r['rank']} · {short_path(r['path'], dataset)}\ngroup {r['group']}")
-            line = f"similarity {r['score']:.3f}"
-            if "prob" in r:
-                line += f" · P(same) {r['prob']:.2f}"
-            st.caption(line)
+    st.caption(f"Neighbours {order}. A dataset image with the very same bytes as the upload is marked "
+               "**same file**.")
+st.html(result_cards_html(results, dataset, query_group, own, digest, digest_of))

@@ -27,7 +27,7 @@ import numpy as np
 
 from simlab.backbones import DEFAULT_BACKBONE
 from simlab.classifiers import make_classifier
-from simlab.data import load_dataset
+from simlab.data import file_digest, load_dataset
 from simlab.merge import merge_pairs
 from simlab.pairs import group_codes, normalised
 from simlab.paths import atomic_path, cache_dir
@@ -315,7 +315,7 @@ class SearchResult:
     backbone: str
     weights: str
     kind: str
-    results: list[dict]  # rank, index, path, group, score [, prob]
+    results: list[dict]  # rank, index, path, group, score, same_file (the query's own bytes) [, prob]
     rerank: str | None = None
     seconds: float = 0.0
 
@@ -343,6 +343,28 @@ def query_position(paths: list[str], query: str) -> int | None:
         if os.path.basename(p) == name and _same_file(p, query):
             return i
     return None
+
+
+def query_vector_path(set_key: str, digest: str) -> Path:
+    """Where the vector of a query image from outside the dataset is kept: by the vector set's backbone
+    configuration (:func:`simlab.vectors.cache.config_key`) and the file's content digest, so that the
+    same upload searched again (other k, index or re-ranking) is never vectorised twice."""
+    return cache_dir("queries", set_key) / f"{digest}.npy"
+
+
+def cached_query_vector(set_key: str, digest: str) -> np.ndarray | None:
+    """The kept vector of a query image (see :func:`query_vector_path`), or None."""
+    path = query_vector_path(set_key, digest)
+    try:
+        vector = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):  # not there yet, or torn: computed again
+        return None
+    return vector if vector.ndim == 1 else None
+
+
+def _keep_query_vector(set_key: str, digest: str, vector: np.ndarray) -> None:
+    with atomic_path(query_vector_path(set_key, digest), suffix=".npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.asarray(vector, np.float32))
 
 
 def _step(progress: Progress, stage: str, steps: int) -> Progress:
@@ -387,14 +409,21 @@ def search_dataset(dataset, query: str, backbone: str | None = None, weights: st
     if len(vs.vectors) == 0:
         raise ValueError(f"None of the images of {dataset.spec} could be vectorised.")
     position = query_position(vs.paths, query)
+    digest = vs.digests[position] if position is not None else file_digest(query)
+    same = {i for i, d in enumerate(vs.digests) if d == digest}  # the query's own bytes, wherever they lie
     if position is not None:
         query_vector = vs.vectors[position]
+    elif same:  # a copy of a dataset image: its vector is already there
+        query_vector = vs.vectors[min(same)]
+    elif (kept := cached_query_vector(vs.key, digest)) is not None:
+        query_vector = kept
     else:
         step("query")(0, 1, f"Vectorising the query image with {backbone}")
         vecs, errors = compute_vectors([query], backbone, vs.weights)
         if errors[0]:
             raise ValueError(f"Cannot read the query image {query}: {errors[0]}")
         query_vector = vecs[0]
+        _keep_query_vector(vs.key, digest, query_vector)
     index = build_index(vs.vectors, kind, cache_key=(vs.key, dataset.fingerprint), progress=step("index"))
     depth = max(k, shortlist or 3 * k) if settings else k
     step("search")(0, 1, "Searching")
@@ -410,7 +439,8 @@ def search_dataset(dataset, query: str, backbone: str | None = None, weights: st
         ids, scores, probs = ids[order][:k], scores[order][:k], probs[order][:k]
     results = []
     for rank, (i, s) in enumerate(zip(ids, scores), 1):
-        row = {"rank": rank, "index": int(i), "path": vs.paths[i], "group": str(vs.groups[i]), "score": float(s)}
+        row = {"rank": rank, "index": int(i), "path": vs.paths[i], "group": str(vs.groups[i]), "score": float(s),
+               "same_file": int(i) in same}
         if probs is not None:
             row["prob"] = float(probs[rank - 1])
         results.append(row)

@@ -11,11 +11,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+from PIL import Image
 
 import simlab.search as search
 from helpers import simlab_cache_at, write_group_folder
 from simlab import cli
-from simlab.data import load_dataset
+from simlab.data import file_digest, load_dataset
 from simlab.evaluate import retrieval_map
 from simlab.jobs import kinds
 from simlab.pairs import hard_negative_pairs, mine_hard_negatives
@@ -184,6 +185,28 @@ def test_cli_vectorises_a_query_from_outside_the_dataset(in_small, capsys, tmp_p
     assert out["query_group"] is None and len(out["results"]) == 3
     assert out["results"][0]["path"].endswith("g004/v0.jpg")  # the same pixels
     assert out["results"][0]["score"] == pytest.approx(1, abs=1e-4)
+    assert out["results"][0]["same_file"] is True  # the very same bytes, found by content digest
+    assert [r["same_file"] for r in out["results"][1:]] == [False, False]
+
+
+def test_a_query_from_outside_is_vectorised_once_and_kept_by_its_content(in_small, tmp_path):
+    outside = tmp_path / "mirrored.png"
+    Image.open(in_small["root"] / "g003" / "v2.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(outside)
+    dataset = load_dataset(in_small["spec"])
+    stages = []
+    first = search.search_dataset(dataset, str(outside), BACKBONE, "random", k=4,
+                                  progress=lambda d, t, m="", **f: stages.append(f.get("stage")))
+    assert "query" in stages and not any(r["same_file"] for r in first.results)
+    kept = list((in_small["cache"] / "queries").rglob("*.npy"))
+    assert len(kept) == 1 and kept[0].stem == file_digest(outside)
+    copy = tmp_path / "copy.png"  # another name, the same bytes: the kept vector answers
+    shutil.copy(outside, copy)
+    stages.clear()
+    again = search.search_dataset(dataset, str(copy), BACKBONE, "random", k=4,
+                                  progress=lambda d, t, m="", **f: stages.append(f.get("stage")))
+    assert "query" not in stages  # not vectorised again
+    assert [(r["path"], round(r["score"], 5)) for r in again.results] == [
+        (r["path"], round(r["score"], 5)) for r in first.results]
 
 
 def test_cli_text_output_and_clear_errors(in_small, capsys, tmp_path):
@@ -263,22 +286,71 @@ def test_search_page_empty_state(tmp_path, monkeypatch):
     assert any(b.label.startswith("Vectorize with") for b in at.button)
 
 
+def cards(at) -> list[str]:
+    """The result cards of the Search page, as HTML (one per neighbour)."""
+    grid = next(h.value for h in at.html if "similarity " in h.value)
+    return grid.split('title="')[1:]
+
+
+def choose_random_set(at):
+    vector_set = at.selectbox(key="search_set")
+    random_set = next(i for i, label in enumerate(vector_set.options) if "random weights" in label)
+    vector_set.set_value(random_set).run()
+    assert not at.exception, at.exception
+    return at
+
+
 def test_search_page_shows_neighbours_with_badges(in_small):
     at = page_test(in_small["spec"]).run()
     assert not at.exception, at.exception
     assert not at.error
-    vector_set = at.selectbox(key="search_set")
-    random_set = next(i for i, label in enumerate(vector_set.options) if "random weights" in label)
-    vector_set.set_value(random_set).run()
-    assert not at.exception
-    texts = [t.value for t in at.text]
-    assert any(t.startswith("#1 · g000") for t in texts)  # the first group's first image finds itself first
-    assert sum(t.startswith("#") for t in texts) == min(12, 18)
+    choose_random_set(at)
+    found = cards(at)
+    assert len(found) == 12
+    assert "#1 · g000/<wbr>v0.<wbr>jpg" in found[0] and ">query<" in found[0]  # the first image finds itself
+    for card in found[1:]:  # the badge says whether a neighbour is of the query's group
+        assert (">✓ same group<" in card) == ("group g000<" in card), card
+        assert (">other group<" in card) == ("group g000<" not in card), card
     assert any("nearest images" in m.value for m in at.markdown)
     assert "random weights" in " ".join(w.value for w in at.warning)
     at.selectbox(key="search_group").set_value("g003").run()
     assert not at.exception
-    assert any(t.startswith("#1 · g003") for t in (t.value for t in at.text))
+    assert "#1 · g003/<wbr>" in cards(at)[0]
     at.selectbox(key="search_rerank").set_value(in_small["run"]).run()  # re-rank through the CLI
     assert not at.exception and not at.error
     assert any("P(same)" in c.value for c in at.caption)
+
+
+def test_search_page_marks_an_upload_identical_to_a_dataset_image_as_the_same_file(in_small):
+    store = Store(in_small["cache"] / "simlab.db")
+    jobs_before = len(store.jobs())
+    at = choose_random_set(page_test(in_small["spec"]).run())
+    at.radio(key="search_source").set_value("Upload an image").run()
+    data = (in_small["root"] / "g002" / "v1.jpg").read_bytes()
+    at.file_uploader(key="search_upload").set_value(("holiday copy.jpg", data, "image/jpeg")).run()
+    assert not at.exception, at.exception
+    assert any("identical to" in i.value and "g002/v1" in i.value for i in at.info)
+    found = cards(at)
+    assert ">same file<" in found[0] and "similarity 1.000" in found[0] and "g002/<wbr>v1" in found[0]
+    assert ">other group<" not in found[0]
+    assert len(store.jobs()) == jobs_before  # searched here, from the cached vectors: no job, no model
+
+
+def test_search_page_vectorises_an_upload_once_whatever_the_controls(in_small, tmp_path):
+    store = Store(in_small["cache"] / "simlab.db")
+    before = len([j for j in store.jobs() if j["kind"] == "search"])
+    upload = tmp_path / "new.png"
+    Image.open(in_small["root"] / "g005" / "v0.jpg").rotate(7).save(upload)
+    at = choose_random_set(page_test(in_small["spec"]).run())
+    at.radio(key="search_source").set_value("Upload an image").run()
+    at.file_uploader(key="search_upload").set_value(("new.png", upload.read_bytes(), "image/png")).run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert len(cards(at)) == 12
+    searches = [j for j in store.jobs() if j["kind"] == "search"]
+    assert len(searches) == before + 1 and searches[0]["status"] == "done"  # the first search vectorised it
+    at.slider(key="search_k").set_value(5).run()
+    at.selectbox(key="search_kind").set_value("hnsw").run()
+    assert not at.exception
+    assert len(cards(at)) == 5
+    assert len([j for j in store.jobs() if j["kind"] == "search"]) == before + 1  # no second vectorisation
