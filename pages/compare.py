@@ -1,4 +1,5 @@
-"""Compare: a dataset's runs as heatmaps and a leaderboard; one click opens a run's pairs on Inspect."""
+"""Compare: a dataset's runs as heatmaps and a leaderboard, its fine-tune runs in their own panel; one click
+opens a run's pairs on Inspect. The filters and options live in the URL (a reload or a shared link keeps them)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from pages._ui.formatting import escape_md, map_column
-from pages._ui.links import no_runs_yet, open_on_inspect
+from pages._ui.formatting import STATUS_ICONS, classifier_name, escape_md, map_column
+from pages._ui.links import no_runs_yet, open_on_inspect, page_link
 from pages._ui.state import current_dataset_spec
 from pages._ui.store import cached_runs
+from pages._ui.url_state import bind
 from simlab.backbones import DEFAULT_BACKBONE
 from simlab.classifiers import CLASSIFIERS
 from simlab.merge import MERGES
@@ -36,22 +38,30 @@ NUMBER_COLUMNS = ["accuracy", "accuracy_lo", "accuracy_hi", "precision", "recall
 # --------------------------------------------------------------------------- data
 
 
+def scored(r: Run) -> bool:
+    """A run with test metrics: finished, or a fine-tune run stopped by hand and scored on its best checkpoint."""
+    return r.done or (r.is_finetune and r.status == "cancelled" and r.metrics.get("accuracy") is not None)
+
+
 def runs_table(runs: list[Run]) -> pd.DataFrame:
-    """Finished runs, newest first: identity, protocol and metrics, one row per run."""
+    """Scored runs, newest first: identity, protocol and metrics, one row per run."""
     rows = []
     for r in runs:
-        if not r.done:
+        if not scored(r):
             continue
         p = r.protocol
         rows.append({
             "id": r.id, "created": r.created, "dataset": r.dataset or "", "fingerprint": r.fingerprint or "",
-            "kind": r.kind, "backbone": r.backbone, "merge": r.merge, "classifier": r.classifier,
+            "kind": r.kind, "status": r.status, "method": r.method, "epochs": r.metrics.get("epochs_run"),
+            "best_epoch": r.metrics.get("best_epoch"),
+            "backbone": r.backbone, "merge": r.merge, "classifier": r.classifier,
             "split": p.split, "weights": p.weights, "negatives": p.negatives, "negative_ratio": p.negative_ratio,
             "test_size": p.test_size, "seed": p.seed, "job_id": r.job_id,
             **{k: r.metrics.get(k) for k in NUMBER_COLUMNS if k != "seconds"},
             "seconds": r.seconds,
         })
-    frame = pd.DataFrame(rows, columns=["id", "created", "dataset", "fingerprint", "kind", "backbone", "merge",
+    frame = pd.DataFrame(rows, columns=["id", "created", "dataset", "fingerprint", "kind", "status", "method",
+                                        "epochs", "best_epoch", "backbone", "merge",
                                         "classifier", "split", "weights", "negatives", "negative_ratio",
                                         "test_size", "seed", "job_id", *NUMBER_COLUMNS])
     for col in NUMBER_COLUMNS:
@@ -81,7 +91,7 @@ def fmt_value(v: float) -> str:
 
 
 def hover_text(row) -> str:
-    lines = [f"<b>{row.backbone} + {row.merge} + {row.classifier}</b>",
+    lines = [f"<b>{row.backbone} + {row.merge} + {classifier_name(row.classifier)}</b>",
              f"accuracy {fmt_value(row.accuracy)} (95% CI {fmt_value(row.accuracy_lo)}–{fmt_value(row.accuracy_hi)})",
              f"F1 {fmt_value(row.f1)} · AUC {fmt_value(row.auc)} · mAP {fmt_value(row.map)}",
              f"{int(row.n_test) if row.n_test == row.n_test else '?'} test pairs · "
@@ -228,11 +238,13 @@ def filters(frame: pd.DataFrame) -> pd.DataFrame:
         extra = f" · version {fp[:8]}" if repeated[fps.index(fp)] else ""
         return f"{name}{extra} · {count[fp]} run{'s' if count[fp] != 1 else ''}"
 
+    default_fp = next((fp for fp in fps if spec_of[fp] == spec), fps[0])
     if st.session_state.get("_compare_spec") != spec:  # the sidebar's dataset changed: follow it
         st.session_state["_compare_spec"] = spec
         st.session_state.pop("compare_dataset", None)
+    bind("compare_dataset", "version", default_fp, choices=fps)
     if st.session_state.get("compare_dataset") not in fps:
-        st.session_state["compare_dataset"] = next((fp for fp in fps if spec_of[fp] == spec), fps[0])
+        st.session_state["compare_dataset"] = default_fp
     c1, c2, c3 = st.columns([3, 3, 2])
     with c1:
         fp = st.selectbox("Dataset", fps, format_func=label, key="compare_dataset",
@@ -241,14 +253,15 @@ def filters(frame: pd.DataFrame) -> pd.DataFrame:
     splits = ordered(frame["split"], ["group", "pair"])
     with c2:
         split = st.radio("Split", splits, format_func=lambda s: SPLIT_LABELS.get(s, s or "(none)"),
-                         horizontal=True, key="compare_split",
+                         horizontal=True, key=bind("compare_split", "split", splits[0], choices=splits),
                          help="Group split: whole scenes held out, the honest number. Pair split: the 2017 "
                               "study's protocol, where the same images sit in train and test.")
     frame = frame[frame.split == split]
     weights = ordered(frame["weights"], ["imagenet", "random"])
     with c3:
         if len(weights) > 1:
-            w = st.selectbox("Weights", weights, format_func=lambda v: WEIGHT_LABELS.get(v, v), key="compare_weights")
+            w = st.selectbox("Weights", weights, format_func=lambda v: WEIGHT_LABELS.get(v, v),
+                             key=bind("compare_weights", "weights", weights[0], choices=weights))
         else:
             w = weights[0]
             st.caption(f"Weights: {WEIGHT_LABELS.get(w, w)}")
@@ -260,17 +273,17 @@ def filters(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def heatmaps(frame: pd.DataFrame, metric: str) -> None:
-    cells = newest_per_cell(frame)
+    cells = newest_per_cell(frame[frame["kind"] == "grid"])
     if cells.empty:
-        st.info("None of these runs has a backbone, a merge and a classifier to place on a grid; "
-                "see the leaderboard below.")
+        st.info("No grid runs (backbone × merge × classifier on frozen vectors) match these filters"
+                + ("; the fine-tune runs are below." if (frame["kind"] == "finetune").any() else "."))
         return
-    layout = st.radio("Layout", list(LAYOUTS), format_func=LAYOUTS.get, horizontal=True, key="compare_layout",
-                      label_visibility="collapsed")
+    layout = st.radio("Layout", list(LAYOUTS), format_func=LAYOUTS.get, horizontal=True,
+                      key=bind("compare_layout", "layout", "facets", choices=LAYOUTS), label_visibility="collapsed")
     backbones = backbone_order(cells["backbone"])
     merges = ordered(cells["merge"], list(MERGES))
     classifiers = ordered(cells["classifier"], list(CLASSIFIERS))
-    clf_labels = {c: CLASSIFIERS[c].label if c in CLASSIFIERS else c for c in classifiers}
+    clf_labels = {c: classifier_name(c) for c in classifiers}
     zmin, zmax = metric_range(cells[metric], metric)
     text = cells[metric].map(fmt_value)
     hover = pd.Series([hover_text(r) for r in cells.itertuples()], index=cells.index)
@@ -281,7 +294,7 @@ def heatmaps(frame: pd.DataFrame, metric: str) -> None:
                              colorbar_title=METRICS[metric], facet_labels=clf_labels)
     else:
         merge = st.columns([2, 3])[0].selectbox(
-            "Merge", merges, key="compare_merge",
+            "Merge", merges, key=bind("compare_merge", "merge", merges[0], choices=merges),
             format_func=lambda m: f"{m} — {MERGES[m].description}" if m in MERGES else m)
         part = cells[cells["merge"] == merge]
         fig = square_heatmap(part, rows="backbone", cols="classifier", facet=None, value=metric,
@@ -290,20 +303,24 @@ def heatmaps(frame: pd.DataFrame, metric: str) -> None:
                              text=text, hover=hover, colorscale="Viridis", zmin=zmin, zmax=zmax,
                              colorbar_title=METRICS[metric], col_labels=clf_labels)
     clickable_chart(fig, f"compare_heatmap_{layout}")
-    n_dup = len(frame.dropna(subset=["backbone", "merge", "classifier"])) - len(cells)
+    grid = frame[frame["kind"] == "grid"]
+    n_dup = len(grid.dropna(subset=["backbone", "merge", "classifier"])) - len(cells)
     note = f" {n_dup} older run(s) of the same cells are in the leaderboard." if n_dup > 0 else ""
     st.caption("Hover a square for the 95% confidence interval; click it to inspect the run's pairs. "
                f"Each square shows the newest run of its cell.{note}")
 
 
 def leaderboard(frame: pd.DataFrame, metric: str) -> None:
+    frame = frame[frame["kind"] == "grid"]
+    if frame.empty:
+        return
     st.subheader("Leaderboard")
     board = frame.sort_values([metric, "created"], ascending=[False, False], na_position="last")
     board = board.reset_index(drop=True)
     shown = board.assign(
         created=pd.to_datetime(board["created"], unit="s"),
         ci=[f"{fmt_value(lo)}–{fmt_value(hi)}" for lo, hi in zip(board.accuracy_lo, board.accuracy_hi)],
-        classifier=[CLASSIFIERS[c].label if c in CLASSIFIERS else c for c in board["classifier"]],
+        classifier=[classifier_name(c) for c in board["classifier"]],
         split=[SPLIT_LABELS.get(s, s).split(" (")[0] for s in board["split"]],
     )
     columns = ["backbone", "merge", "classifier", "split", "accuracy", "ci", "f1", "auc", "map", "n_test",
@@ -366,7 +383,7 @@ def study_comparison(all_runs: pd.DataFrame, fingerprint: str) -> None:
         c[3].metric("Group split vs pair split", f"{table['leak'].mean():+.3f}",
                     help="Mean accuracy on held-out scenes minus the leaky pair split: what the leak was worth.")
     table = table.sort_values(["classifier", "backbone", "merge"])
-    clf_labels = {k: CLASSIFIERS[k].label for k in table["classifier"].unique() if k in CLASSIFIERS}
+    clf_labels = {k: classifier_name(k) for k in table["classifier"].unique()}
     hover = pd.Series([
         f"<b>{ALIASES.get(r.backbone, r.backbone)} + {r.merge} + {clf_labels.get(r.classifier, r.classifier)}</b><br>"
         f"2017: {r.published:.3f}<br>ours (pair split): {r.accuracy:.3f} "
@@ -399,6 +416,132 @@ def study_comparison(all_runs: pd.DataFrame, fingerprint: str) -> None:
     })
 
 
+def finetune_label(row) -> str:
+    """'small-cnn · siamese, triplet loss · f0c37e3f01c', with ' (stopped)' for a run stopped by hand."""
+    return f"{row.backbone} · {row.method} · {row.id}" + (" (stopped)" if row.status == "cancelled" else "")
+
+
+def finetune_figure(runs: pd.DataFrame, metric: str, frozen) -> go.Figure:
+    """One dot per fine-tune run (its 95% interval for accuracy), beside the best frozen-vector run's value."""
+    labels = [finetune_label(r) for r in runs.itertuples()]
+    stopped = (runs["status"] == "cancelled").to_numpy()
+    values = runs[metric].to_numpy(float)
+    error = None
+    if metric == "accuracy":
+        error = {"type": "data", "symmetric": False, "color": "#888", "thickness": 1.5,
+                 "array": (runs["accuracy_hi"] - runs["accuracy"]).fillna(0).to_numpy(float),
+                 "arrayminus": (runs["accuracy"] - runs["accuracy_lo"]).fillna(0).to_numpy(float)}
+    hover = [f"<b>fine-tune of {r.backbone}</b><br>{r.method}<br>"
+             f"{METRICS[metric].lower()} {fmt_value(getattr(r, metric))}"
+             + (f" (95% CI {fmt_value(r.accuracy_lo)}–{fmt_value(r.accuracy_hi)})" if metric == "accuracy" else "")
+             + f"<br>{'stopped by hand after' if r.status == 'cancelled' else 'trained'} "
+             f"{int(r.epochs) if r.epochs == r.epochs and r.epochs is not None else '?'} epoch(s), "
+             f"scored on its best checkpoint<br>run {r.id} · click to inspect its pairs" for r in runs.itertuples()]
+    fig = go.Figure(go.Scatter(
+        x=values, y=labels, mode="markers", error_x=error, showlegend=False,
+        marker={"size": 13, "symbol": np.where(stopped, "square", "circle").tolist(),
+                "color": np.where(stopped, "#e9a23b", "#3b6ea8").tolist(), "line": {"width": 0}},
+        customdata=np.column_stack([runs["id"].to_numpy(str), np.asarray(hover, dtype=str)]),
+        hovertemplate="%{customdata[1]}<extra></extra>"))
+    if frozen is not None:
+        fig.add_vline(x=float(frozen[metric]), line_dash="dash", line_color="#666",
+                      annotation_text=f"best frozen {fmt_value(frozen[metric])}", annotation_position="top left",
+                      annotation_font_size=11)
+    lo = np.nanmin(np.r_[values, runs["accuracy_lo"].to_numpy(float) if metric == "accuracy" else values,
+                         [float(frozen[metric])] if frozen is not None else []])
+    left = max(0.0, math.floor((lo - 0.05) * 10) / 10) if lo == lo else 0.0
+    fig.update_layout(height=90 + 44 * len(runs), margin={"l": 10, "r": 30, "t": 40, "b": 40},
+                      xaxis={"range": [left, 1.0], "title": METRICS[metric], "fixedrange": True},
+                      yaxis={"autorange": "reversed", "fixedrange": True}, clickmode="event+select",
+                      dragmode=False, hoverlabel={"align": "left"}, plot_bgcolor="rgba(0,0,0,0)")
+    fig.update_xaxes(showgrid=True, gridcolor="rgba(128,128,128,0.2)")
+    return fig
+
+
+def finetune_panel(frame: pd.DataFrame, metric: str) -> None:
+    """Fine-tune runs on their own: they train the network (or a head on it), so they are not grid cells."""
+    runs = frame[frame["kind"] == "finetune"]
+    if runs.empty:
+        return
+    st.subheader("Fine-tuned models")
+    runs = runs.sort_values([metric, "created"], ascending=[False, False], na_position="last").reset_index(drop=True)
+    grid = frame[(frame["kind"] == "grid") & frame[metric].notna()]
+    frozen = grid.sort_values(metric, ascending=False).iloc[0] if len(grid) else None
+    n_stopped = int((runs["status"] == "cancelled").sum())
+    best = (f" ({frozen.backbone} + {frozen.merge} + {classifier_name(frozen.classifier)}, "
+            f"{fmt_value(frozen[metric])})" if frozen is not None else "")
+    st.caption("Runs that train the network end to end (Siamese) or a head on its vectors, tested on the same kind "
+               f"of held-out pairs; the dashed line is the best run on frozen vectors above{best}. "
+               + (f"{STATUS_ICONS['cancelled']} {n_stopped} run(s) were stopped by hand and scored on their best "
+                  "checkpoint so far (orange squares)." if n_stopped else ""))
+    clickable_chart(finetune_figure(runs, metric, frozen), "compare_finetune_chart")
+    shown = runs.assign(
+        created=pd.to_datetime(runs["created"], unit="s"),
+        status=[f"{STATUS_ICONS['cancelled']} stopped" if s == "cancelled" else f"{STATUS_ICONS['done']} done"
+                for s in runs["status"]],
+        ci=[f"{fmt_value(lo)}–{fmt_value(hi)}" for lo, hi in zip(runs.accuracy_lo, runs.accuracy_hi)],
+        epochs=[f"{int(b)} of {int(e)}" if b == b and e == e and b is not None and e is not None else ""
+                for b, e in zip(runs["best_epoch"], runs["epochs"])])
+    ids = runs["id"].tolist()
+    st.dataframe(shown, hide_index=True, key="compare_finetune_table", selection_mode="single-row",
+                 on_select=lambda: _row_clicked("compare_finetune_table", ids),
+                 column_order=["backbone", "method", "status", "accuracy", "ci", "f1", "auc", "map", "epochs",
+                               "n_test", "seconds", "created", "id"],
+                 column_config={
+                     "backbone": st.column_config.TextColumn("Backbone"),
+                     "method": st.column_config.TextColumn("Method"),
+                     "status": st.column_config.TextColumn(
+                         "Status", help="stopped: stopped by hand, scored on the best checkpoint so far"),
+                     "accuracy": st.column_config.NumberColumn("Accuracy", format="%.3f"),
+                     "ci": st.column_config.TextColumn("95% CI", help="Bootstrap interval of the test accuracy"),
+                     "f1": st.column_config.NumberColumn("F1", format="%.3f"),
+                     "auc": st.column_config.NumberColumn("AUC", format="%.3f"),
+                     "map": map_column(),
+                     "epochs": st.column_config.TextColumn("Best epoch", help="Best epoch of those trained"),
+                     "n_test": st.column_config.NumberColumn("Test pairs", format="%d"),
+                     "seconds": st.column_config.NumberColumn("Seconds", format="%.1f"),
+                     "created": st.column_config.DatetimeColumn("Created", format="YYYY-MM-DD HH:mm"),
+                     "id": st.column_config.TextColumn("Run")})
+    st.caption("Click a dot or select a row to inspect the run's pairs. Curves and settings: the Fine-tune page.")
+
+
+PROTOCOL_COLUMNS = ["split", "test_size", "seed", "negatives", "negative_ratio", "n_test"]
+
+
+def run_option(row) -> str:
+    name = (f"fine-tune of {row.backbone}: {row.method}" if row.kind == "finetune"
+            else f"{row.backbone} + {row.merge} + {classifier_name(row.classifier)}")
+    return f"{name} · accuracy {fmt_value(row.accuracy)} · {row.id}"
+
+
+def two_runs(frame: pd.DataFrame, metric: str) -> None:
+    """Pick two runs on the same test pairs and open them side by side, pair by pair, on the Two runs page."""
+    if len(frame) < 2:
+        return
+    st.subheader("Two runs, pair by pair")
+    board = frame.sort_values([metric, "created"], ascending=[False, False], na_position="last")
+    rows = {r.id: r for r in board.itertuples()}
+    ids = list(rows)
+    c1, c2 = st.columns(2)
+    with c1:
+        a = st.selectbox("Run A", ids, format_func=lambda i: run_option(rows[i]),
+                         key=bind("compare_diff_a", "a", ids[0], choices=ids))
+    same_pairs = [i for i in ids if i != a and all(
+        getattr(rows[i], c) == getattr(rows[a], c) for c in PROTOCOL_COLUMNS)]
+    if not same_pairs:
+        st.caption("No other run here was tested on the same pairs as run A (same split, test size, seed, "
+                   "negatives and number of test pairs).")
+        return
+    with c2:
+        b = st.selectbox("Run B", same_pairs, format_func=lambda i: run_option(rows[i]),
+                         key=bind("compare_diff_b", "b", same_pairs[0], choices=same_pairs),
+                         help="Runs tested on the same pairs as run A")
+    if not page_link("pages/diff.py", "Open the two runs pair by pair", icon=":material/compare_arrows:",
+                     query_params={"a": a, "b": b}):
+        st.caption(f"Open the Two runs page with runs {a} and {b}.")
+    st.caption("Where the two disagree: the pairs B fixed, the pairs it broke, and those both get wrong.")
+
+
 # --------------------------------------------------------------------------- page
 
 
@@ -414,13 +557,29 @@ def main() -> None:
         no_runs_yet()
         return
     frame = filters(all_runs)
-    metric = st.radio("Metric", list(METRICS), format_func=METRICS.get, horizontal=True, key="compare_metric",
-                      help=METRIC_HELP)
+    metric = st.radio("Metric", list(METRICS), format_func=METRICS.get, horizontal=True,
+                      key=bind("compare_metric", "metric", "accuracy", choices=METRICS), help=METRIC_HELP)
     if frame.empty:
         st.info("No finished runs match these filters.")
         return
+    # Download report: one self-contained HTML file of the runs these filters keep (simlab.report), made on click.
+    import functools
+
+    from pages._ui.store import store
+    from simlab.report import render_report
+    first = frame.iloc[0]
+    st.download_button(
+        "Download report", functools.partial(render_report, first["dataset"], runs=cached_runs(), store=store(),
+                                             fingerprint=first["fingerprint"], split=first["split"],
+                                             weights=first["weights"]),
+        file_name=f"simlab_report_{first['fingerprint'][:8]}_{first['split']}.html", mime="text/html",
+        icon=":material/download:", key="compare_report",
+        help="One HTML file that opens offline in any browser: protocol, heatmaps, leaderboard with 95% intervals, "
+             "the 2017 study where it applies, and the best runs' confusion matrices and most confident errors.")
     heatmaps(frame, metric)
     leaderboard(frame, metric)
+    finetune_panel(frame, metric)
+    two_runs(frame, metric)
     study_comparison(all_runs, frame["fingerprint"].iloc[0])
 
 

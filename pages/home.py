@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._ui.device import device_text
-from pages._ui.formatting import escape_md, map_column
+from pages._ui.formatting import classifier_name, escape_md, map_column
 from pages._ui.job_panel import job_panel, latest_job, start_job
 from pages._ui.links import page_link
 from pages._ui.state import current_dataset_spec
@@ -41,7 +41,8 @@ STEPS = [
     ("neurology", "Backbone", "a pretrained CNN, e.g. EfficientNet-Lite0"),
     ("data_array", "Two vectors", "one per image"),
     ("join", "Merge", "a·b, |a−b| or (a−b)²"),
-    ("account_tree", "Classifier", "threshold, logistic regression, XGBoost…"),
+    ("account_tree", "Classifier", f"{classifier_name('cosine')}, {classifier_name('logreg')}, "
+                                   f"{classifier_name('xgboost')}…"),
     ("task_alt", "Same scene?", "a probability"),
 ]
 BOX = ("flex:1 1 0;min-width:7.5rem;border:1px solid rgba(128,128,128,.35);border-radius:.5rem;"
@@ -58,7 +59,8 @@ st.subheader("Try it: the demo experiment")
 st.markdown(
     "Several hundred photos of a few hundred scenes, generated offline from pictures shipped with scikit-image, "
     "vectorised with the bundled EfficientNet-Lite0; then 9 runs: merges **dot, l1, l2** × classifiers "
-    "**threshold, logistic regression, XGBoost**, tested on scene groups never seen in training. "
+    f"**{classifier_name('cosine')}, {classifier_name('logreg')}, {classifier_name('xgboost')}**, tested on scene "
+    "groups never seen in training. "
     "A few minutes on a laptop.")
 
 demo = latest_job("demo")
@@ -76,7 +78,7 @@ if demo is not None:
         if best:
             st.markdown(
                 f"Best run: **{escape_md(best.get('backbone', ''))} + {escape_md(best.get('merge', ''))} + "
-                f"{escape_md(best.get('classifier', ''))}**, held-out accuracy "
+                f"{escape_md(classifier_name(best.get('classifier', '')))}**, held-out accuracy "
                 f"**{best.get('accuracy', 0):.1%}** (95% CI {best.get('accuracy_lo', 0):.1%}–"
                 f"{best.get('accuracy_hi', 0):.1%}).")
         links = st.columns(3)
@@ -105,8 +107,11 @@ else:
     if "accuracy" in ranked and len(ranked):
         top = ranked.iloc[0]
         c2.metric("Best held-out accuracy", f"{top['accuracy']:.1%}",
-                  help=f"{top['backbone']} + {top['merge']} + {top['classifier']}")
-        c3.metric("Best configuration", f"{top['merge']} + {top['classifier']}", help=str(top["backbone"]))
+                  help=f"{top['backbone']} + {top['merge']} + {classifier_name(top['classifier'])}")
+        with c3:  # as text, not a metric: a classifier's name is too long for a metric's large digits
+            st.caption("Best configuration")
+            st.markdown(f"**{escape_md(top['backbone'])}**  \n{escape_md(top['merge'])} + "
+                        f"{escape_md(classifier_name(top['classifier']))}")
     runs_weights = {r.id: r.weights for r in cached_runs()}
     ranked = ranked.assign(weights=[WEIGHT_LABELS.get(runs_weights.get(i), runs_weights.get(i))
                                     for i in ranked["id"]])
@@ -114,6 +119,8 @@ else:
     cols += ["weights"] if (ranked["weights"] != WEIGHT_LABELS["imagenet"]).any() else []
     cols += ["dataset"] if mine.empty else []
     table = ranked[cols].head(10)
+    if "classifier" in table:
+        table = table.assign(classifier=table["classifier"].map(classifier_name))
     st.dataframe(table, hide_index=True, width="stretch", column_config={
         "accuracy": st.column_config.ProgressColumn("accuracy", format="percent", min_value=0, max_value=1),
         "auc": st.column_config.NumberColumn("AUC", format="%.3f"),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,13 +18,14 @@ import streamlit as st
 from PIL import Image
 
 from pages._ui.datasets import load_dataset_cached
-from pages._ui.formatting import escape_md, fmt_when
+from pages._ui.formatting import STATUS_ICONS, classifier_name, escape_md, fmt_when
 from pages._ui.links import no_runs_yet, page_link
 from pages._ui.store import cached_runs, store_path
 from pages._ui.thumbs import thumb_path, thumb_uri
+from pages._ui.url_state import bind, dump_float, dump_range, parse_float, parse_range, set_url, url_value
 from pages._ui.vector_sets import vectors_cached
-from simlab.classifiers import CLASSIFIERS
 from simlab.data import load_dataset
+from simlab.data.images import open_rgb
 from simlab.evaluate import pair_metrics
 from simlab.experiment import common_images
 from simlab.merge import fuse, l2_normalise
@@ -30,6 +34,8 @@ from simlab.store import Run, Store
 from simlab.vectors import vectorize
 
 RUN_KEY = "inspect_run"  # set by Compare and Train: the run to open
+THRESHOLD_KEY = "inspect_threshold"
+VIEWS = ["Cards", "Table"]
 PAGE_SIZE = 24
 CARDS_PER_ROW = 3
 NEIGHBOURS = 6
@@ -55,9 +61,16 @@ def load_predictions(db: str, run_id: str) -> pd.DataFrame:
     return Store(db).predictions(run_id)
 
 
+def scored_run(r: Run) -> bool:
+    """A run with test pairs to inspect: finished, or a fine-tune run stopped by hand and scored."""
+    return r.done or (r.is_finetune and r.status == "cancelled" and r.metrics.get("accuracy") is not None)
+
+
 def run_label(r: Run) -> str:
     acc = r.metrics.get("accuracy")
-    parts = [" + ".join(str(x) for x in (r.backbone, r.merge, r.classifier) if x),
+    name = (f"fine-tune of {r.backbone}: {r.method}" if r.is_finetune
+            else " + ".join(str(x) for x in (r.backbone, r.merge, classifier_name(r.classifier or "")) if x))
+    parts = [name + (" (stopped)" if r.status == "cancelled" else ""),
              f"{r.protocol.split} split",
              f"accuracy {acc:.3f}" if isinstance(acc, (int, float)) else None,
              "random weights (test)" if r.weights == "random" else None,
@@ -170,18 +183,25 @@ def nearest(index, path: str, k: int = NEIGHBOURS) -> list[tuple[str, str, float
 # --------------------------------------------------------------------------- pieces of the page
 
 
-def metrics_strip(preds: pd.DataFrame, threshold: float) -> dict:
+def metrics_strip(preds: pd.DataFrame, threshold: float, stored: float) -> dict:
+    """Accuracy, precision, recall and F1 at the slider's threshold; when it is not the run's own, the difference
+    to the run's own numbers in grey (a gain found on the test pairs themselves is no gain)."""
     m = pair_metrics(preds["label"].to_numpy(), preds["prob"].to_numpy(), threshold=threshold)
-    at_half = pair_metrics(preds["label"].to_numpy(), preds["prob"].to_numpy(), threshold=0.5, n_boot=1)
-    delta = (lambda k: None) if threshold == 0.5 else (lambda k: f"{m[k] - at_half[k]:+.3f} vs 0.5")
+    moved = abs(threshold - stored) > 1e-9
+    own = pair_metrics(preds["label"].to_numpy(), preds["prob"].to_numpy(), threshold=stored, n_boot=1) if moved else m
+    delta = (lambda k: f"{m[k] - own[k]:+.3f} vs the run's {stored:.2f}") if moved else (lambda k: None)
     c = st.columns(4)
-    c[0].metric("Accuracy", f"{m['accuracy']:.3f}", delta=delta("accuracy"),
+    c[0].metric("Accuracy", f"{m['accuracy']:.3f}", delta=delta("accuracy"), delta_color="off",
                 help=f"95% bootstrap interval {m['accuracy_lo']:.3f}–{m['accuracy_hi']:.3f} on {m['n_test']} pairs")
-    c[1].metric("Precision", f"{m['precision']:.3f}", delta=delta("precision"),
+    c[1].metric("Precision", f"{m['precision']:.3f}", delta=delta("precision"), delta_color="off",
                 help="Of the pairs predicted 'same', the share that are")
-    c[2].metric("Recall", f"{m['recall']:.3f}", delta=delta("recall"),
+    c[2].metric("Recall", f"{m['recall']:.3f}", delta=delta("recall"), delta_color="off",
                 help="Of the pairs that are the same scene, the share found")
-    c[3].metric("F1", f"{m['f1']:.3f}", delta=delta("f1"))
+    c[3].metric("F1", f"{m['f1']:.3f}", delta=delta("f1"), delta_color="off")
+    if moved:
+        st.warning(f"**Tuned on the test pairs: optimistic.** These numbers re-score the test pairs at a threshold "
+                   f"picked by looking at them; the run's own numbers are those at its threshold {stored:.2f}.",
+                   icon=":material/science:")
     st.caption(f"Accuracy 95% CI {m['accuracy_lo']:.3f}–{m['accuracy_hi']:.3f} · {m['n_test']} test pairs · "
                f"ROC AUC {m['auc']:.3f} (independent of the threshold)")
     return m
@@ -279,40 +299,187 @@ def table(page: pd.DataFrame) -> None:
     st.caption("Select a row to open the pair.")
 
 
-def small_images(items: list[tuple[str, str]], size: int = 128, columns: int = 6) -> None:
-    """(path, caption) thumbnails in a row of columns; captions escaped."""
+# --------------------------------------------------------------------------- the pair viewer
+
+BROWSER_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
+FULL_MAX_BYTES = 15_000_000  # larger files are re-encoded at FULL_MAX_SIDE for the zoom
+FULL_MAX_SIDE = 4096
+TILE_BIG = 640  # a thumbnail opened in the viewer
+
+
+@st.cache_data(show_spinner=False, max_entries=24)
+def full_image(path: str, mtime: float) -> tuple[str, tuple[int, int]] | None:
+    """The image at full resolution as a data URI, with its size: the file itself where a browser shows it,
+    else (other formats, CMYK, very large files) re-encoded as JPEG. None if it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            fmt, mode, size = im.format, im.mode, im.size
+        data = Path(path).read_bytes() if fmt in BROWSER_FORMATS and mode != "CMYK" else b""
+        if data and len(data) <= FULL_MAX_BYTES:
+            return f"data:{BROWSER_FORMATS[fmt]};base64," + base64.b64encode(data).decode("ascii"), size
+        im = open_rgb(path)
+        im.thumbnail((FULL_MAX_SIDE, FULL_MAX_SIDE))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=92)
+        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), im.size
+    except Exception:  # shown as "unreadable"
+        return None
+
+
+def full_image_of(path: str) -> tuple[str, tuple[int, int]] | None:
+    try:
+        return full_image(path, os.stat(path).st_mtime)
+    except OSError:
+        return None
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def medium_uri(path: str, size: int, mtime: float) -> str | None:
+    """A JPEG data URI at most ``size`` px on its long side (a thumbnail opened in the viewer)."""
+    try:
+        im = open_rgb(path, draft_size=size)
+        im.thumbnail((size, size))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85)
+        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    except Exception:
+        return None
+
+
+def medium_of(path: str, size: int = TILE_BIG) -> str | None:
+    try:
+        return medium_uri(path, size, os.stat(path).st_mtime)
+    except OSError:
+        return None
+
+
+VIEWER_CSS = """
+.pv input.pv-z{display:none}
+.pv .pv-pair{display:grid;grid-template-columns:1fr 1fr;gap:14px}
+.pv figure{margin:0;min-width:0}
+.pv .pv-box{height:min(62vh,640px);background:#f0f2f6;border-radius:6px;display:flex;align-items:center;
+  justify-content:center;overflow:hidden}
+.pv .pv-box img{max-width:100%;max-height:100%;object-fit:contain;cursor:zoom-in;display:block}
+.pv figcaption{font-size:.85rem;line-height:1.3rem;margin-top:.35rem;overflow-wrap:anywhere}
+.pv figcaption .dim{opacity:.65}
+.pv .pv-hint{font-size:.75rem;opacity:.6}
+.tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(112px,1fr));gap:8px}
+.tiles details{min-width:0}
+.tiles summary{list-style:none;cursor:zoom-in}
+.tiles summary::-webkit-details-marker{display:none}
+.tiles summary img{width:100%;aspect-ratio:1;object-fit:cover;border-radius:4px;display:block}
+.tiles summary .big{display:none}
+.tiles details[open]{grid-column:1/-1}
+.tiles details[open] summary{cursor:zoom-out}
+.tiles details[open] summary .small{display:none}
+.tiles details[open] summary .big{display:block;width:auto;max-width:100%;max-height:70vh;aspect-ratio:auto;
+  object-fit:contain;margin:auto;background:#f0f2f6}
+.tiles .cap{font-size:.75rem;line-height:1.1rem;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;opacity:.85}
+.tiles details[open] .cap{white-space:normal;text-align:center}
+.tiles .ok{color:#2a9d8f;font-weight:600}
+"""
+
+
+def _zoom_css(uid: str) -> str:
+    """While one side is zoomed: it takes the whole width at its full resolution (scroll to pan), the other hides."""
+    rules = []
+    for side, other in (("L", "R"), ("R", "L")):
+        z = f"#pv-{uid}-{side}:checked ~ .pv-pair"
+        rules += [f"{z}{{grid-template-columns:1fr}}", f"{z} .pv-{other}{{display:none}}",
+                  f"{z} .pv-{side} .pv-box{{height:auto;max-height:78vh;overflow:auto;display:block;"
+                  "text-align:center}",
+                  f"{z} .pv-{side} .pv-box img{{max-width:none;max-height:none;cursor:zoom-out;"
+                  "display:inline-block}",
+                  f"{z} .pv-{side} .pv-fit{{display:none}}", f"{z} .pv-{side} .pv-full{{display:inline}}"]
+    return "\n".join(rules) + "\n.pv .pv-full{display:none}"
+
+
+def viewer_html(uid: str, sides: list[tuple[str, str | None, tuple[int, int] | None, str]]) -> str:
+    """The two images large, side by side; a click on one shows it alone at full resolution (a click again: back).
+
+    ``sides``: (file name, data URI or None, pixel size, caption HTML) for the left and the right image.
+    Plain HTML and CSS (a hidden checkbox per side): no script, and every caption is escaped by the caller.
+    """
+    parts = [f"<style>{VIEWER_CSS}{_zoom_css(uid)}</style><div class='pv'>"]
+    parts += [f"<input type='checkbox' class='pv-z' id='pv-{uid}-{s}'>" for s in ("L", "R")]
+    parts.append("<div class='pv-pair'>")
+    for s, (name, uri, size, caption) in zip(("L", "R"), sides):
+        label = html.escape(name, quote=True)
+        img = (f"<img src='{uri}' alt='{label}' title='Click to see it at full resolution'>" if uri else
+               "<span class='dim'>This image can no longer be read.</span>")
+        px = f"{size[0]} × {size[1]} px" if size else ""
+        parts.append(f"<figure class='pv-{s}'><label for='pv-{uid}-{s}'><div class='pv-box'>{img}</div></label>"
+                     f"<figcaption>{caption}<br><span class='pv-hint'>{px} · <span class='pv-fit'>click the image "
+                     f"to zoom to full resolution</span><span class='pv-full'>full resolution: scroll to pan, "
+                     f"click to go back</span></span></figcaption></figure>")
+    parts.append("</div></div>")
+    return "".join(parts)
+
+
+def tiles_html(items: list[tuple[str, str]], size: int = 128) -> str:
+    """Thumbnails that open: a click shows the image larger across the row, a click again closes it.
+
+    ``items``: (path, caption HTML, already escaped)."""
+    cells = []
+    for path, caption in items:
+        small = thumb_uri(path, size)
+        if not small:
+            cells.append(f"<div><div class='cap'>unreadable</div><div class='cap'>{caption}</div></div>")
+            continue
+        big = medium_of(path) or small
+        name = html.escape(os.path.basename(path), quote=True)
+        cells.append(f"<details><summary><img class='small' src='{small}' alt='{name}' title='{name}: click to open'>"
+                     f"<img class='big' src='{big}' alt='{name}'><div class='cap'>{caption}</div></summary></details>")
+    return f"<style>{VIEWER_CSS}</style><div class='tiles'>" + "".join(cells) + "</div>"
+
+
+def small_images(items: list[tuple[str, str]], size: int = 128) -> None:
+    """(path, caption HTML) thumbnails that can be opened; captions must be escaped by the caller."""
     if not items:
         st.caption("None.")
         return
-    thumbs_map = thumbs([p for p, _ in items], size)
-    for start in range(0, len(items), columns):
-        cols = st.columns(columns)
-        for col, (path, caption) in zip(cols, items[start:start + columns]):
-            with col:
-                boxed_image(thumbs_map.get(path), size)
-                st.caption(caption)
+    st.html(tiles_html(items, size))
 
 
-@st.dialog("Pair", width="large")
-def pair_dialog(run: Run, row: dict, threshold: float) -> None:
-    pair_detail(run, row, threshold)
+VIEWER_KEY = "_inspect_pos"  # st.session_state: the position of the open pair in the filtered, sorted list
 
 
-def pair_detail(run: Run, row: dict, threshold: float) -> None:
-    st.markdown(f"{BADGE[row['outcome']]} **{OUTCOME[row['outcome']]}** · P(same) = **{row['prob']:.3f}** "
-                f"at threshold {threshold:.2f}")
-    big = thumbs([row["left_path"], row["right_path"]], 256)
-    cols = st.columns(2)
-    for col, side in zip(cols, ("left", "right")):
-        with col:
-            path = row[f"{side}_path"]
-            if big.get(path):
-                st.image(big[path], width="content")  # 256 px at most: crisp, never the full-size file
-            else:
-                st.warning("This image can no longer be read.")
-            st.caption(f"{escape_md(os.path.basename(path))} · group **{escape_md(row[f'{side}_group'])}**  \n"
-                       f":gray[{escape_md(os.path.dirname(path))}]")
+def _step(delta: int, n: int) -> None:
+    st.session_state[VIEWER_KEY] = min(max(0, st.session_state.get(VIEWER_KEY, 0) + delta), n - 1)
 
+
+@st.dialog("Pair", width=1600)
+def pair_dialog(run: Run, scored: pd.DataFrame, order: list, threshold: float) -> None:
+    pair_viewer(run, scored, order, threshold)
+
+
+def pair_viewer(run: Run, scored: pd.DataFrame, order: list, threshold: float) -> None:
+    """One pair of the filtered list, large: ← and → (or the buttons) step through the list."""
+    n = len(order)
+    pos = min(max(0, int(st.session_state.get(VIEWER_KEY, 0))), n - 1)
+    row = scored.loc[order[pos]].to_dict()
+    c1, c2, c3 = st.columns([2, 8, 2], vertical_alignment="center")
+    c1.button("Previous", icon=":material/arrow_back:", shortcut="Left", key="inspect_prev", on_click=_step,
+              args=(-1, n), disabled=pos == 0, width="stretch", help="The previous pair of the list (←)")
+    c2.markdown(f"**Pair {pos + 1} of {n}** in the list below · {BADGE[row['outcome']]} "
+                f"{OUTCOME[row['outcome']]} · P(same) **{row['prob']:.3f}** at threshold {threshold:.2f}")
+    c3.button("Next", icon=":material/arrow_forward:", icon_position="right", shortcut="Right", key="inspect_next",
+              on_click=_step, args=(1, n), disabled=pos == n - 1, width="stretch",
+              help="The next pair of the list (→)")
+    sides = []
+    for side in ("left", "right"):
+        path = row[f"{side}_path"]
+        full = full_image_of(path)
+        caption = (f"<b>{html.escape(os.path.basename(path))}</b> · group <b>{html.escape(str(row[f'{side}_group']))}"
+                   f"</b><br><span class='dim'>{html.escape(os.path.dirname(path))}</span>")
+        sides.append((os.path.basename(path), full[0] if full else None, full[1] if full else None, caption))
+    st.html(viewer_html(f"{run.id}-{order[pos]}", sides))
+    st.caption("← → step through the pairs, Esc closes.")
+    pair_context(run, row)
+
+
+def pair_context(run: Run, row: dict) -> None:
+    """The rest of both groups and each image's nearest neighbours, as thumbnails that open."""
     dataset = load_dataset_cached(run.dataset or "", show_error=False)
     if dataset is not None and run.fingerprint and dataset.fingerprint != run.fingerprint:
         st.caption(":material/info: The dataset's files changed since this run: the images, groups and neighbours "
@@ -326,10 +493,12 @@ def pair_detail(run: Run, row: dict, threshold: float) -> None:
         members.setdefault(g, []).append(p)
     pair_paths = {row["left_path"], row["right_path"]}
     groups = list(dict.fromkeys([row["left_group"], row["right_group"]]))
-    for g in groups:
-        others = [p for p in members.get(g, []) if p not in pair_paths]
-        st.markdown(f"**Other images of group {escape_md(g)}** ({len(others)})")
-        small_images([(p, escape_md(os.path.basename(p))) for p in others[:12]], size=128)
+    cols = st.columns(len(groups))
+    for col, g in zip(cols, groups):
+        with col:
+            others = [p for p in members.get(g, []) if p not in pair_paths]
+            st.markdown(f"**Other images of group {escape_md(g)}** ({len(others)})")
+            small_images([(p, html.escape(os.path.basename(p))) for p in others[:12]])
 
     backbone = run.backbone or ""
     weights = run.weights
@@ -346,21 +515,27 @@ def pair_detail(run: Run, row: dict, threshold: float) -> None:
     except Exception as exc:  # a short message, the details folded
         st.error(f"Could not read the vectors: {escape_md(type(exc).__name__)}: {escape_md(str(exc)[:200])}")
         return
-    for side in ("left", "right"):
-        path = row[f"{side}_path"]
-        st.caption(f"Neighbours of {escape_md(os.path.basename(path))}")
-        found = nearest(index, path)
-        small_images([(p, f"{s:.3f} · {escape_md(g)}{' :green[:material/check:]' if g == row[f'{side}_group'] else ''}")
-                      for p, g, s in found], size=128)
+    cols = st.columns(2)
+    for col, side in zip(cols, ("left", "right")):
+        with col:
+            path = row[f"{side}_path"]
+            st.caption(f"Neighbours of {escape_md(os.path.basename(path))}")
+            small_images([(p, f"{s:.3f} · {html.escape(str(g))}"
+                              + (" <span class='ok'>✓</span>" if g == row[f"{side}_group"] else ""))
+                          for p, g, s in nearest(index, path)])
 
 
 # --------------------------------------------------------------------------- page
 
 
 def pick_run(runs: list[Run]) -> Run:
+    """The run picker; the run is kept in the URL (``?run=``), so a reload or a shared link opens it again."""
     ids = [r.id for r in runs]
     by_id = {r.id: r for r in runs}
-    wanted = st.query_params.get("run") or st.session_state.get(RUN_KEY)
+    linked = url_value("run")  # a reload, a shared link, or Compare's and Runs' "open on Inspect"
+    if linked in by_id:
+        st.session_state[RUN_KEY] = linked
+    wanted = st.session_state.get(RUN_KEY)
     if wanted in by_id and st.session_state.get("inspect_select") != wanted:
         st.session_state["inspect_select"] = wanted
     if st.session_state.get("inspect_select") not in by_id:
@@ -368,31 +543,63 @@ def pick_run(runs: list[Run]) -> Run:
 
     def picked() -> None:
         st.session_state[RUN_KEY] = st.session_state["inspect_select"]
-        st.query_params["run"] = st.session_state["inspect_select"]
 
     run_id = st.selectbox("Run", ids, format_func=lambda i: run_label(by_id[i]), key="inspect_select",
                           on_change=picked, help="Newest first. Compare and Train open a run here with one click.")
     st.session_state[RUN_KEY] = run_id
-    if st.query_params.get("run") != run_id:
-        st.query_params["run"] = run_id
+    set_url("run", run_id)
     return by_id[run_id]
 
 
 def run_caption(run: Run) -> None:
     p = run.protocol
-    clf = CLASSIFIERS[run.classifier].label if run.classifier in CLASSIFIERS else run.classifier
+    clf = run.method if run.is_finetune else classifier_name(run.classifier or "?")
     parts = [f"Dataset {escape_md(run.dataset or '?')}",
              f"{escape_md(p.split)} split, test fraction {p.test_size}",
              f"negatives {escape_md(p.negatives)} × {p.negative_ratio}",
-             f"classifier {escape_md(clf or '?')}", f"seed {p.seed}",
+             f"{'fine-tuned' if run.is_finetune else 'classifier'} {escape_md(clf)}", f"seed {p.seed}",
              f"{escape_md(p.weights)} weights", f"run {run.id} of {fmt_when(run.created)}"]
+    if run.status == "cancelled":
+        parts.append(f"{STATUS_ICONS['cancelled']} stopped by hand, scored on its best checkpoint")
     st.caption(" · ".join(parts))
+
+
+def stored_threshold(run: Run) -> float:
+    """The operating threshold stored with the run (chosen without the test pairs); 0.5 for runs made before."""
+    value = getattr(run, "threshold", None)
+    return 0.5 if value is None else float(value)
+
+
+def _reset_threshold(value: float) -> None:
+    st.session_state[THRESHOLD_KEY] = value
+
+
+def threshold_slider(run: Run) -> tuple[float, float]:
+    """The threshold slider, starting at the run's stored threshold; (threshold, stored)."""
+    stored = stored_threshold(run)
+    if st.session_state.get("_inspect_threshold_run") != run.id:  # another run: start at its own threshold
+        st.session_state["_inspect_threshold_run"] = run.id
+        st.session_state[THRESHOLD_KEY] = stored
+    bind(THRESHOLD_KEY, "threshold", stored, parse=parse_float, dump=dump_float, valid=lambda v: 0.0 <= v <= 1.0)
+    moved = abs(st.session_state.get(THRESHOLD_KEY, stored) - stored) > 1e-9
+    c1, c2 = st.columns([5, 2], vertical_alignment="bottom")
+    label = "Threshold: tuned on the test pairs: optimistic" if moved else "Threshold: the run's own"
+    threshold = c1.slider(label, 0.0, 1.0, step=0.01, key=THRESHOLD_KEY, format="%.2f",
+                          help=f"The run's own threshold is {stored:.2f}, stored with it"
+                               + (" (chosen on validation groups carved from the training groups)."
+                                  if getattr(run, "threshold", None) is not None else
+                                  " (runs made before thresholds were stored use 0.5).")
+                               + " Moving it re-scores the test pairs: an exploration tool, whose best numbers "
+                                 "are optimistic because they were picked by looking at the test pairs.")
+    c2.button(f"Back to {stored:.2f}", icon=":material/undo:", key="inspect_threshold_reset", disabled=not moved,
+              on_click=_reset_threshold, args=(stored,), width="stretch", help="The run's own threshold")
+    return threshold, stored
 
 
 def main() -> None:
     st.title("Inspect")
     try:
-        runs = [r for r in cached_runs() if r.done]
+        runs = [r for r in cached_runs() if scored_run(r)]
     except Exception as exc:
         st.error(f"Could not read the run store: {escape_md(type(exc).__name__)}: {escape_md(str(exc)[:300])}")
         return
@@ -406,10 +613,8 @@ def main() -> None:
         st.info("This run stored no per-pair predictions, so there is nothing to inspect. Pick another run.")
         return
 
-    threshold = st.slider("Threshold", 0.0, 1.0, 0.5, 0.01, key="inspect_threshold",
-                          help="A pair is predicted 'same' when its probability is at least this. Every number, "
-                               "chart and filter below follows it.")
-    m = metrics_strip(preds, threshold)
+    threshold, stored = threshold_slider(run)
+    m = metrics_strip(preds, threshold, stored)
     c1, c2 = st.columns([2, 3])
     c1.plotly_chart(confusion_figure(m), config={"displayModeBar": False}, key="inspect_confusion")
     c2.plotly_chart(histogram_figure(preds, threshold), config={"displayModeBar": False}, key="inspect_hist")
@@ -417,15 +622,19 @@ def main() -> None:
     st.subheader("Pairs")
     scored = score(preds, threshold)
     f1, f2 = st.columns([5, 2])
-    show = f1.radio("Show", list(SHOW), format_func=SHOW.get, horizontal=True, key="inspect_show",
+    show = f1.radio("Show", list(SHOW), format_func=SHOW.get, horizontal=True,
+                    key=bind("inspect_show", "show", "all", choices=SHOW),
                     help="Errors and their kinds follow the threshold above")
-    view = f2.radio("View", ["Cards", "Table"], horizontal=True, key="inspect_view")
+    view = f2.radio("View", VIEWS, horizontal=True, key=bind("inspect_view", "view", VIEWS[0], choices=VIEWS))
     g1, g2, g3 = st.columns([2, 3, 2])
-    prob_range = g1.slider("Probability range", 0.0, 1.0, (0.0, 1.0), 0.01, key="inspect_prob")
+    prob_range = g1.slider("Probability range", 0.0, 1.0, (0.0, 1.0), 0.01,
+                           key=bind("inspect_prob", "prob", (0.0, 1.0), parse=parse_range, dump=dump_range))
     all_groups = sorted(set(scored["left_group"].astype(str)) | set(scored["right_group"].astype(str)))
-    groups = g2.multiselect("Groups", all_groups, key="inspect_groups", placeholder="All groups",
+    groups = g2.multiselect("Groups", all_groups, placeholder="All groups",
+                            key=bind("inspect_groups", "group", [], choices=all_groups, multi=True),
                             help="Keep pairs with either image in one of these groups")
-    sort = g3.selectbox("Sort", list(SORTS), format_func=SORTS.get, key="inspect_sort")
+    sort = g3.selectbox("Sort", list(SORTS), format_func=SORTS.get,
+                        key=bind("inspect_sort", "sort", "confident_errors", choices=SORTS))
 
     pairs = sort_pairs(filter_pairs(scored, show, prob_range, groups), sort)
     if pairs.empty:
@@ -435,12 +644,14 @@ def main() -> None:
     # a new key (so page 1) whenever what is listed changes
     listing = (run.id, show, prob_range, tuple(groups), sort, threshold if show != "all" else 0)
     page_key = f"inspect_page_{hash(listing)}"
+    bind(page_key, "page", 1, parse=int, valid=lambda v: 1 <= v <= n_pages)
     page_no = st.session_state.get(page_key, 1)
     page_no = min(max(1, int(page_no)), n_pages)
     page = pairs.iloc[(page_no - 1) * PAGE_SIZE: page_no * PAGE_SIZE]
     t1, t2 = st.columns([3, 2], vertical_alignment="center")
     t1.caption(f"Showing pairs {(page_no - 1) * PAGE_SIZE + 1}–{(page_no - 1) * PAGE_SIZE + len(page)} of "
-               f"{len(pairs)} ({len(scored)} in the run's test set).")
+               f"{len(pairs)} ({len(scored)} in the run's test set). Open a pair to see it large; "
+               "then ← → step through this list.")
     if n_pages > 1:
         with t2:
             st.pagination(n_pages, key=page_key, width="stretch")
@@ -450,8 +661,10 @@ def main() -> None:
         table(page)
 
     opened = st.session_state.pop("_inspect_open", None)
-    if opened is not None and opened in scored.index:
-        pair_dialog(run, scored.loc[opened].to_dict(), threshold)
+    if opened is not None and opened in pairs.index:
+        order = list(pairs.index)
+        st.session_state[VIEWER_KEY] = order.index(opened)
+        pair_dialog(run, scored, order, threshold)
 
 
 main()

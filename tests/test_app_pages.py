@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import html
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -198,11 +199,12 @@ def test_data_page_counts_groups_problems_and_escapes_file_names(empty_cache):
 
 def test_data_page_paginates_the_groups(empty_cache):
     at = open_page("pages/data.py")
+    at.selectbox(key="group_page_size").set_value(8).run()
     assert "page 1 of 2" in texts(at)
     at.number_input(key="group_page").set_value(2).run()
     assert not at.exception
-    group_titles = [t.value for t in at.text if t.value.startswith("Group ")]
-    assert group_titles[0].startswith("Group scene08")
+    cards = re.sub("<[^>]+>|\u200b|\xad", "", "\n".join(h.value for h in at.html))  # the cards' text
+    assert "scene08 · 3 images" in cards and "scene00 · " not in cards
 
 
 def test_data_page_refuses_a_missing_folder_with_a_clear_message(empty_cache, tmp_path):
@@ -296,3 +298,98 @@ def test_runs_page_lists_runs_and_jobs_with_errors(full_cache):
         assert not any("Traceback" in str(e.value) for e in at.error)
     finally:
         store.delete_job(failed)
+
+
+# --------------------------------------------------------------------------- state in the URL, names, Compare, Inspect
+
+
+def test_the_dataset_comes_from_the_url_and_goes_back_to_it(empty_cache, tmp_path):
+    """A reload or a shared link (a new session with ?dataset=) opens that dataset, not the default one."""
+    other = make_dataset(tmp_path / "linked", n_groups=3, per_group=2)
+    spec = f"folder:{other}"
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["dataset"] = spec
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["dataset_spec"] == spec
+    assert at.sidebar.selectbox[0].value == spec
+    at.sidebar.selectbox[0].set_value("demo").run()  # picking another one writes it to the URL
+    assert at.query_params["dataset"] == "demo"
+
+
+def test_a_malformed_dataset_in_the_url_is_ignored(empty_cache, dataset_spec):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["dataset"] = "nonsense:/x"
+    at.run()
+    assert not at.exception
+    assert at.session_state["dataset_spec"] == dataset_spec  # the default: $SIMLAB_DATASET
+    assert at.query_params["dataset"] == dataset_spec
+
+
+def test_home_names_classifiers_as_the_registry_does(full_cache):
+    at = open_page()
+    table = at.dataframe[0].value
+    assert set(table["classifier"]) == {"Similarity threshold", "Logistic regression"}
+    assert "cosine" not in set(table["classifier"])
+    assert any("Similarity threshold" in str(m.value) for m in at.markdown)  # the best configuration
+    demo_text = " ".join(str(m.value) for m in at.markdown)
+    assert "**threshold," not in demo_text and "Similarity threshold" in demo_text
+
+
+@pytest.fixture
+def cache_with_finetune(cache_with_runs, tmp_path, monkeypatch, dataset_spec) -> dict:
+    """The grid runs plus one fine-tune run stopped by hand and scored (its best checkpoint's test pairs)."""
+    import shutil
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_with_runs, cache)
+    store = Store(cache / "simlab.db")
+    grid = store.list_runs()[0]
+    preds = store.predictions(grid.id)
+    run_id = store.add_run(kind="finetune", dataset=grid.dataset, fingerprint=grid.fingerprint, backbone="small-cnn",
+                           merge="siamese", classifier="contrastive", split=grid.split, seed=grid.seed,
+                           config={**grid.config, "mode": "siamese", "loss": "contrastive"})
+    store.finish_run(run_id, {**grid.metrics, "accuracy": 0.75, "epochs_run": 2, "best_epoch": 1, "stopped": True},
+                     preds, status="cancelled")
+    monkeypatch.setenv("SIMLAB_CACHE", str(cache))
+    monkeypatch.setenv("SIMLAB_DATASET", dataset_spec)
+    yield {"cache": cache, "finetune": run_id, "grid": grid.id}
+    _kill_workers(cache)
+
+
+def test_compare_shows_fine_tune_runs_in_their_own_panel_a_stopped_one_marked(cache_with_finetune):
+    at = open_page("pages/compare.py")
+    assert "Fine-tuned models" in texts(at)
+    heatmap = at.get("plotly_chart")[0].proto.spec
+    assert "siamese" not in heatmap and "contrastive" not in heatmap  # no empty column, no grey chart
+    assert "Similarity threshold" in heatmap
+    tables = [d.value for d in at.dataframe]
+    leaderboard, panel = tables[0], tables[1]
+    assert cache_with_finetune["finetune"] not in set(leaderboard["id"])
+    assert set(leaderboard["classifier"]) == {"Similarity threshold", "Logistic regression"}
+    assert list(panel["id"]) == [cache_with_finetune["finetune"]]
+    row = panel[panel["id"] == cache_with_finetune["finetune"]].iloc[0]
+    assert row["status"].endswith("stopped") and row["accuracy"] == 0.75
+    assert "stopped by hand" in texts(at)
+    at.radio(key="compare_metric").set_value("auc").run()
+    assert at.query_params["metric"] == "auc"  # the page's options live in the URL
+
+
+def test_inspect_opens_the_run_of_the_url_and_caveats_a_moved_threshold(cache_with_finetune):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page("pages/inspect.py")
+    at.query_params["run"] = cache_with_finetune["finetune"]
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="inspect_select").value == cache_with_finetune["finetune"]  # a stopped run: inspectable
+    assert "stopped by hand" in texts(at)
+    slider = at.slider(key="inspect_threshold")
+    assert slider.value == 0.5 and "optimistic" not in slider.label
+    assert not at.warning and not at.metric[0].delta
+    slider.set_value(0.8).run()
+    assert "tuned on the test pairs: optimistic" in at.slider(key="inspect_threshold").label
+    assert any("optimistic" in w.value for w in at.warning)
+    assert at.metric[0].delta.endswith("vs the run's 0.50")
+    assert at.query_params["threshold"] == "0.8"
+    at.button(key="inspect_threshold_reset").click().run()
+    assert at.slider(key="inspect_threshold").value == 0.5 and "threshold" not in at.query_params

@@ -8,11 +8,13 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException, StreamlitPageNotFoundError
 
 
-def page_link(page: str, label: str, icon: str | None = None, query_params: dict | None = None) -> None:
+def page_link(page: str, label: str, icon: str | None = None, query_params: dict | None = None) -> bool:
     """st.page_link to a page (e.g. 'pages/compare.py'); nothing when the page is not in the navigation
-    (a page file run alone, as the page tests do)."""
+    (a page file run alone, as the page tests do). Returns whether the link was drawn."""
     with contextlib.suppress(StreamlitAPIException, StreamlitPageNotFoundError):
         st.page_link(page, label=label, icon=icon, query_params=query_params)
+        return True
+    return False
 
 
 def open_on_inspect(run_id: str) -> None:
