@@ -26,31 +26,46 @@ SELECTION_SHOWN = 48
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354",
            "#756bb1", "#636363", "#9c9ede", "#cedb9c", "#e7ba52", "#e7969c"]
-STATUS_TEXT = {"bundled": "✓ bundled (works offline)", "cached": "✓ downloaded", "download": "↓ will download",
-               "offline": "✗ unavailable offline"}
-WEIGHT_LABELS = {"imagenet": "ImageNet (pretrained)", "random": "Random — for tests only"}
+STATUS_TEXT = {"bundled": "✓ bundled (works offline)", "cached": "✓ downloaded (works offline)",
+               "download": "↓ will download on first use", "offline": "✗ offline: random weights only"}
+WEIGHTS_HOST = "storage.googleapis.com"  # Keras' ImageNet weights; a backbone's options may name another
+WEIGHT_LABELS = {"imagenet": "Pretrained (ImageNet, or the KerasHub preset's)", "random": "Random — for tests only"}
 
 
 @st.cache_resource(show_spinner="Loading the backbone registry…")
 def backbone_table() -> list[dict]:
     """Static facts of every registered backbone (listing the registry loads Keras: done once)."""
     return [{"name": b.name, "input": b.input_size, "dim": b.dim, "description": b.description,
-             "bundled": b.bundled} for b in list_backbones()]
+             "bundled": b.bundled, "source": backbone_source(b), "preset": b.options.get("preset"),
+             "host": b.options.get("weights_host", WEIGHTS_HOST)} for b in list_backbones()]
+
+
+def backbone_source(b) -> str:
+    """Where a backbone's weights come from, in a few words."""
+    if b.options.get("preset"):
+        return "KerasHub preset"
+    if b.options.get("tuned"):
+        return "fine-tuned here"
+    if b.options.get("weight_free"):
+        return "no weights"
+    return "bundled package" if b.bundled else "Keras applications"
 
 
 @st.cache_data(ttl=300, show_spinner=False)
-def online() -> bool:
-    """Whether the weights server is reachable (checked at most every 5 minutes)."""
+def online(host: str = WEIGHTS_HOST) -> bool:
+    """Whether ``host`` (a weights server) is reachable (checked at most every 5 minutes)."""
     try:
-        socket.create_connection(("storage.googleapis.com", 443), timeout=1.5).close()
+        socket.create_connection((host, 443), timeout=1.5).close()
         return True
     except OSError:
         return False
 
 
 def weights_state(name: str) -> str:
+    """bundled, cached, download, or offline (a download that cannot happen: random weights only)."""
     status = weights_status(name)
-    return "offline" if status == "download" and not online() else status
+    host = next((r["host"] for r in backbone_table() if r["name"] == name), WEIGHTS_HOST)
+    return "offline" if status == "download" and not online(host) else status
 
 
 @st.cache_data(show_spinner="Projecting the vectors…", max_entries=16)
@@ -75,10 +90,15 @@ dataset = require_dataset()
 st.subheader("Backbones")
 table = pd.DataFrame(backbone_table())
 table["weights"] = [STATUS_TEXT[weights_state(n)] for n in table["name"]]
-st.dataframe(table[["name", "input", "dim", "weights", "description"]], hide_index=True, width="stretch",
+st.dataframe(table[["name", "input", "dim", "weights", "source", "description"]], hide_index=True, width="stretch",
+             height=35 * (len(table) + 1) + 3,  # every backbone in view, no inner scrolling
              column_config={"input": st.column_config.NumberColumn("input px"),
                             "dim": st.column_config.NumberColumn("vector size"),
-                            "weights": st.column_config.TextColumn("ImageNet weights")})
+                            "weights": st.column_config.TextColumn("pretrained weights"),
+                            "source": st.column_config.TextColumn("weights from")})
+st.caption("KerasHub backbones (DINOv2, CLIP, SigLIP2) download their preset once into "
+           "`cache/weights/keras_hub/<preset>/`. Without internet, copy the preset folder there (or into "
+           "`$SIMLAB_KERAS_HUB_DIR/<preset>/`), or use Random weights to test the pipeline.")
 
 job = latest_job("vectorize")
 running = job is not None and job["status"] in ACTIVE
@@ -94,12 +114,17 @@ with st.form("vectorize_form"):
                                 help="A job is already running: see below." if running else None)
 if go_:
     blocked = [n for n in picked if weights == "imagenet" and weights_state(n) == "offline"]
+    presets = {r["name"]: r["preset"] for r in backbone_table() if r["preset"]}
     if not picked:
         st.warning("Pick at least one backbone.")
     elif blocked:
-        st.error(f"No internet here, so the ImageNet weights of {', '.join(blocked)} cannot be downloaded. "
-                 "Put the weights file under cache/weights/ (see the CLI's `python -m simlab backbones`), "
-                 "or use the bundled backbone.")
+        hub = [f"`cache/weights/keras_hub/{presets[n]}/`" for n in blocked if n in presets]
+        st.error(f"No internet here, so the pretrained weights of {', '.join(blocked)} cannot be downloaded. "
+                 + (f"Copy each KerasHub preset folder (config.json, model.weights.h5, …) to {', '.join(hub)} "
+                    "(or into `$SIMLAB_KERAS_HUB_DIR/<preset>/`). " if hub else "")
+                 + ("Put Keras weights files under cache/weights/ (see `python -m simlab backbones`). "
+                    if len(hub) < len(blocked) else "")
+                 + "Or pick Random weights, or a bundled backbone.")
     else:
         start_job("vectorize", {"dataset": dataset.spec, "backbones": picked, "weights": weights})
         st.rerun()
