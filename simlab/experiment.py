@@ -27,7 +27,7 @@ from simlab.protocol import Protocol, SplitPairs
 from simlab.provenance import git_commit, library_versions
 from simlab.search import build_index
 from simlab.store import Store, new_id
-from simlab.vectors import VectorSet, vectorize
+from simlab.vectors import VectorSet, vectorize_many
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +164,12 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: Progress 
 
 
 def _grid_vectors(config: GridConfig, dataset, say: Progress, should_stop: ShouldStop | None):
-    """Paths, groups and each backbone's vectors of the images they all vectorised (plus the fusion)."""
-    sets = {}
+    """Paths, groups and each backbone's vectors of the images they all vectorised (plus the fusion).
+    Every image the backbones miss is decoded once for all of them (``vectorize_many``)."""
+    t0 = time.perf_counter()
+    sets = vectorize_many(dataset, config.backbones, config.weights,
+                          progress_for=lambda name: _vectorizing(say, name), should_stop=should_stop, ray=config.ray)
     for name in config.backbones:
-        t0 = time.perf_counter()
-        sets[name] = vectorize(dataset, name, config.weights, progress=_vectorizing(say, name),
-                               should_stop=should_stop, ray=config.ray)
         say(len(dataset.paths), len(dataset.paths),
             f"{name}: vectors ready in {time.perf_counter() - t0:.1f} s ({sets[name].computed} computed)",
             stage="vectorize", backbone=name)

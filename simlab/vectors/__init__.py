@@ -8,10 +8,15 @@ vectors of the images it already had and computes only the new ones. Finished ba
 on disk as they complete (:mod:`simlab.vectors.keep`): a killed run, started again, computes only
 the rest, and a full disk stops it with one line (:class:`DiskFull`) that keeps what was written.
 
-    simlab.vectors          vectorize(), VectorSet, default_weights
+Several backbones (:func:`vectorize_many`: ``vectorize --backbone A B C``, a grid) decode each
+image once and feed every backbone from that decode (:func:`simlab.vectors.embed.compute_many`).
+
+    simlab.vectors          vectorize(), vectorize_many(), VectorSet, default_weights
     simlab.vectors.cache    VectorCache, cached_sets, read_path, config_key
-    simlab.vectors.embed    load_model, compute_vectors (the forward pass)
-    simlab.vectors.decode   decode_mode, decode_workers (thread and process pools)
+    simlab.vectors.embed    load_model, compute_vectors, compute_many (the forward pass)
+    simlab.vectors.decoders the decoder seam: pillow, nvimgcodec; choose_decoder ($SIMLAB_DECODE)
+    simlab.vectors.decode   Pillow: decode_mode, decode_workers (thread and process pools), load_sizes
+    simlab.vectors.nvimgcodec  nvImageCodec on the GPU (imported only when used)
     simlab.vectors.keep     finished batches kept as parts of the set, DiskFull
     simlab.vectors.fold     batch norms folded for inference
     simlab.vectors.ray      the same on a Ray cluster (imported only when asked for)
@@ -20,6 +25,7 @@ the rest, and a full disk stops it with one line (:class:`DiskFull`) that keeps 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,12 +47,22 @@ from simlab.vectors.cache import (
     read_path,
 )
 from simlab.vectors.decode import decode_mode, decode_workers
-from simlab.vectors.embed import compute_vectors, default_batch_size, load_model, report_progress
+from simlab.vectors.decoders import DECODERS, Decoder, DecoderUnavailable, choose_decoder
+from simlab.vectors.embed import (
+    DecodeStats,
+    Job,
+    compute_many,
+    compute_vectors,
+    default_batch_size,
+    load_model,
+    report_progress,
+)
 from simlab.vectors.keep import SAVE_EVERY_S, DiskFull, Keeper
 
-__all__ = ["FITS", "PIPELINE_VERSION", "CachedVectors", "CorruptCache", "DiskFull", "VectorCache", "VectorSet",
-           "cached_sets", "compute_vectors", "config_key", "decode_mode", "decode_workers",
-           "default_batch_size", "default_weights", "load_model", "read_path", "vectorize"]
+__all__ = ["DECODERS", "FITS", "PIPELINE_VERSION", "CachedVectors", "CorruptCache", "DecodeStats", "Decoder",
+           "DecoderUnavailable", "DiskFull", "Job", "VectorCache", "VectorSet", "cached_sets", "choose_decoder",
+           "compute_many", "compute_vectors", "config_key", "decode_mode", "decode_workers",
+           "default_batch_size", "default_weights", "load_model", "read_path", "vectorize", "vectorize_many"]
 
 log = logging.getLogger(__name__)
 
@@ -95,52 +111,98 @@ def vectorize(dataset: Dataset, backbone: str = DEFAULT_BACKBONE, weights: str |
     Ray the set is written once, at the end). A full disk raises :class:`DiskFull` (an OSError
     and a ValueError) naming the path and how many images are kept.
     """
-    weights = weights or default_weights(backbone)
-    cache = VectorCache(backbone, weights, fit)
-    if cache.has(dataset.fingerprint):
-        try:
-            return _load_hit(cache.read(dataset.fingerprint), dataset, backbone, weights, cache.key)
-        except (FileNotFoundError, CorruptCache) as exc:  # gone since, or torn: a miss
-            log.warning("Recomputing %s: %s", cache.path(dataset.fingerprint), exc)
-    known = cache.bank(dataset.digests)
-    bad = {d: e for d, e in cache.parts(dataset.fingerprint).bad.items() if d not in known}
-    todo = [i for i, d in enumerate(dataset.digests) if d not in known and d not in bad]
-    n = len(dataset.paths)
-    keeper = Keeper(cache, dataset.fingerprint, [dataset.digests[i] for i in todo], n,
-                    kept=sum(d in known for d in dataset.digests), save_every=save_every)
-    if todo:
-        vecs, errors = _compute([dataset.paths[i] for i in todo], backbone, weights, fit, batch_size, progress,
-                                should_stop, ray, keeper)
-        for i, v, err in zip(todo, vecs, errors):
-            if err:
-                bad[dataset.digests[i]] = err
-            else:
-                known[dataset.digests[i]] = v
-    else:
-        report_progress(progress, n, n, backbone, 0.0, 0.0)
-    result = _assemble(dataset, backbone, weights, cache.key, known, bad, computed=len(todo))
-    with keeper.room(cache.path(dataset.fingerprint)):
-        cache.write(dataset.fingerprint, result.vectors, result.digests, bad)
-    return result
+    return vectorize_many(dataset, [backbone], weights, fit, batch_size, lambda _: progress, should_stop, ray,
+                          save_every)[backbone]
 
 
-def _compute(paths: list[str], backbone: str, weights: str, fit: str, batch_size: int | None,
-             progress: Progress | None, should_stop: ShouldStop | None, ray: str | None,
-             keeper: Keeper) -> tuple[np.ndarray, list[str]]:
-    """The vectors of the images not cached, here (finished batches kept by ``keeper``) or on Ray."""
-    if address := ray_address(ray):
+def vectorize_many(dataset: Dataset, backbones: list[str], weights: str | None = None, fit: str = "crop",
+                   batch_size: int | None = None, progress_for: Callable[[str], Progress | None] | None = None,
+                   should_stop: ShouldStop | None = None, ray: str | None = None,
+                   save_every: float = SAVE_EVERY_S, stats: list[DecodeStats] | None = None,
+                   ) -> dict[str, VectorSet]:
+    """:func:`vectorize` for several backbones, each image decoded once for all of them.
+
+    Each backbone answers from its own cache where it can; the images missing from any of them are
+    decoded once (:func:`simlab.vectors.decoders.choose_decoder`; with Pillow, once per JPEG draft
+    scale) and fed to every backbone that misses them (:func:`simlab.vectors.embed.compute_many`),
+    each keeping its finished batches as parts of its own set. ``progress_for(backbone)``: that
+    backbone's progress report. ``stats``, when given, gets the decoding's :class:`DecodeStats`
+    appended. On Ray, the backbones run one after another.
+    """
+    backbones = list(dict.fromkeys(backbones))
+    progress_for = progress_for or (lambda _: None)
+    address = ray_address(ray)
+    decoder = DECODERS["pillow"] if address else choose_decoder()  # Ray's workers decode with Pillow
+    plans = {b: _Plan(dataset, b, weights or default_weights(b), fit, decoder.name, save_every)
+             for b in backbones}
+    todo = [p for p in plans.values() if p.result is None and p.todo]
+    if todo and address:
         from simlab.vectors.ray import ray_vectorize  # Ray is heavy: loaded only when asked for
 
-        return ray_vectorize(paths, backbone, weights, fit, address=address, batch_size=batch_size,
-                             progress=progress, should_stop=should_stop)
-    try:
-        return compute_vectors(paths, backbone, weights, fit, batch_size=batch_size, progress=progress,
-                               should_stop=should_stop, on_batch=keeper.add)
-    except DiskFull:
-        raise
-    except BaseException:  # stopped, interrupted or failed: keep the finished batches, then go on failing
-        keeper.flush_quietly()
-        raise
+        for p in todo:
+            p.take(*ray_vectorize([dataset.paths[i] for i in p.todo], p.backbone, p.weights, fit, address=address,
+                                  batch_size=batch_size, progress=progress_for(p.backbone), should_stop=should_stop))
+    elif todo:
+        jobs = [Job(p.backbone, p.weights, p.todo, progress_for(p.backbone), p.keeper.add) for p in todo]
+        try:
+            results, decoding = compute_many(dataset.paths, jobs, fit, batch_size, should_stop, decoder)
+        except DiskFull:
+            raise
+        except BaseException:  # stopped, interrupted or failed: keep the finished batches, then go on failing
+            for p in todo:
+                p.keeper.flush_quietly()
+            raise
+        if stats is not None:
+            stats.append(decoding)
+        for p, (vecs, errors) in zip(todo, results):
+            p.take(vecs, errors)
+    out = {}
+    for b, p in plans.items():
+        if p.result is None and not p.todo:
+            n = len(dataset.paths)
+            report_progress(progress_for(b), n, n, b, 0.0, 0.0)
+        out[b] = p.finish()
+    return out
+
+
+class _Plan:
+    """One backbone's vectorisation of a dataset: the cached answer, or what is known, failed and to do."""
+
+    def __init__(self, dataset: Dataset, backbone: str, weights: str, fit: str, decoder: str, save_every: float):
+        self.dataset, self.backbone, self.weights = dataset, backbone, weights
+        self.cache = VectorCache(backbone, weights, fit, decoder)
+        self.result: VectorSet | None = None
+        self.todo: list[int] = []
+        if self.cache.has(dataset.fingerprint):
+            try:
+                self.result = _load_hit(self.cache.read(dataset.fingerprint), dataset, backbone, weights,
+                                        self.cache.key)
+                return
+            except (FileNotFoundError, CorruptCache) as exc:  # gone since, or torn: a miss
+                log.warning("Recomputing %s: %s", self.cache.path(dataset.fingerprint), exc)
+        self.known = self.cache.bank(dataset.digests)
+        self.bad = {d: e for d, e in self.cache.parts(dataset.fingerprint).bad.items() if d not in self.known}
+        self.todo = [i for i, d in enumerate(dataset.digests) if d not in self.known and d not in self.bad]
+        self.keeper = Keeper(self.cache, dataset.fingerprint, [dataset.digests[i] for i in self.todo],
+                             len(dataset.paths), kept=sum(d in self.known for d in dataset.digests),
+                             save_every=save_every)
+
+    def take(self, vecs: np.ndarray, errors: list[str]) -> None:
+        for i, v, err in zip(self.todo, vecs, errors):
+            if err:
+                self.bad[self.dataset.digests[i]] = err
+            else:
+                self.known[self.dataset.digests[i]] = v
+
+    def finish(self) -> VectorSet:
+        if self.result is not None:
+            return self.result
+        ds = self.dataset
+        result = _assemble(ds, self.backbone, self.weights, self.cache.key, self.known, self.bad,
+                           computed=len(self.todo))
+        with self.keeper.room(self.cache.path(ds.fingerprint)):
+            self.cache.write(ds.fingerprint, result.vectors, result.digests, self.bad)
+        return result
 
 
 def _problems(dataset: Dataset, bad: dict[str, str]) -> list[Problem]:

@@ -1,8 +1,8 @@
 """The on-disk vector cache: the one module that knows its layout.
 
 One folder per backbone configuration (:func:`config_key`: backbone, weights, image size, fit,
-pooling, preprocessing and pipeline versions) under ``cache/vectors/``, holding one ``.npz`` per
-dataset fingerprint with three arrays:
+pooling, preprocessing and pipeline versions, and the decoder when it is not Pillow) under
+``cache/vectors/``, holding one ``.npz`` per dataset fingerprint with three arrays:
 
 - ``vectors``: float32 ``(N, D)``, the dataset's images in order, those that failed left out;
 - ``digests``: the ``N`` images' content digests, row for row;
@@ -32,6 +32,7 @@ import numpy as np
 
 from simlab.backbones import get_backbone
 from simlab.paths import atomic_path, cache_dir
+from simlab.vectors.decoders import preferred_decoder
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,21 @@ class CachedVectors:
     bad: dict[str, str] = field(default_factory=dict)  # digest -> why it could not be vectorised
 
 
-def config_key(backbone: str, weights: str, fit: str = "crop") -> str:
-    """The cache folder name of one backbone configuration: readable, plus a digest of all of it."""
+def config_key(backbone: str, weights: str, fit: str = "crop", decoder: str | None = None) -> str:
+    """The cache folder name of one backbone configuration: readable, plus a digest of all of it.
+
+    ``decoder``: the one that makes the vectors (default: the one this machine uses,
+    :func:`simlab.vectors.decoders.preferred_decoder`). Pillow's sets keep the key they always had;
+    another decoder's pixels differ by a grey level or so, so its vectors get their own sets rather
+    than mix with Pillow's in one."""
     bb = get_backbone(backbone)
+    decoder = decoder or preferred_decoder()
     config = {"backbone": bb.name, "weights": weights, "size": bb.input_size, "fit": fit, "pooling": "avg",
               "preprocess": bb.preprocessing_version, "pipeline": PIPELINE_VERSION}
+    if decoder != "pillow":
+        config["decoder"] = decoder
     digest = hashlib.blake2b(json.dumps(config, sort_keys=True).encode(), digest_size=6).hexdigest()
-    return f"{bb.name}-{weights}-{bb.input_size}-{fit}-{digest}"
+    return f"{bb.name}-{weights}-{bb.input_size}-{fit}-{'' if decoder == 'pillow' else decoder + '-'}{digest}"
 
 
 class VectorCache:
@@ -68,11 +77,12 @@ class VectorCache:
     >>> cache.read(dataset.fingerprint).vectors
     """
 
-    def __init__(self, backbone: str, weights: str, fit: str = "crop"):
+    def __init__(self, backbone: str, weights: str, fit: str = "crop", decoder: str | None = None):
         if fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
         self.backbone, self.weights, self.fit = backbone, weights, fit
-        self.key = config_key(backbone, weights, fit)
+        self.decoder = decoder or preferred_decoder()
+        self.key = config_key(backbone, weights, fit, self.decoder)
 
     def __repr__(self) -> str:
         return f"VectorCache({self.key!r})"
