@@ -7,6 +7,7 @@ import shlex
 import tempfile
 from pathlib import Path
 
+from simlab.cli.guard import option_flag
 from simlab.report import DEFAULT_ERRORS, DEFAULT_TOP, select_runs, write_report
 from simlab.store import Store
 
@@ -18,15 +19,15 @@ class OutNotWritable(ValueError):
 def add_cli(subparsers, data_args) -> None:
     p = subparsers.add_parser(
         "report", help="write one self-contained HTML report of a dataset's runs (opens offline)",
-        description="Protocol, heatmaps, leaderboard with 95%% intervals, the 2017 study beside ours where it "
+        description="Protocol, heatmaps, leaderboard with 95% intervals, the 2017 study beside ours where it "
                     "applies, and chosen runs in detail (confusion matrix, most confident errors as image pairs), "
                     "in one HTML file that fetches nothing.")
     p.add_argument("--dataset", default="demo", help="demo | holidays:DIR | folder:DIR | csv:FILE (default demo)")
     p.add_argument("--run", nargs="+", action="extend", metavar="ID", default=[],
                    help="runs to show in detail (default: the best runs of the dataset)")
     p.add_argument("--out", required=True, metavar="FILE.html", help="the HTML file to write")
-    p.add_argument("--split", choices=["group", "pair"], help="only runs with this split (default: all)")
-    p.add_argument("--weights", choices=["imagenet", "random"], help="only runs with these weights (default: all)")
+    option_flag(p, "--split", "split", default=None, help="only runs with this split (default: all)")
+    option_flag(p, "--weights", "weights", default=None, help="only runs with these weights (default: all)")
     p.add_argument("--top", type=int, default=DEFAULT_TOP, metavar="N",
                    help=f"without --run, how many of the best runs to show in detail (default {DEFAULT_TOP})")
     p.add_argument("--errors", type=int, default=DEFAULT_ERRORS, metavar="N",

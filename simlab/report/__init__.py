@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 
 from simlab.paths import atomic_path
-from simlab.report.document import DEFAULT_ERRORS, DEFAULT_TOP, ReportError, render_report, run_threshold, select_runs
+from simlab.report.document import DEFAULT_ERRORS, DEFAULT_TOP, ReportError, render_report, select_runs
 
-__all__ = ["DEFAULT_ERRORS", "DEFAULT_TOP", "ReportError", "render_report", "run_threshold", "select_runs",
+__all__ = ["DEFAULT_ERRORS", "DEFAULT_TOP", "ReportError", "render_report", "select_runs",
            "write_report"]
 
 

@@ -40,6 +40,7 @@ from simlab.report.tables import (
     newest_per_cell,
     ordered,
     runs_table,
+    scored,
     study_table,
 )
 from simlab.store import Run, Store
@@ -55,17 +56,6 @@ DEFAULT_ERRORS = 8  # most confident errors shown per run
 
 class ReportError(ValueError):
     """A report that cannot be made as asked (no such run, no finished run of the dataset): one line."""
-
-
-def run_threshold(run: Run) -> float:
-    """The operating threshold stored with a run (runs stored before thresholds were recorded: 0.5)."""
-    value = getattr(run, "threshold", None)
-    if value is None:
-        value = (run.metrics or {}).get("threshold")
-    try:
-        return float(value) if value is not None and value == value else 0.5
-    except (TypeError, ValueError):
-        return 0.5
 
 
 def _spec_key(spec: str | None) -> tuple[str, str] | str:
@@ -104,13 +94,16 @@ def select_runs(spec: str, run_ids: list[str] | None = None, *, runs: list[Run] 
     by_id = {r.id: r for r in runs}
     frame = runs_table(runs)
     key = _spec_key(spec)
-    mine = frame[[d == spec or _spec_key(d) == key for d in frame["dataset"]]]
+    if fingerprint is not None:  # one content version, whatever spelling of the spec its runs were made with
+        mine = frame[frame["fingerprint"] == fingerprint]
+    else:
+        mine = frame[[d == spec or _spec_key(d) == key for d in frame["dataset"]]]
     run_ids = list(dict.fromkeys(run_ids or []))
     for rid in run_ids:
         run = by_id.get(rid)
         if run is None:
             raise ReportError(f"No run {rid!r} in the store (python -m simlab runs lists them).")
-        if not run.done:
+        if not scored(run):
             raise ReportError(f"Run {rid} is {run.status or 'not finished'}: only finished runs go in a report.")
         if rid not in set(mine["id"]):
             raise ReportError(f"Run {rid} is on dataset {run.dataset!r}, not {spec!r}.")
@@ -333,6 +326,7 @@ def leaderboard_section(sel: Selection) -> str:
     high = float(np.nanmax(board["accuracy_hi"])) if board["accuracy_hi"].notna().any() else 1.0
     low, high = max(0.0, low - 0.01), min(1.0, high + 0.01)
     detailed = set(sel.detailed)
+    splits = board["split"].nunique() > 1  # a Split column only when there is more than one
     rows = []
     for rank, r in enumerate(board.itertuples(), 1):
         run = sel.runs[r.id]
@@ -340,20 +334,22 @@ def leaderboard_section(sel: Selection) -> str:
         if r.id in detailed:
             name = f'<a href="#run-{esc(r.id)}">{name}</a>'
         tags = "".join([' <span class="tag">fine-tune</span>' if run.is_finetune else "",
+                        ' <span class="tag warn-tag">stopped by hand</span>' if run.status == "cancelled" else "",
                         ' <span class="tag warn-tag">random weights</span>' if r.weights == "random" else ""])
         rows.append(
             f'<tr class="{"hl" if r.id in detailed else ""}"><td class="num muted">{rank}</td>'
-            f"<td>{name}{tags}</td><td>{esc(r.split)}</td>"
+            f"<td>{name}{tags}</td>" + (f"<td>{esc(r.split)}</td>" if splits else "") +
             f'<td class="num strong">{fmt_value(r.accuracy)}</td>'
             f'<td class="num ci-text">{fmt_value(r.accuracy_lo)}–{fmt_value(r.accuracy_hi)}</td>'
             f"<td>{ci_bar(r.accuracy_lo, r.accuracy_hi, r.accuracy, low, high)}</td>"
             f'<td class="num">{fmt_value(r.f1)}</td><td class="num">{fmt_value(r.auc)}</td>'
             f'<td class="num">{fmt_value(r.map)}</td><td class="num">{fmt_int(r.n_test)}</td>'
             f'<td class="mono muted">{esc(r.id)}</td></tr>')
-    head = ("<tr><th>#</th><th>Run</th><th>Split</th><th class=\"num\">Accuracy</th><th class=\"num\">95% CI</th>"
+    head = ("<tr><th>#</th><th>Run</th>" + ("<th>Split</th>" if splits else "")
+            + "<th class=\"num\">Accuracy</th><th class=\"num\">95% CI</th>"
             f'<th class="ci-head"><span>{low:.2f}</span><span>{high:.2f}</span></th><th class="num">F1</th>'
             '<th class="num">ROC AUC</th>'
-            f'<th class="num" title="{esc(metric_scope("map", "grid", "each run"))}">Retrieval mAP</th>'
+            f'<th class="num keep-case" title="{esc(metric_scope("map", "grid", "each run"))}">mAP</th>'
             '<th class="num">Test pairs</th><th>Run id</th></tr>')
     return (f'<section id="leaderboard"><h2>Leaderboard</h2><p class="lead">{len(board)} run(s), best accuracy '
             f"first, each with its 95% bootstrap interval: runs whose intervals overlap are not clearly apart. "
@@ -463,7 +459,7 @@ def error_card(row, threshold: float) -> str:
 
 def run_section(run: Run, store: Store, n_errors: int) -> str:
     preds = store.predictions(run.id)
-    threshold = run_threshold(run)
+    threshold = run.threshold
     title = esc(run_title(run))
     head = (f'<h3 id="run-{esc(run.id)}">{title} <span class="mono muted">{esc(run.id)}</span></h3>'
             f'<p class="muted">{esc(run.protocol.describe())} · made {esc(fmt_when(run.created))}</p>')
@@ -482,7 +478,7 @@ def run_section(run: Run, store: Store, n_errors: int) -> str:
     cards = "".join(error_card(r, threshold) for r in errors.itertuples())
     errors_html = (f'<h4>Most confident errors <span class="muted">({len(errors)} of {n_wrong:,})</span></h4>'
                    f'<div class="pairs">{cards}</div>') if len(errors) else "<h4>No errors on the test pairs</h4>"
-    stored = getattr(run, "threshold_rule", None) or "the operating threshold stored with the run"
+    stored = run.threshold_rule
     return (f'<div class="run">{head}<div class="run-top"><div class="stats">{tiles}</div>'
             f'<div class="cm-box">{confusion_html(m)}<p class="caption">At the run\'s threshold on P(same), '
             f"{threshold:.3f}: {esc(stored)}.</p></div></div>{errors_html}</div>")

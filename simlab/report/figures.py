@@ -34,7 +34,7 @@ def square_heatmap(cells: pd.DataFrame, *, rows: str, cols: str, facet: str | No
     n_rows = math.ceil(len(facets) / per_row)
     plot_w = per_row * facet_w + (per_row - 1) * gap_x
     plot_h = n_rows * facet_h + (n_rows - 1) * gap_y
-    titles = [facet_labels.get(f, f) for f in facets] if facet else None
+    titles = [wrap(facet_labels.get(f, f), facet_w + gap_x) for f in facets] if facet else None
     fig = make_subplots(rows=n_rows, cols=per_row, subplot_titles=titles, shared_yaxes=False,
                         horizontal_spacing=gap_x / plot_w if per_row > 1 else 0.0,
                         vertical_spacing=gap_y / plot_h if n_rows > 1 else 0.0)
@@ -72,11 +72,12 @@ def square_heatmap(cells: pd.DataFrame, *, rows: str, cols: str, facet: str | No
                          ticktext=row_order if c == 1 else [""] * len(row_order), showgrid=False,
                          zeroline=False, fixedrange=True, row=r, col=c)
     bottom = 30 + (4 * longest_col if longest_col > 7 else 0)
-    top = 40 if facet else 16
+    title_lines = max((t.count("<br>") + 1 for t in titles), default=1) if titles else 0
+    top = 22 + 18 * title_lines if facet else 16
     bar_px = max(110, min(260, plot_h))
     if plot_h < bar_px + 30:  # a one-row grid: room above and below for a readable colour bar
         pad = (bar_px + 30 - plot_h) // 2
-        top, bottom = top + pad, bottom + pad
+        top, bottom = max(top, pad), max(bottom, pad)
     coloraxis = {"colorscale": colorscale, "cmin": zmin, "cmax": zmax,
                  "colorbar": {"title": {"text": colorbar_title}, "thickness": 14, "lenmode": "pixels",
                               "len": bar_px, "y": 0.5, "yanchor": "middle"}}
@@ -86,6 +87,18 @@ def square_heatmap(cells: pd.DataFrame, *, rows: str, cols: str, facet: str | No
                       margin={"l": label_px, "r": 110, "t": top, "b": bottom}, clickmode="event+select",
                       dragmode=False, plot_bgcolor="rgba(0,0,0,0)", hoverlabel={"align": "left"})
     return fig
+
+
+def wrap(title: str, width_px: int, char_px: float = 8.5) -> str:
+    """A facet title broken into lines (<br>) at spaces so that each fits ``width_px`` (about 8.5 px a letter)."""
+    limit = max(6, int(width_px / char_px))
+    lines: list[str] = []
+    for word in str(title).split():
+        if lines and len(lines[-1]) + 1 + len(word) <= limit:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "<br>".join(lines)
 
 
 def metric_switch(figures: dict[str, go.Figure], labels: dict[str, str]) -> go.Figure:
@@ -111,7 +124,8 @@ def metric_switch(figures: dict[str, go.Figure], labels: dict[str, str]) -> go.F
                         "args": [{"visible": visible},
                                  {"coloraxis.cmin": axis.cmin, "coloraxis.cmax": axis.cmax,
                                   "coloraxis.colorbar.title.text": axis.colorbar.title.text}]})
-    titles = 30 if any(a.text for a in base.layout.annotations) else 0  # facet titles sit above the plot area
+    # facet titles sit above the plot area, one line or more
+    titles = max((18 * (a.text.count("<br>") + 1) + 8 for a in base.layout.annotations if a.text), default=0)
     base.update_layout(
         height=base.layout.height + 44, margin={"t": base.layout.margin.t + 44},
         updatemenus=[{"type": "buttons", "direction": "right", "buttons": buttons, "showactive": True,

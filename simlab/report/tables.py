@@ -18,21 +18,29 @@ SPLIT_LABELS = {"group": "Group split (held-out scenes)", "pair": "Pair split (2
 WEIGHT_LABELS = {"imagenet": "ImageNet weights", "random": "Random weights (untrained, for tests only)"}
 NUMBER_COLUMNS = ["accuracy", "accuracy_lo", "accuracy_hi", "precision", "recall", "f1", "auc", "map",
                   "n_test", "seconds"]
-COLUMNS = ["id", "created", "dataset", "fingerprint", "kind", "backbone", "merge", "classifier", "split", "weights",
-           "negatives", "negative_ratio", "test_size", "seed", "job_id", *NUMBER_COLUMNS]
+COLUMNS = ["id", "created", "dataset", "fingerprint", "kind", "status", "method", "epochs", "best_epoch", "backbone",
+           "merge", "classifier", "split", "weights", "negatives", "negative_ratio", "test_size", "seed", "job_id",
+           *NUMBER_COLUMNS]
 CELL = ["backbone", "merge", "classifier"]
 
 
+def scored(r: Run) -> bool:
+    """A run with test metrics: finished, or a fine-tune run stopped by hand and scored on its best checkpoint."""
+    return r.done or (r.is_finetune and r.status == "cancelled" and r.metrics.get("accuracy") is not None)
+
+
 def runs_table(runs: list[Run]) -> pd.DataFrame:
-    """Finished runs, newest first: identity, protocol and metrics, one row per run."""
+    """Scored runs, newest first: identity, protocol and metrics, one row per run."""
     rows = []
     for r in runs:
-        if not r.done:
+        if not scored(r):
             continue
         p = r.protocol
         rows.append({
             "id": r.id, "created": r.created, "dataset": r.dataset or "", "fingerprint": r.fingerprint or "",
-            "kind": r.kind, "backbone": r.backbone, "merge": r.merge, "classifier": r.classifier,
+            "kind": r.kind, "status": r.status, "method": r.method, "epochs": r.metrics.get("epochs_run"),
+            "best_epoch": r.metrics.get("best_epoch"),
+            "backbone": r.backbone, "merge": r.merge, "classifier": r.classifier,
             "split": p.split, "weights": p.weights, "negatives": p.negatives, "negative_ratio": p.negative_ratio,
             "test_size": p.test_size, "seed": p.seed, "job_id": r.job_id,
             **{k: r.metrics.get(k) for k in NUMBER_COLUMNS if k != "seconds"},
