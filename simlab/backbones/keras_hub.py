@@ -137,14 +137,15 @@ def local_preset(name: str) -> Path | None:
 
 
 def _missing_message(e: Entry, why: str) -> str:
-    places = " or ".join(str(d) for d in candidate_dirs(e.name))
+    env = os.environ.get(ENV_DIR)
+    shared = f"{Path(env).expanduser() / e.preset}/ (from ${ENV_DIR})" if env else f"${ENV_DIR}/{e.preset}/"
     return (
         f"The KerasHub preset {e.preset} ({e.title}, about {e.download_mb} MB) for backbone {e.name} is not on "
         f"this machine and could not be downloaded from {e.handle} ({why}). simlab needs the internet once per "
-        f"preset. On an offline machine, download the preset's files ({', '.join(PRESET_FILES)}, metadata.json "
-        f"and the rest of the folder) elsewhere, e.g. python -c \"import kagglehub; "
-        f"kagglehub.model_download('{e.kaggle_handle}', output_dir='{e.preset}')\", and copy the folder "
-        f"{e.preset}/ to {places} (set {ENV_DIR}=DIR to use DIR/{e.preset}/). "
+        f"preset. On an offline machine, download the preset's folder ({', '.join(PRESET_FILES)}, metadata.json "
+        f"and the rest) elsewhere, e.g. python -c \"import kagglehub; "
+        f"kagglehub.model_download('{e.kaggle_handle}', output_dir='{e.preset}')\", and put its files in "
+        f"{cache_preset_dir(e.name)}/ or in {shared}. "
         f"--weights random needs no download (meaningless vectors, for tests)."
     )
 
