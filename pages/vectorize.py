@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import html
 import os
 import socket
 
-import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
-from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE
 
 from pages._ui.datasets import require_dataset
+from pages._ui.embedding_map import embedding_map
 from pages._ui.job_panel import job_panel, latest_job, start_job
 from pages._ui.state import current_dataset_spec
-from pages._ui.thumbs import image_grid
-from pages._ui.vector_sets import align, read_set
+from pages._ui.vector_sets import align, dataset_names, read_set, set_key
 from simlab.backbones import list_backbones, weights_status
 from simlab.jobs import ACTIVE
 from simlab.vectors.cache import cached_sets
 
-SELECTION_SHOWN = 48
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354",
-           "#756bb1", "#636363", "#9c9ede", "#cedb9c", "#e7ba52", "#e7969c"]
 STATUS_TEXT = {"bundled": "✓ bundled (works offline)", "cached": "✓ downloaded (works offline)",
                "download": "↓ will download on first use", "offline": "✗ offline: random weights only"}
 WEIGHTS_HOST = "storage.googleapis.com"  # Keras' ImageNet weights; a backbone's options may name another
@@ -66,17 +57,6 @@ def weights_state(name: str) -> str:
     status = weights_status(name)
     host = next((r["host"] for r in backbone_table() if r["name"] == name), WEIGHTS_HOST)
     return "offline" if status == "download" and not online(host) else status
-
-
-@st.cache_data(show_spinner="Projecting the vectors…", max_entries=16)
-def project(path: str, mtime: float, method: str, seed: int = 0) -> np.ndarray:
-    """2-D coordinates of a cached vector set: PCA, or t-SNE on the first 50 principal components."""
-    vectors, _ = read_set(path, mtime)
-    x = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    if method == "PCA" or len(x) < 5:
-        return PCA(n_components=2, random_state=seed).fit_transform(x) if len(x) >= 2 else np.zeros((len(x), 2))
-    x = PCA(n_components=min(50, *x.shape), random_state=seed).fit_transform(x)
-    return TSNE(n_components=2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca", random_state=seed).fit_transform(x)
 
 
 st.title("Vectorize")
@@ -141,9 +121,19 @@ if sets.empty:
     st.stop()
 sets["this dataset"] = sets["fingerprint"] == dataset.fingerprint
 sets["weights"] = sets["weights"].map(lambda w: WEIGHT_LABELS.get(w, w))
-st.dataframe(sets[["backbone", "weights", "images", "dim", "mb", "this dataset", "key"]], hide_index=True,
-             width="stretch", column_config={"mb": st.column_config.NumberColumn("MB", format="%.2f"),
-                                             "dim": st.column_config.NumberColumn("vector size")})
+known = dataset_names(dataset)
+sets["dataset"] = [known.get(f, "another dataset") for f in sets["fingerprint"]]
+sets["key"] = [set_key(row) for row in sets.to_dict("records")]
+sets = sets.sort_values(["this dataset", "backbone"], ascending=[False, True], kind="stable").reset_index(drop=True)
+st.dataframe(sets[["backbone", "weights", "dataset", "images", "dim", "mb", "this dataset", "key"]], hide_index=True,
+             width="stretch", column_config={
+                 "mb": st.column_config.NumberColumn("MB", format="%.2f"),
+                 "dim": st.column_config.NumberColumn("vector size"),
+                 "dataset": st.column_config.TextColumn(help="The dataset these vectors are of (named when this app "
+                                                             "knows it: the current one, or one with runs)."),
+                 "key": st.column_config.TextColumn(help="Backbone configuration / dataset fingerprint: the two "
+                                                         "halves of the cache key. Vectors of two datasets with one "
+                                                         "backbone share the first half only.")})
 
 # --------------------------------------------------------------------------- embedding map
 
@@ -157,42 +147,16 @@ c1, c2 = st.columns([3, 2])
 with c1:
     choice = st.selectbox("Vector set", range(len(mine)), key="map_set",
                           format_func=lambda i: f"{mine.loc[i, 'backbone']} · {mine.loc[i, 'weights']} · "
-                                                f"{mine.loc[i, 'images']} images")
+                                                f"{mine.loc[i, 'images']} images · {mine.loc[i, 'key']}")
 with c2:
     method = st.segmented_control("Projection", ["PCA", "t-SNE"], default="PCA", key="map_method") or "PCA"
 row = mine.loc[choice]
 path = row["path"]
-mtime = os.stat(path).st_mtime
-vectors, digests = read_set(path, mtime)
+_, digests = read_set(path, os.stat(path).st_mtime)
 index = align(dataset.digests, digests)
 if not index:
     st.warning("This vector set no longer matches the dataset's files; vectorize again.")
     st.stop()
 if method == "t-SNE" and len(index) > 3000:
     st.caption("t-SNE on many points takes a while; PCA is instant.")
-xy = project(path, mtime, method)
-paths = [dataset.paths[i] for i in index]
-groups = [str(dataset.groups[i]) for i in index]
-codes = pd.factorize(pd.Series(groups))[0]
-names = [os.path.basename(p) for p in paths]
-fig = go.Figure(go.Scattergl(
-    x=xy[:, 0], y=xy[:, 1], mode="markers",
-    marker=dict(size=7, color=[PALETTE[c % len(PALETTE)] for c in codes], line=dict(width=0.5, color="white")),
-    customdata=np.column_stack([[html.escape(n) for n in names], [html.escape(g) for g in groups]]),
-    hovertemplate="%{customdata[0]}<br>group %{customdata[1]}<extra></extra>",
-))
-fig.update_layout(height=520, margin=dict(l=10, r=10, t=10, b=10), dragmode="lasso", showlegend=False,
-                  xaxis=dict(showticklabels=False, title=None), yaxis=dict(showticklabels=False, title=None))
-st.caption(f"{len(index)} images, coloured by group (colours repeat across groups). Images of one scene should "
-           "sit together. Draw a lasso or box to see the images below.")
-event = st.plotly_chart(fig, width="stretch", key=f"map_{choice}_{method}", on_select="rerun",
-                        selection_mode=("points", "box", "lasso"))
-points = sorted({p["point_index"] for p in (event.selection.points if event else []) if "point_index" in p})
-if points:
-    shown = points[:SELECTION_SHOWN]
-    more = f" (showing the first {SELECTION_SHOWN})" if len(points) > SELECTION_SHOWN else ""
-    groups_sel = sorted({groups[i] for i in points})
-    st.markdown(f"**{len(points)} selected image(s) from {len(groups_sel)} group(s)**{more}")
-    image_grid([paths[i] for i in shown], [f"{names[i]} · group {groups[i]}" for i in shown])
-else:
-    st.caption("Select points on the map (box or lasso; click to pick one) to see their images here.")
+embedding_map(dataset, path, index, method, chart_key=f"map_{choice}_{method.replace('-', '')}")

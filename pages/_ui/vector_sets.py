@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import streamlit as st
 
+from pages._ui.store import cached_runs
 from simlab.vectors.cache import CorruptCache, VectorCache, cached_sets, read_path
 
 log = logging.getLogger(__name__)
@@ -47,3 +48,20 @@ def align(dataset_digests: list[str], digests: list[str]) -> list[int]:
             out.append(i)
             j += 1
     return out if j == len(digests) else []
+
+
+def set_key(s: dict) -> str:
+    """The key that tells one cached vector set from every other: the backbone configuration's digest and
+    the dataset's fingerprint (two datasets vectorised with one backbone share the first part only)."""
+    return f"{s['key'].rsplit('-', 1)[-1]}/{s['fingerprint'][:12]}"
+
+
+def dataset_names(current) -> dict[str, str]:
+    """Dataset spec of each fingerprint this app knows: the current dataset's, then those of stored runs."""
+    names = {}
+    try:
+        names = {r.fingerprint: r.dataset for r in cached_runs() if r.fingerprint and r.dataset}
+    except Exception:  # an unreadable store: sets are listed without their dataset's name
+        log.warning("could not read the datasets of the stored runs", exc_info=True)
+    names[current.fingerprint] = current.spec
+    return names
