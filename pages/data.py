@@ -12,10 +12,11 @@ import streamlit as st
 from pages._ui.datasets import clear_dataset_cache, load_dataset_cached
 from pages._ui.formatting import escape_md, short_path
 from pages._ui.state import current_dataset_spec, set_dataset_spec
-from pages._ui.thumbs import image_grid
+from pages._ui.thumbs import WRAP_CSS, breakable, open_image, tile_clicks, tile_html
 from simlab.data import DATASET_KINDS, DatasetError, parse_spec
 
-GROUPS_PER_PAGE = 8
+GROUPS_PER_PAGE_CHOICES = [8, 24, 48, 96]
+GROUP_TILE_PX = 64  # the small square thumbnails of a group card
 KIND_LABELS = {"demo": "Demo (built in)", "holidays": "INRIA Holidays folder", "folder": "Folder per group",
                "csv": "CSV file"}
 
@@ -102,40 +103,73 @@ st.plotly_chart(fig, width="stretch", key="group_sizes")
 
 # --------------------------------------------------------------------------- group browser
 
+CARD_CSS = ("border:1px solid rgba(49,51,63,.18);border-radius:.5rem;padding:.4rem .5rem .5rem;flex:0 0 auto;"
+            "display:flex;flex-direction:column;gap:.3rem")
+TILES_PER_ROW = 6  # a larger group wraps inside its card
+
+
+def group_cards_html(cards: list[tuple[str, list[tuple[str, str, bool, str]]]], tile_px: int) -> str:
+    """Compact cards that flow side by side, each as wide as its thumbnails (up to TILES_PER_ROW a row):
+    a title line (wrapped to the card's width) and the group's small square tiles, which open the large
+    view when clicked; the cards of a line share its height."""
+    out = []
+    for title, tiles in cards:
+        cells = "".join(f'<div style="width:{tile_px}px">'
+                        f'{tile_html(path, caption, 160, mark, open_id=open_id, show_caption=False)}</div>'
+                        for path, caption, mark, open_id in tiles)
+        width = min(len(tiles), TILES_PER_ROW) * (tile_px + 4) - 4
+        out.append(f'<div style="{CARD_CSS}"><div style="width:0;min-width:100%;font-size:.8rem;font-weight:600;'
+                   f'{WRAP_CSS}">{breakable(title)}</div><div style="display:flex;flex-wrap:wrap;gap:4px;'
+                   f'width:{max(width, 2 * tile_px + 4)}px">{cells}</div></div>')
+    return '<div style="display:flex;flex-wrap:wrap;gap:.5rem;align-items:stretch">' + "".join(out) + "</div>"
+
+
 st.subheader("Groups")
 frame = dataset.to_frame()
-queries = set(dataset.query_indices())
+has_queries = dataset.queries is not None  # Holidays layout (and the demo): each group's query image
+queries = set(dataset.query_indices()) if has_queries else set()
 frame["query"] = [i in queries for i in range(len(frame))]
+frame["index"] = range(len(frame))
 group_names = list(sizes)
 
-f1, f2 = st.columns([3, 2])
+f1, f2, f3 = st.columns([3, 2, 1])
 with f1:
-    needle = st.text_input("Filter groups by name", key="group_filter", placeholder="e.g. 1003").strip()
+    needle = st.text_input("Filter groups by name", key="group_filter",
+                           placeholder=f"e.g. {group_names[0]}" if group_names else "").strip()
 with f2:
     size_pick = st.multiselect("Group size", sorted(set(sizes.values())), key="group_size_filter",
                                placeholder="any")
+with f3:
+    per_page = st.selectbox("Groups per page", GROUPS_PER_PAGE_CHOICES, index=1, key="group_page_size")
 names = [g for g in group_names if (not needle or needle.lower() in str(g).lower())
          and (not size_pick or sizes[g] in size_pick)]
 if not names:
     st.info("No group matches the filter.")
 else:
-    n_pages = max(1, math.ceil(len(names) / GROUPS_PER_PAGE))
+    n_pages = max(1, math.ceil(len(names) / per_page))
     if st.session_state.get("group_page", 1) > n_pages:
         st.session_state["group_page"] = 1
-    p1, p2 = st.columns([1, 4], vertical_alignment="center")
+    p1, p2 = st.columns([1, 5], vertical_alignment="center")
     with p1:
         page = st.number_input("Page", min_value=1, max_value=n_pages, step=1, key="group_page")
     with p2:
-        st.caption(f"{len(names)} groups · {GROUPS_PER_PAGE} per page · page {page} of {n_pages}. "
-                   "The first image of each group is its query (★, outlined).")
+        st.caption(f"{len(names)} groups · {per_page} per page · page {page} of {n_pages}. Click an image to open "
+                   "it large." + (" The first image of each group is its query (★, outlined)." if has_queries else ""))
     by_group = frame.groupby("group", sort=False)
-    for g in names[(page - 1) * GROUPS_PER_PAGE: page * GROUPS_PER_PAGE]:
+    cards, order = [], []
+    for g in names[(page - 1) * per_page: page * per_page]:
         rows = by_group.get_group(g).sort_values("query", ascending=False, kind="stable")
-        with st.container(border=True):
-            st.text(f"Group {g} · {len(rows)} image(s)")
-            image_grid(list(rows["path"]), [("★ " if q else "") + os.path.basename(p)
-                                            for p, q in zip(rows["path"], rows["query"])],
-                       marks=list(rows["query"]))
+        tiles = []
+        for path, query, index in zip(rows["path"], rows["query"], rows["index"]):
+            tiles.append((path, ("★ query · " if query else "") + os.path.basename(path), bool(query),
+                          f"data:{len(order)}"))
+            order.append(int(index))
+        cards.append((f"{g} · {len(rows)} image{'s' if len(rows) != 1 else ''}", tiles))
+    st.html(group_cards_html(cards, GROUP_TILE_PX))
+    clicked = tile_clicks("data")
+    if clicked is not None and clicked.isdigit() and int(clicked) < len(order):
+        captions = [f"group {frame['group'].iloc[i]} · {short_path(frame['path'].iloc[i], dataset)}" for i in order]
+        open_image("data_image", [frame["path"].iloc[i] for i in order], captions, int(clicked))
 
 # --------------------------------------------------------------------------- problems
 
