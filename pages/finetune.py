@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, fields
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
 from pages._ui.datasets import require_dataset
-from pages._ui.formatting import escape_md, fmt_duration, fmt_when
+from pages._ui.formatting import classifier_name, escape_md, fmt_duration, fmt_when
 from pages._ui.job_panel import get_job, job_panel, latest_job, start_job
 from pages._ui.links import page_link
 from pages._ui.options import widget_choices, widget_range
@@ -158,45 +159,104 @@ def _fractional_epochs(batch: pd.DataFrame, per_epoch: int | None) -> pd.Series:
     return batch["epoch"] - 1 + j / n
 
 
-def curves_figure(runs: list[Run]) -> go.Figure:
-    """Loss (per batch, thin; per epoch, train solid and validation dashed) and accuracy, one colour per run."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.07)
+def smooth(values, weight: float) -> np.ndarray:
+    """Exponential moving average with TensorBoard's debiasing (the first points are not pulled to 0);
+    ``weight`` 0 returns the values unchanged, 0.99 is very smooth."""
+    values = np.asarray(values, dtype=float)
+    if weight <= 0 or len(values) == 0:
+        return values
+    out, last = np.empty_like(values), 0.0
+    for i, v in enumerate(values):
+        last = last * weight + (1 - weight) * v
+        out[i] = last / (1 - weight ** (i + 1))
+    return out
+
+
+def _span(values: list[float], floor: float | None = None, ceiling: float | None = None,
+          pad: float = 0.06) -> list[float] | None:
+    """An axis range that fits ``values`` with a margin (so that markers on the edge show whole)."""
+    values = [v for v in values if v == v]
+    if not values:
+        return None
+    lo, hi = min(values), max(values)
+    margin = max((hi - lo) * pad, 0.02 if ceiling is not None else 0.02 * max(abs(hi), 1e-3))
+    lo, hi = lo - margin, hi + margin
+    if floor is not None:
+        lo = max(lo, floor)
+    if ceiling is not None:
+        hi = min(hi, ceiling)
+    return [lo, hi]
+
+
+def curves_figure(runs: list[Run], smoothing: float = 0.6) -> go.Figure:
+    """Loss and accuracy side by side, training (solid) and validation (dashed) on the same axes, one
+    colour per run; the loss of each batch as a thin line, smoothed by an exponential moving average."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.08)
+    loss_values, acc_values, last_epoch = [], [], 1
     for i, run in enumerate(runs):
         color = PALETTE[i % len(PALETTE)]
         curves = store().curves(run.id)
         live_mark = " (live)" if run.status == "running" else ""
-        name = f"{run.id}{live_mark} · {run.merge} · {run.classifier}"
+        name = f"{run.id}{live_mark} · {run.merge} · {classifier_name(run.classifier)}"
         per_epoch = run.artifacts.get("steps_per_epoch")
         batch = curves[curves.name == "batch_loss"]
         if len(batch):
-            fig.add_trace(go.Scatter(x=_fractional_epochs(batch, per_epoch), y=batch.value, mode="lines",
-                                     line=dict(width=1, color=color), opacity=0.35, name=name, legendgroup=run.id,
-                                     showlegend=False,
-                                     hovertemplate="batch %{customdata}<br>loss %{y:.4f}<extra></extra>",
-                                     customdata=batch.step), row=1, col=1)
+            x = _fractional_epochs(batch, per_epoch)
+            last_epoch = max(last_epoch, float(np.ceil(x.max())))
+            smoothed = smooth(batch.value, smoothing)
+            if smoothing > 0:  # the raw batches stay behind, faint, as in TensorBoard
+                fig.add_trace(go.Scatter(x=x, y=batch.value, mode="lines", line=dict(width=1, color=color),
+                                         opacity=0.2, legendgroup=run.id, showlegend=False, hoverinfo="skip"),
+                              row=1, col=1)
+            fig.add_trace(go.Scatter(x=x, y=smoothed, mode="lines", line=dict(width=1.5, color=color),
+                                     opacity=0.75, name=name, legendgroup=run.id, showlegend=False,
+                                     customdata=np.column_stack([batch.step, batch.value]),
+                                     hovertemplate="batch %{customdata[0]}<br>loss %{customdata[1]:.4f}"
+                                                   + (" (smoothed %{y:.4f})" if smoothing > 0 else "")
+                                                   + "<extra></extra>"), row=1, col=1)
+            loss_values += list(smoothed) + list(np.quantile(batch.value, [0.02, 0.98]))
         first = True
         for metric, col in (("loss", 1), ("val_loss", 1), ("accuracy", 2), ("val_accuracy", 2)):
             points = curves[curves.name == metric]
             if points.empty:
                 continue
+            (loss_values if col == 1 else acc_values).extend(points.value)
+            last_epoch = max(last_epoch, float(points.epoch.max()))
             val = metric.startswith("val_")
             fig.add_trace(go.Scatter(
                 x=points.epoch, y=points.value, mode="lines+markers", name=name, legendgroup=run.id,
-                showlegend=first, line=dict(color=color, width=2, dash="dash" if val else "solid"),
-                marker=dict(size=7, symbol="circle-open" if val else "circle"),
+                showlegend=first, line=dict(color=color, width=2.5, dash="dash" if val else "solid"),
+                marker=dict(size=8, symbol="circle-open" if val else "circle", line=dict(width=2)),
+                cliponaxis=False,
                 hovertemplate=f"{'validation' if val else 'training'} {metric.removeprefix('val_')}<br>"
                               "epoch %{x}<br>%{y:.4f}<extra></extra>"), row=1, col=col)
             first = False
-    fig.update_xaxes(title_text="epoch", rangemode="tozero")
-    fig.update_yaxes(rangemode="tozero", row=1, col=1)
+    for label, dash, symbol in (("training", "solid", "circle"), ("validation", "dash", "circle-open")):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines+markers", name=label, legendgroup=label,
+                                 line=dict(color="#777", width=2, dash=dash), marker=dict(symbol=symbol, size=8)),
+                      row=1, col=1)
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="per batch" + (" (smoothed)" if smoothing else ""),
+                             line=dict(color="#777", width=1.5)), row=1, col=1)
+    ticks = dict(tickmode="linear", tick0=0, dtick=max(1, int(np.ceil(last_epoch / 10))))
+    fig.update_xaxes(title_text="epoch", range=[-0.04 * last_epoch - 0.1, last_epoch * 1.04 + 0.1], **ticks)
+    fig.update_yaxes(range=_span(loss_values, floor=0.0), row=1, col=1)
+    fig.update_yaxes(range=_span(acc_values, floor=0.0, ceiling=1.02), row=1, col=2)
     fig.update_layout(height=430, margin=dict(l=10, r=10, t=40, b=10), uirevision="finetune-curves",
                       legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
                       hovermode="closest")
     return fig
 
 
-CURVES_NOTE = ("Thin line: loss of each batch; solid: training, per epoch; dashed with open markers: validation "
-               "(epoch 0 is the starting point). Siamese accuracy is at the best distance threshold.")
+CURVES_NOTE = ("Solid: training, per epoch; dashed with open markers: validation (epoch 0 is the starting point); "
+               "thin: the loss of each batch, smoothed by the slider (an exponential moving average, as in "
+               "TensorBoard; the raw batches stay faint behind). Siamese accuracy is at the best distance threshold.")
+
+
+def smoothing_control() -> float:
+    """The smoothing slider of the per-batch loss (its value is kept for the live view)."""
+    return st.slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="ft_smoothing",
+                     help="Exponential moving average of the per-batch loss (0 = raw batches), debiased as in "
+                          "TensorBoard and W&B.")
 
 
 @st.fragment(run_every=1)
@@ -221,7 +281,8 @@ def live(job_id: str, others: list[str]) -> None:
     shown = ([run] if run else []) + [r for r in (store().get(i) for i in others)
                                       if r and (run is None or r.id != run.id)]
     if shown:
-        st.plotly_chart(curves_figure(shown), width="stretch", key="ft_curves_live")
+        st.plotly_chart(curves_figure(shown, st.session_state.get("ft_smoothing", 0.6)), width="stretch",
+                        key="ft_curves_live")
         st.caption(CURVES_NOTE)
 
 
@@ -243,7 +304,7 @@ def baselines(run: Run) -> list[Run]:
 def result_row(run: Run, kind: str, frozen_map: float | None = None) -> dict:
     m = run.metrics
     status = "" if run.done else f" ({run.status})"
-    return {"": kind, "run": run.id, "method": f"{run.merge} + {run.classifier}{status}",
+    return {"": kind, "run": run.id, "method": f"{run.merge} + {classifier_name(run.classifier)}{status}",
             "accuracy": m.get("accuracy"),
             "95% CI": (f"{m['accuracy_lo']:.3f} – {m['accuracy_hi']:.3f}" if m.get("accuracy_lo") is not None else ""),
             "AUC": m.get("auc"), "mAP": m.get("map") if frozen_map is None else frozen_map,
@@ -318,16 +379,21 @@ if config is not None:
 st.subheader("Training curves")
 runs = finetune_runs(dataset.fingerprint)
 current = run_of_job(job["id"]) if job else None
-if running:  # the live run is always shown; earlier runs can be overlaid
-    by_id = {r.id: r for r in runs if not current or r.id != current.id}
-    picked = st.multiselect("Overlay earlier runs", list(by_id), default=[], format_func=lambda i: run_label(by_id[i]),
-                            key="ft_overlay", help="Compare how they learned with the run in progress.")
-else:
-    by_id = {r.id: r for r in runs}
-    default = [current.id] if current and current.id in by_id else [r.id for r in runs[:1]]
-    picked = st.multiselect("Runs to show", list(by_id), default=default, format_func=lambda i: run_label(by_id[i]),
-                            key=f"ft_runs_{default[0] if default else 'none'}",
-                            help="Overlay several runs to compare how they learned.")
+pick_col, smooth_col = st.columns([4, 1], vertical_alignment="bottom")
+with pick_col:
+    if running:  # the live run is always shown; earlier runs can be overlaid
+        by_id = {r.id: r for r in runs if not current or r.id != current.id}
+        picked = st.multiselect("Overlay earlier runs", list(by_id), default=[],
+                                format_func=lambda i: run_label(by_id[i]), key="ft_overlay",
+                                help="Compare how they learned with the run in progress.")
+    else:
+        by_id = {r.id: r for r in runs}
+        default = [current.id] if current and current.id in by_id else [r.id for r in runs[:1]]
+        picked = st.multiselect("Runs to show", list(by_id), default=default, format_func=lambda i: run_label(by_id[i]),
+                                key=f"ft_runs_{default[0] if default else 'none'}",
+                                help="Overlay several runs to compare how they learned.")
+with smooth_col:
+    smoothing = smoothing_control() if picked or running else 0.6
 if running:
     live(job["id"], picked)
 else:
@@ -335,7 +401,7 @@ else:
         job_panel(job["id"])  # this session's last run: how it ended
     shown = [by_id[i] for i in picked]
     if shown:
-        st.plotly_chart(curves_figure(shown), width="stretch", key="ft_curves")
+        st.plotly_chart(curves_figure(shown, smoothing), width="stretch", key="ft_curves")
         st.caption(CURVES_NOTE)
     elif not runs:
         st.info("No fine-tuning runs on this dataset yet: pick the settings above and press **Start fine-tuning**.",
