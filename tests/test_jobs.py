@@ -224,3 +224,26 @@ def test_a_worker_that_ignores_cancel_is_killed_after_the_grace_period(store, bi
     job = store.get_job(job_id)
     assert job["status"] == "cancelled" and "did not stop in time" in job["message"]
     assert wait_for(lambda: pid_gone(job["pid"]), 30, "the worker to be killed")
+
+
+def _wraps_up_after_a_cancel(params, store, progress, should_stop) -> dict:
+    """A kind that, like fine-tuning, goes on after a cancel (scores its checkpoint) and reports 1 of 1."""
+    progress(3, 10, "epoch 3 of 10")
+    jobs.cancel_job(params["job_id"], store.path)  # the user presses Stop here
+    assert wait_for(should_stop, 10, "the cancel to be seen")
+    progress(0, 0, "Scoring the best checkpoint")
+    progress(1, 1, "Stopped and scored")
+    return {"status": "cancelled"}
+
+
+def test_a_cancelled_job_keeps_the_progress_where_it_stopped(store, monkeypatch):
+    from simlab.jobs.worker import run_worker
+
+    monkeypatch.setitem(jobs.JOB_KINDS, "wrap_up", _wraps_up_after_a_cancel)
+    job_id = store.add_job("wrap_up", {})
+    store.update_job(job_id, params={"job_id": job_id})
+    assert run_worker(job_id, store.path) == 0  # in this process: the kind is registered here only
+    job = store.get_job(job_id)
+    assert job["status"] == "cancelled"
+    assert (job["done"], job["total"]) == (3, 10)  # not 1 of 1: the bar stays where the cancel came
+    assert job["fields"] == {"stage": "cancelled", "stopped_during": "epoch 3 of 10"}

@@ -80,6 +80,16 @@ def _progress_text(job: dict) -> tuple[float, str]:
     return frac, f"{job_label(job)} — {pct}{msg} ({fmt_duration(elapsed)})"
 
 
+def stopped_progress(job: dict) -> tuple[float, str]:
+    """A cancelled job's bar: where it stopped (never a full bar), marked cancelled."""
+    done, total = job.get("done") or 0, job.get("total") or 0
+    frac = min(max(done / total, 0.0), 1.0) if total else 0.0
+    during = (job.get("fields") or {}).get("stopped_during") or ""
+    where = f"at {frac:.0%}" if total else "before any progress"
+    took = fmt_duration((job.get("finished") or 0) - (job.get("started") or job.get("created") or 0))
+    return frac, f"■ Cancelled {where}{f' · {during}' if during else ''} (after {took})"
+
+
 def show_job_error(job: dict) -> None:
     """A failed job: its short message, and the traceback in a collapsed expander."""
     st.error(f"{job_label(job)} failed: {job.get('message') or 'unknown error'}", icon=":material/error:")
@@ -95,6 +105,7 @@ def _job_final(job: dict) -> None:
     if status == "done":
         st.success(f"{label} finished in {took}. {job.get('message') or ''}", icon=":material/check_circle:")
     elif status == "cancelled":
+        st.progress(*stopped_progress(job))
         st.warning(f"{label} was cancelled. {job.get('message') or ''}", icon=":material/stop_circle:")
     elif status == "failed":
         show_job_error(job)

@@ -47,12 +47,15 @@ class Reporter:
         self.last_write = 0.0
         self.last_check, self.cancelled = 0.0, False
         self.pending: tuple | None = None
+        self.latest: tuple[int, int, str] = (0, 0, "")  # the newest progress reported, written or not
+        self.stopped_at: tuple[int, int, str] | None = None  # the progress when the cancel was first seen
         self.lock = threading.Lock()
         self.with_fields = "fields" in (store.get_job(job_id) or {})
 
     def progress(self, done: int, total: int, message: str = "", **fields: Any) -> None:
         with self.lock:
             self.pending = (int(done), int(total), str(message)[:300], fields)
+            self.latest = self.pending[:3]
             due = time.monotonic() - self.last_write >= PROGRESS_INTERVAL or (total and done >= total)
         if due:
             self.flush()
@@ -75,7 +78,21 @@ class Reporter:
             self.last_check = now
             job = self.store.get_job(self.job_id)
             self.cancelled = bool(job and job.get("cancel"))
+            if self.cancelled:
+                with self.lock:
+                    self.stopped_at = self.latest
         return self.cancelled
+
+    def where_stopped(self) -> dict:
+        """The job's progress when the cancel was first seen, for its final row: a job that goes on to
+        wrap up (score a checkpoint, report "done") must not read as finished at 100%."""
+        if self.stopped_at is None:
+            return {}
+        done, total, message = self.stopped_at
+        out = {"done": done, "total": total}
+        if self.with_fields:
+            out["fields"] = {"stage": "cancelled", "stopped_during": message}
+        return out
 
 
 def heartbeat(store: Store, job_id: str, reporter: Reporter, stop: threading.Event) -> None:
@@ -161,7 +178,8 @@ def _run(store: Store, job: dict) -> int:
         _flush(reporter)
         _interrupt_runs(store, "interrupted (stopped on request)")
         if reporter.cancelled or isinstance(exc, KeyboardInterrupt):
-            _record(store, job_id, status="cancelled", finished=time.time(), message="Stopped on request.")
+            _record(store, job_id, status="cancelled", finished=time.time(), message="Stopped on request.",
+                    **reporter.where_stopped())
             log.info("Job %s cancelled", job_id)
             return 0
         _record(store, job_id, status="failed", finished=time.time(), message=_short_error(exc),
