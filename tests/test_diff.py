@@ -103,7 +103,7 @@ def test_the_two_runs_page(demo_runs, monkeypatch):
     assert shown == {"Fixed by B": expected["fixed"], "Broken by B": expected["broken"],
                      "Both wrong": expected["both_wrong"], "Both right": expected["both_right"]}
     said = next(c.value for c in at.caption if "test pairs:" in c.value)
-    for name, run_id in (("A", a), ("B", b)):  # each run's accuracy as stored, at its stored threshold
+    for run_id in (a, b):  # each run's accuracy as stored, at its stored threshold
         run = store.get(run_id)
         assert f"{run_id}, accuracy {run.metrics['accuracy']:.3f} at threshold {run.threshold:.2f}" in said, said
     cards = [m.value for m in at.markdown if "P(same)" in m.value]
