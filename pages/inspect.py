@@ -189,7 +189,7 @@ def metrics_strip(preds: pd.DataFrame, threshold: float, stored: float) -> dict:
     m = pair_metrics(preds["label"].to_numpy(), preds["prob"].to_numpy(), threshold=threshold)
     moved = abs(threshold - stored) > 1e-9
     own = pair_metrics(preds["label"].to_numpy(), preds["prob"].to_numpy(), threshold=stored, n_boot=1) if moved else m
-    delta = (lambda k: f"{m[k] - own[k]:+.3f} vs the run's {stored:.2f}") if moved else (lambda k: None)
+    delta = (lambda k: f"{m[k] - own[k]:+.3f} vs the run's {stored:.3f}") if moved else (lambda k: None)
     c = st.columns(4)
     c[0].metric("Accuracy", f"{m['accuracy']:.3f}", delta=delta("accuracy"), delta_color="off",
                 help=f"95% bootstrap interval {m['accuracy_lo']:.3f}–{m['accuracy_hi']:.3f} on {m['n_test']} pairs")
@@ -200,7 +200,7 @@ def metrics_strip(preds: pd.DataFrame, threshold: float, stored: float) -> dict:
     c[3].metric("F1", f"{m['f1']:.3f}", delta=delta("f1"), delta_color="off")
     if moved:
         st.warning(f"**Tuned on the test pairs: optimistic.** These numbers re-score the test pairs at a threshold "
-                   f"picked by looking at them; the run's own numbers are those at its threshold {stored:.2f}.",
+                   f"picked by looking at them; the run's own numbers are those at its threshold {stored:.3f}.",
                    icon=":material/science:")
     st.caption(f"Accuracy 95% CI {m['accuracy_lo']:.3f}–{m['accuracy_hi']:.3f} · {m['n_test']} test pairs · "
                f"ROC AUC {m['auc']:.3f} (independent of the threshold)")
@@ -225,7 +225,7 @@ def histogram_figure(preds: pd.DataFrame, threshold: float) -> go.Figure:
     for label, name, colour in ((1, "same scene", "#2a9d8f"), (0, "different", "#e76f51")):
         fig.add_trace(go.Histogram(x=preds.loc[preds["label"] == label, "prob"], name=name, xbins=bins,
                                    marker_color=colour, opacity=0.65))
-    fig.add_vline(x=threshold, line_dash="dash", line_color="#444", annotation_text=f"threshold {threshold:.2f}")
+    fig.add_vline(x=threshold, line_dash="dash", line_color="#444", annotation_text=f"threshold {threshold:.3f}")
     fig.update_layout(barmode="overlay", height=260, margin={"l": 10, "r": 10, "t": 30, "b": 10},
                       title="Predicted probability of 'same'", legend={"orientation": "h", "y": -0.2},
                       xaxis={"range": [0, 1]}, yaxis_title="pairs")
@@ -462,7 +462,7 @@ def pair_viewer(run: Run, scored: pd.DataFrame, order: list, threshold: float) -
     c1.button("Previous", icon=":material/arrow_back:", shortcut="Left", key="inspect_prev", on_click=_step,
               args=(-1, n), disabled=pos == 0, width="stretch", help="The previous pair of the list (←)")
     c2.markdown(f"**Pair {pos + 1} of {n}** in the list below · {BADGE[row['outcome']]} "
-                f"{OUTCOME[row['outcome']]} · P(same) **{row['prob']:.3f}** at threshold {threshold:.2f}")
+                f"{OUTCOME[row['outcome']]} · P(same) **{row['prob']:.3f}** at threshold {threshold:.3f}")
     c3.button("Next", icon=":material/arrow_forward:", icon_position="right", shortcut="Right", key="inspect_next",
               on_click=_step, args=(1, n), disabled=pos == n - 1, width="stretch",
               help="The next pair of the list (→)")
@@ -584,14 +584,13 @@ def threshold_slider(run: Run) -> tuple[float, float]:
     moved = abs(st.session_state.get(THRESHOLD_KEY, stored) - stored) > 1e-9
     c1, c2 = st.columns([5, 2], vertical_alignment="bottom")
     label = "Threshold: tuned on the test pairs: optimistic" if moved else "Threshold: the run's own"
-    threshold = c1.slider(label, 0.0, 1.0, step=0.01, key=THRESHOLD_KEY, format="%.2f",
-                          help=f"The run's own threshold is {stored:.2f}, stored with it"
-                               + (" (chosen on validation groups carved from the training groups)."
-                                  if getattr(run, "threshold", None) is not None else
-                                  " (runs made before thresholds were stored use 0.5).")
-                               + " Moving it re-scores the test pairs: an exploration tool, whose best numbers "
-                                 "are optimistic because they were picked by looking at the test pairs.")
-    c2.button(f"Back to {stored:.2f}", icon=":material/undo:", key="inspect_threshold_reset", disabled=not moved,
+    threshold = c1.slider(label, 0.0, 1.0, step=0.01, key=THRESHOLD_KEY, format="%.3f",
+                          help=f"A pair is predicted 'same' when its probability is at least this. The run's own "
+                               f"threshold, {stored:.3f}, is stored with it: chosen on validation scenes carved from "
+                               "its training scenes (0.5 for runs made before thresholds were stored, and for the "
+                               "2017 study's settings). Moving the slider re-scores the test pairs: an exploration "
+                               "tool, whose best numbers are optimistic, found by looking at the test pairs.")
+    c2.button(f"Back to {stored:.3f}", icon=":material/undo:", key="inspect_threshold_reset", disabled=not moved,
               on_click=_reset_threshold, args=(stored,), width="stretch", help="The run's own threshold")
     return threshold, stored
 

@@ -389,7 +389,7 @@ def test_inspect_opens_the_run_of_the_url_and_caveats_a_moved_threshold(cache_wi
     slider.set_value(0.8).run()
     assert "tuned on the test pairs: optimistic" in at.slider(key="inspect_threshold").label
     assert any("optimistic" in w.value for w in at.warning)
-    assert at.metric[0].delta.endswith("vs the run's 0.50")
+    assert at.metric[0].delta.endswith("vs the run's 0.500")
     assert at.query_params["threshold"] == "0.8"
     at.button(key="inspect_threshold_reset").click().run()
     assert at.slider(key="inspect_threshold").value == 0.5 and "threshold" not in at.query_params
