@@ -11,6 +11,7 @@ import streamlit as st
 from pages._ui.auth import require_access
 from pages._ui.device import device_badge
 from pages._ui.state import current_dataset_spec, known_dataset_specs, set_dataset_spec
+from pages._ui.url_state import forget_cleared
 
 HOME = "pages/home.py"
 # section -> (file, title, icon)
@@ -22,6 +23,7 @@ PAGES = {
                    ("pages/finetune.py", "Fine-tune", ":material/tune:")],
     "Explore": [("pages/compare.py", "Compare", ":material/grid_on:"),
                 ("pages/inspect.py", "Inspect", ":material/search:"),
+                ("pages/diff.py", "Two runs", ":material/compare_arrows:"),
                 ("pages/search.py", "Search", ":material/image_search:")],
     "Manage": [("pages/runs.py", "Runs", ":material/history:")],
 }
@@ -52,6 +54,7 @@ def sidebar() -> None:
 
 st.set_page_config(page_title="simlab", page_icon="🔍", layout="wide")
 require_access()
+forget_cleared()
 page = navigation()
 sidebar()
 page.run()
