@@ -9,182 +9,39 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
 from pages._ui.formatting import STATUS_ICONS, classifier_name, escape_md, map_column
 from pages._ui.links import no_runs_yet, open_on_inspect, page_link
 from pages._ui.state import current_dataset_spec
 from pages._ui.store import cached_runs
 from pages._ui.url_state import bind
-from simlab.backbones import DEFAULT_BACKBONE
 from simlab.classifiers import CLASSIFIERS
 from simlab.merge import MERGES
-from simlab.reference import ALIASES, STUDY_BACKBONES, STUDY_TEST_PAIRS, published_accuracies
-from simlab.store import Run
+from simlab.reference import ALIASES, STUDY_TEST_PAIRS, published_accuracies
+from simlab.report.figures import square_heatmap
+from simlab.report.tables import (
+    SPLIT_LABELS,
+    WEIGHT_LABELS,
+    backbone_order,
+    fmt_value,
+    hover_text,
+    metric_range,
+    newest_per_cell,
+    ordered,
+    runs_table,
+    study_table,
+)
 
 METRICS = {"accuracy": "Accuracy", "f1": "F1", "auc": "ROC AUC", "map": "Retrieval mAP"}
 METRIC_HELP = ("Accuracy and F1 (of 'same') at threshold 0.5 and ROC AUC are measured on the held-out test "
                "pairs. Retrieval mAP ranks every image by cosine similarity to each group's query: it depends "
                "on the backbone only.")
-SPLIT_LABELS = {"group": "Group split (held-out scenes)", "pair": "Pair split (2017 protocol, leaky)"}
-WEIGHT_LABELS = {"imagenet": "ImageNet weights", "random": "Random weights (untrained, for tests only)"}
 LAYOUTS = {"facets": "Backbone × merge, one chart per classifier",
            "merge": "Backbone × classifier, for one merge"}
-CELL_PX = 56  # side of one heatmap square, in pixels
-NUMBER_COLUMNS = ["accuracy", "accuracy_lo", "accuracy_hi", "precision", "recall", "f1", "auc", "map",
-                  "n_test", "seconds"]
 
 
-# --------------------------------------------------------------------------- data
-
-
-def scored(r: Run) -> bool:
-    """A run with test metrics: finished, or a fine-tune run stopped by hand and scored on its best checkpoint."""
-    return r.done or (r.is_finetune and r.status == "cancelled" and r.metrics.get("accuracy") is not None)
-
-
-def runs_table(runs: list[Run]) -> pd.DataFrame:
-    """Scored runs, newest first: identity, protocol and metrics, one row per run."""
-    rows = []
-    for r in runs:
-        if not scored(r):
-            continue
-        p = r.protocol
-        rows.append({
-            "id": r.id, "created": r.created, "dataset": r.dataset or "", "fingerprint": r.fingerprint or "",
-            "kind": r.kind, "status": r.status, "method": r.method, "epochs": r.metrics.get("epochs_run"),
-            "best_epoch": r.metrics.get("best_epoch"),
-            "backbone": r.backbone, "merge": r.merge, "classifier": r.classifier,
-            "split": p.split, "weights": p.weights, "negatives": p.negatives, "negative_ratio": p.negative_ratio,
-            "test_size": p.test_size, "seed": p.seed, "job_id": r.job_id,
-            **{k: r.metrics.get(k) for k in NUMBER_COLUMNS if k != "seconds"},
-            "seconds": r.seconds,
-        })
-    frame = pd.DataFrame(rows, columns=["id", "created", "dataset", "fingerprint", "kind", "status", "method",
-                                        "epochs", "best_epoch", "backbone", "merge",
-                                        "classifier", "split", "weights", "negatives", "negative_ratio",
-                                        "test_size", "seed", "job_id", *NUMBER_COLUMNS])
-    for col in NUMBER_COLUMNS:
-        frame[col] = pd.to_numeric(frame[col], errors="coerce")
-    return frame
-
-
-def newest_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
-    """One run per (backbone, merge, classifier): the newest (frames are newest first)."""
-    cells = frame.dropna(subset=["backbone", "merge", "classifier"])
-    return cells.drop_duplicates(["backbone", "merge", "classifier"], keep="first")
-
-
-def ordered(values, preferred) -> list[str]:
-    """Distinct values, those in ``preferred`` first in its order, the rest alphabetically."""
-    present = list(dict.fromkeys(v for v in values if isinstance(v, str)))
-    first = [p for p in preferred if p in present]
-    return first + sorted(v for v in present if v not in first)
-
-
-def backbone_order(values) -> list[str]:
-    return ordered(values, [DEFAULT_BACKBONE, *STUDY_BACKBONES, "vgg16", "vgg19"])
-
-
-def fmt_value(v: float) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
-
-def hover_text(row) -> str:
-    lines = [f"<b>{row.backbone} + {row.merge} + {classifier_name(row.classifier)}</b>",
-             f"accuracy {fmt_value(row.accuracy)} (95% CI {fmt_value(row.accuracy_lo)}–{fmt_value(row.accuracy_hi)})",
-             f"F1 {fmt_value(row.f1)} · AUC {fmt_value(row.auc)} · mAP {fmt_value(row.map)}",
-             f"{int(row.n_test) if row.n_test == row.n_test else '?'} test pairs · "
-             f"{SPLIT_LABELS.get(row.split, row.split)}",
-             f"run {row.id} · click to inspect its pairs"]
-    return "<br>".join(lines)
-
-
-# --------------------------------------------------------------------------- heatmaps
-
-
-def square_heatmap(cells: pd.DataFrame, *, rows: str, cols: str, facet: str | None, value: str,
-                   row_order: list[str], col_order: list[str], facet_order: list[str],
-                   text: pd.Series, hover: pd.Series, colorscale: str, zmin: float, zmax: float,
-                   zmid: float | None = None, colorbar_title: str = "",
-                   col_labels: dict | None = None, facet_labels: dict | None = None) -> go.Figure:
-    """A heatmap drawn as square scatter markers, so that a click returns the point (and its run id).
-
-    ``go.Heatmap`` cells return no selection in st.plotly_chart; markers do.
-    """
-    facets = facet_order if facet else [None]
-    col_labels, facet_labels = col_labels or {}, facet_labels or {}
-    longest_col = max((len(col_labels.get(v, v)) for v in col_order), default=4)
-    facet_w = len(col_order) * CELL_PX
-    facet_h = len(row_order) * CELL_PX
-    label_px = 12 + 7 * max((len(r) for r in row_order), default=4)
-    gap_x, gap_y = 24, 64
-    per_row = max(1, min(len(facets), (1100 - label_px) // (facet_w + gap_x)))
-    n_rows = math.ceil(len(facets) / per_row)
-    plot_w = per_row * facet_w + (per_row - 1) * gap_x
-    plot_h = n_rows * facet_h + (n_rows - 1) * gap_y
-    titles = [facet_labels.get(f, f) for f in facets] if facet else None
-    fig = make_subplots(rows=n_rows, cols=per_row, subplot_titles=titles, shared_yaxes=False,
-                        horizontal_spacing=gap_x / plot_w if per_row > 1 else 0.0,
-                        vertical_spacing=gap_y / plot_h if n_rows > 1 else 0.0)
-    span = (zmax - zmin) or 1.0
-    for i, f in enumerate(facets):
-        part = cells if f is None else cells[cells[facet] == f]
-        part = part[part[value].notna()]
-        r, c = i // per_row + 1, i % per_row + 1
-        grid_x, grid_y = np.meshgrid(range(len(col_order)), range(len(row_order)))
-        fig.add_trace(go.Scatter(  # faint squares behind: where a cell has no run yet
-            x=grid_x.ravel(), y=grid_y.ravel(), mode="markers", hoverinfo="skip", showlegend=False,
-            marker={"symbol": "square", "size": CELL_PX - 4, "color": "rgba(128,128,128,0.08)",
-                    "line": {"width": 0}}), row=r, col=c)
-        x = [col_order.index(v) for v in part[cols]]
-        y = [row_order.index(v) for v in part[rows]]
-        vals = part[value].to_numpy(float)
-        t = (vals - zmin) / span
-        if zmid is None:
-            ink = ["white" if v < 0.55 else "#111" for v in t]
-        else:
-            ink = ["#111" if abs(v - 0.5) < 0.3 else "white" for v in t]
-        fig.add_trace(go.Scatter(
-            x=x, y=y, mode="markers+text", text=list(text.loc[part.index]),
-            textfont={"size": 12, "color": ink}, textposition="middle center",
-            marker={"symbol": "square", "size": CELL_PX - 4, "color": vals, "coloraxis": "coloraxis",
-                    "line": {"width": 0}},
-            customdata=np.column_stack([part["id"].to_numpy(str), hover.loc[part.index].to_numpy(str)])
-            if len(part) else None,
-            hovertemplate="%{customdata[1]}<extra></extra>", showlegend=False, name=str(f or "")),
-            row=r, col=c)
-        fig.update_xaxes(range=[-0.5, len(col_order) - 0.5], tickvals=list(range(len(col_order))),
-                         ticktext=[col_labels.get(v, v) for v in col_order], showgrid=False, zeroline=False,
-                         fixedrange=True, row=r, col=c, tickangle=-35 if longest_col > 7 else 0)
-        fig.update_yaxes(range=[len(row_order) - 0.5, -0.5], tickvals=list(range(len(row_order))),
-                         ticktext=row_order if c == 1 else [""] * len(row_order), showgrid=False,
-                         zeroline=False, fixedrange=True, row=r, col=c)
-    bottom = 30 + (4 * longest_col if longest_col > 7 else 0)
-    top = 40 if facet else 16
-    bar_px = max(110, min(260, plot_h))
-    if plot_h < bar_px + 30:  # a one-row grid: room above and below for a readable colour bar
-        pad = (bar_px + 30 - plot_h) // 2
-        top, bottom = top + pad, bottom + pad
-    coloraxis = {"colorscale": colorscale, "cmin": zmin, "cmax": zmax,
-                 "colorbar": {"title": {"text": colorbar_title}, "thickness": 14, "lenmode": "pixels",
-                              "len": bar_px, "y": 0.5, "yanchor": "middle"}}
-    if zmid is not None:
-        coloraxis["cmid"] = zmid
-    fig.update_layout(coloraxis=coloraxis, width=label_px + plot_w + 110, height=top + plot_h + bottom,
-                      margin={"l": label_px, "r": 110, "t": top, "b": bottom}, clickmode="event+select",
-                      dragmode=False, plot_bgcolor="rgba(0,0,0,0)", hoverlabel={"align": "left"})
-    return fig
-
-
-def metric_range(values: pd.Series, metric: str) -> tuple[float, float]:
-    vals = values.dropna()
-    if vals.empty:
-        return 0.0, 1.0
-    lo, hi = float(vals.min()), float(vals.max())
-    if hi - lo < 0.02:
-        lo, hi = lo - 0.01, hi + 0.01
-    return lo, hi
+# The runs as tables and the square heatmaps come from simlab.report (tables.py, figures.py), which the
+# downloadable report draws with: the page and the report show the same numbers the same way.
 
 
 # --------------------------------------------------------------------------- navigation to Inspect
@@ -284,7 +141,7 @@ def heatmaps(frame: pd.DataFrame, metric: str) -> None:
     merges = ordered(cells["merge"], list(MERGES))
     classifiers = ordered(cells["classifier"], list(CLASSIFIERS))
     clf_labels = {c: classifier_name(c) for c in classifiers}
-    zmin, zmax = metric_range(cells[metric], metric)
+    zmin, zmax = metric_range(cells[metric])
     text = cells[metric].map(fmt_value)
     hover = pd.Series([hover_text(r) for r in cells.itertuples()], index=cells.index)
     if layout == "facets":
@@ -356,18 +213,9 @@ def study_comparison(all_runs: pd.DataFrame, fingerprint: str) -> None:
     """Beside the 2017 study's published table, cell by cell, when its protocol's runs exist."""
     ours = all_runs[(all_runs.fingerprint == fingerprint) & (all_runs.weights == "imagenet")]
     pub = published_accuracies()
-    keys = ["backbone", "merge", "classifier"]
-    pair = newest_per_cell(ours[ours.split == "pair"])
-    pair = pair.merge(pub[keys], on=keys)
-    if pair.empty:
+    table = study_table(all_runs, fingerprint)
+    if table.empty:
         return
-    group = newest_per_cell(ours[ours.split == "group"])[keys + ["id", "accuracy"]]
-    table = pub.rename(columns={"accuracy": "published"}).merge(
-        pair[keys + ["id", "accuracy", "accuracy_lo", "accuracy_hi", "n_test"]], on=keys, how="inner")
-    table = table.merge(group.rename(columns={"id": "group_id", "accuracy": "group"}), on=keys, how="left")
-    table["delta"] = table["accuracy"] - table["published"]
-    table["within"] = (table["published"] >= table["accuracy_lo"]) & (table["published"] <= table["accuracy_hi"])
-    table["leak"] = table["group"] - table["accuracy"]
 
     st.subheader("Beside the 2017 study")
     dataset = ours["dataset"].iloc[0] if len(ours) else ""
