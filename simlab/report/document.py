@@ -351,7 +351,8 @@ def leaderboard_section(sel: Selection) -> str:
             '<th class="num">ROC AUC</th>'
             f'<th class="num keep-case" title="{esc(metric_scope("map", "grid", "each run"))}">mAP</th>'
             '<th class="num">Test pairs</th><th>Run id</th></tr>')
-    return (f'<section id="leaderboard"><h2>Leaderboard</h2><p class="lead">{len(board)} run(s), best accuracy '
+    return (f'<section id="leaderboard"><h2>Leaderboard</h2><p class="lead">{fmt_int(len(board))} '
+            f'run{"s" * (len(board) != 1)}, best accuracy '
             f"first, each with its 95% bootstrap interval: runs whose intervals overlap are not clearly apart. "
             f"Highlighted runs are shown in detail below.</p>"
             f'<div class="scroll"><table class="board"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
@@ -487,7 +488,9 @@ def run_section(run: Run, store: Store, n_errors: int) -> str:
 def runs_section(sel: Selection, store: Store, n_errors: int) -> str:
     if not sel.detailed:
         return ""
-    lead = ("The runs asked for" if sel.named else f"The {len(sel.detailed)} best run(s) by accuracy") + (
+    n = len(sel.detailed)
+    lead = ("The runs asked for" if sel.named else "The best run by accuracy" if n == 1 else
+            f"The {n} best runs by accuracy") + (
         ": each one's confusion matrix on its test pairs, and the pairs it got wrong with the most confidence.")
     body = "".join(run_section(sel.runs[i], store, n_errors) for i in sel.detailed)
     return f'<section id="runs"><h2>Runs in detail</h2><p class="lead">{lead}</p>{body}</section>'
