@@ -292,9 +292,7 @@ def finetune_figure(runs: pd.DataFrame, metric: str, frozen) -> go.Figure:
         customdata=np.column_stack([runs["id"].to_numpy(str), np.asarray(hover, dtype=str)]),
         hovertemplate="%{customdata[1]}<extra></extra>"))
     if frozen is not None:
-        fig.add_vline(x=float(frozen[metric]), line_dash="dash", line_color="#666",
-                      annotation_text=f"best frozen {fmt_value(frozen[metric])}", annotation_position="top left",
-                      annotation_font_size=11)
+        fig.add_vline(x=float(frozen[metric]), line_dash="dash", line_color="#666")  # named in the caption
     lo = np.nanmin(np.r_[values, runs["accuracy_lo"].to_numpy(float) if metric == "accuracy" else values,
                          [float(frozen[metric])] if frozen is not None else []])
     left = max(0.0, math.floor((lo - 0.05) * 10) / 10) if lo == lo else 0.0
@@ -380,9 +378,15 @@ def two_runs(frame: pd.DataFrame, metric: str) -> None:
         st.caption("No other run here was tested on the same pairs as run A (same split, test size, seed, "
                    "negatives and number of test pairs).")
         return
+    # by default, the best run that differs from A in what it is (fine-tuned or not, or its classifier)
+    other = [i for i in same_pairs if (rows[i].kind, rows[i].classifier) != (rows[a].kind, rows[a].classifier)]
+    default_b = (other or same_pairs)[0]
+    if st.session_state.get("compare_diff_b") not in same_pairs:
+        st.session_state.pop("compare_diff_b", None)
     with c2:
         b = st.selectbox("Run B", same_pairs, format_func=lambda i: run_option(rows[i]),
-                         key=bind("compare_diff_b", "b", same_pairs[0], choices=same_pairs),
+                         index=same_pairs.index(default_b),
+                         key=bind("compare_diff_b", "b", default_b, choices=same_pairs),
                          help="Runs tested on the same pairs as run A")
     if not page_link("pages/diff.py", "Open the two runs pair by pair", icon=":material/compare_arrows:",
                      query_params={"a": a, "b": b}):

@@ -359,7 +359,7 @@ VIEWER_CSS = """
 .pv figure{margin:0;min-width:0}
 .pv .pv-box{height:min(62vh,640px);background:#f0f2f6;border-radius:6px;display:flex;align-items:center;
   justify-content:center;overflow:hidden}
-.pv .pv-box img{max-width:100%;max-height:100%;object-fit:contain;cursor:zoom-in;display:block}
+.pv .pv-box img{width:100%;height:100%;object-fit:contain;cursor:zoom-in;display:block}
 .pv figcaption{font-size:.85rem;line-height:1.3rem;margin-top:.35rem;overflow-wrap:anywhere}
 .pv figcaption .dim{opacity:.65}
 .pv .pv-hint{font-size:.75rem;opacity:.6}
@@ -388,8 +388,8 @@ def _zoom_css(uid: str) -> str:
         rules += [f"{z}{{grid-template-columns:1fr}}", f"{z} .pv-{other}{{display:none}}",
                   f"{z} .pv-{side} .pv-box{{height:auto;max-height:78vh;overflow:auto;display:block;"
                   "text-align:center}",
-                  f"{z} .pv-{side} .pv-box img{{max-width:none;max-height:none;cursor:zoom-out;"
-                  "display:inline-block}",
+                  f"{z} .pv-{side} .pv-box img{{width:auto;height:auto;max-width:none;max-height:none;"
+                  "cursor:zoom-out;display:inline-block}",
                   f"{z} .pv-{side} .pv-fit{{display:none}}", f"{z} .pv-{side} .pv-full{{display:inline}}"]
     return "\n".join(rules) + "\n.pv .pv-full{display:none}"
 
@@ -442,13 +442,18 @@ def small_images(items: list[tuple[str, str]], size: int = 128) -> None:
 
 
 VIEWER_KEY = "_inspect_pos"  # st.session_state: the position of the open pair in the filtered, sorted list
+PAIR_PARAM = "pair"  # the query parameter of the open pair (its row in the run's predictions)
 
 
 def _step(delta: int, n: int) -> None:
     st.session_state[VIEWER_KEY] = min(max(0, st.session_state.get(VIEWER_KEY, 0) + delta), n - 1)
 
 
-@st.dialog("Pair", width=1600)
+def _viewer_closed() -> None:
+    set_url(PAIR_PARAM, None)
+
+
+@st.dialog("Pair", width=1600, on_dismiss=_viewer_closed)
 def pair_dialog(run: Run, scored: pd.DataFrame, order: list, threshold: float) -> None:
     pair_viewer(run, scored, order, threshold)
 
@@ -458,6 +463,7 @@ def pair_viewer(run: Run, scored: pd.DataFrame, order: list, threshold: float) -
     n = len(order)
     pos = min(max(0, int(st.session_state.get(VIEWER_KEY, 0))), n - 1)
     row = scored.loc[order[pos]].to_dict()
+    set_url(PAIR_PARAM, str(order[pos]))  # a reload or a shared link opens this pair again
     c1, c2, c3 = st.columns([2, 8, 2], vertical_alignment="center")
     c1.button("Previous", icon=":material/arrow_back:", shortcut="Left", key="inspect_prev", on_click=_step,
               args=(-1, n), disabled=pos == 0, width="stretch", help="The previous pair of the list (←)")
@@ -660,6 +666,11 @@ def main() -> None:
         table(page)
 
     opened = st.session_state.pop("_inspect_open", None)
+    linked = url_value(PAIR_PARAM)  # a reload or a shared link with the viewer open
+    if opened is None and linked is not None and linked.isdigit():
+        opened = int(linked)
+    if opened is not None and opened not in pairs.index:
+        set_url(PAIR_PARAM, None)  # not in this list (any more): the URL must not say it is open
     if opened is not None and opened in pairs.index:
         order = list(pairs.index)
         st.session_state[VIEWER_KEY] = order.index(opened)

@@ -191,3 +191,41 @@ def test_a_shared_link_opens_the_same_view_in_a_new_session(browser, app_url, se
     probs = [float(t.split("P(same) ")[1].split()[0]) for t in
              page.locator('[data-testid="stMarkdown"]', has_text="P(same)").all_inner_texts()]
     assert probs and probs == sorted(probs)  # the link's sort order, applied
+
+
+def viewer_header(page) -> str:
+    return page.locator('[data-testid="stMarkdown"]', has_text="in the list below").first.inner_text()
+
+
+def test_the_pair_viewer_steps_with_the_arrow_keys_zooms_and_survives_a_reload(browser, app_url, seeded):
+    run = seeded["runs"][0]
+    page = new_page(browser)
+    page.goto(f"{app_url}/inspect?{urllib.parse.urlencode({'dataset': seeded['spec'], 'run': run})}")
+    page.wait_for_selector('h1:has-text("Inspect")')
+    settle(page)
+    page.locator('[data-testid="stMain"] button', has_text="Open").first.click()
+    page.wait_for_selector(".pv img")
+    settle(page)
+    no_exception(page)
+    assert viewer_header(page).startswith("Pair 1 of ")
+    first = params(page)["pair"]
+    page.keyboard.press("ArrowRight")  # the Next button's shortcut
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=stMarkdown]')]"
+                           ".some(e => e.innerText.startsWith('Pair 2 of '))", timeout=30_000)
+    settle(page)
+    second = params(page)["pair"]
+    assert second != first
+    size = page.locator(".pv-L .pv-box img").evaluate("e => [e.naturalWidth, e.clientWidth]")
+    assert size[0] == 96  # the file itself, at full resolution (96 px wide), shown larger than a thumbnail
+    assert size[1] > 300
+    page.locator(".pv-L .pv-box img").click()  # zoom: that image alone, at its own resolution
+    page.wait_for_timeout(300)
+    assert page.locator(".pv-R").first.is_hidden() and page.locator(".pv-L .pv-full").first.is_visible()
+
+    page.reload()  # the URL keeps the open pair
+    page.wait_for_selector(".pv img")
+    settle(page)
+    assert viewer_header(page).startswith("Pair 2 of ") and params(page)["pair"] == second
+    page.keyboard.press("Escape")
+    page.wait_for_function("() => !new URLSearchParams(location.search).has('pair')", timeout=30_000)
+    assert page.locator(".pv").count() == 0
