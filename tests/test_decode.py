@@ -154,3 +154,42 @@ def test_nvimgcodec_takes_plain_jpegs_and_leaves_the_rest_to_pillow(tmp_path, tm
     np.testing.assert_array_equal(ops.convert_to_numpy(tensor), np.asarray(image))
     np.testing.assert_array_equal(np.asarray(image), np.asarray(Image.open(files[0]).convert("RGB")))  # libjpeg-turbo
     assert image.buffer_kind == nvimgcodec.ImageBufferKind.STRIDED_HOST
+
+
+@pytest.mark.parametrize("fit", ["crop", "pad"])
+def test_the_device_resize_is_pillows_bilinear_within_a_grey_level(fit):
+    """nvImageCodec's resize (Keras ops on the device, any backend; no nvImageCodec needed): Pillow's
+    BILINEAR filter as two matrix products, on images padded to a bucket and stacked in a group."""
+    from keras import ops
+
+    from simlab.vectors import nvimgcodec as nv
+
+    rng = np.random.default_rng(0)
+    shapes = [(480, 640), (640, 480), (333, 1000), (300, 300), (100, 150)]
+    arrays = []
+    for h, w in shapes:
+        base = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+        arrays.append(np.clip(np.asarray(base) + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8))
+    size = 224
+    bucket = (nv._bucket(max(h for h, _ in shapes)), nv._bucket(max(w for _, w in shapes)))
+    placed = [ops.pad(ops.convert_to_tensor(a), [[0, bucket[0] - a.shape[0]], [0, bucket[1] - a.shape[1]], [0, 0]])
+              for a in arrays]
+    stacked = ops.stack(placed + [ops.zeros((*bucket, 3), "uint8")] * 3)
+    params = np.zeros((8, 2, 5), np.float32)
+    params[:, :, 1] = 1.0
+    for j, (h, w) in enumerate(shapes):
+        params[j] = nv.resize_params(h, w, size, fit)
+    out = ops.convert_to_numpy(nv.resize(stacked, params, size))
+    assert out.shape == (8, size, size, 3) and out[5:].max() == 0  # the group's padding: black
+    for (h, w), a, got in zip(shapes, arrays, out):
+        im = Image.fromarray(a)
+        if fit == "crop":
+            side = min(w, h)
+            left, top = (w - side) / 2, (h - side) / 2
+            ref = im.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
+        else:
+            scale = size / max(w, h)
+            nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+            ref = Image.new("RGB", (size, size))
+            ref.paste(im.resize((nw, nh), Image.BILINEAR), ((size - nw) // 2, (size - nh) // 2))
+        assert np.abs(got.astype(int) - np.asarray(ref)).max() <= 1
