@@ -247,3 +247,35 @@ def test_a_cancelled_job_keeps_the_progress_where_it_stopped(store, monkeypatch)
     assert job["status"] == "cancelled"
     assert (job["done"], job["total"]) == (3, 10)  # not 1 of 1: the bar stays where the cancel came
     assert job["fields"] == {"stage": "cancelled", "stopped_during": "epoch 3 of 10"}
+
+
+def test_the_demo_generator_reports_each_image_it_writes(tmp_path):
+    from simlab.data.demo import Config, generate
+
+    heard = []
+    stats = generate(tmp_path / "demo", Config(n_groups=6), workers=1, progress=lambda done, total: heard.append(
+        (done, total)))
+    assert heard and heard[-1] == (stats["n_images"], stats["n_images"])
+    assert [d for d, _ in heard] == sorted(d for d, _ in heard) and {t for _, t in heard} == {stats["n_images"]}
+
+
+def test_the_start_of_a_job_says_what_it_loads_and_skips_models_it_does_not_need(store, tiny):
+    from simlab.data import load_dataset
+    from simlab.vectors import vectorize
+
+    messages = []
+
+    def heard(done, total, message="", **fields):
+        assert fields["stage"] == "load" and 0 <= done <= total * kinds.LOADED + 1
+        messages.append(message)
+
+    dataset = kinds.prepare(tiny, ["efficientnet_lite0"], "random", heard, kinds.SCALE, kinds.LOADED)
+    assert dataset.spec == tiny
+    assert f"Loading the dataset {tiny}" in messages
+    assert "Loading TensorFlow" in messages  # the vectors are not cached: the model is built now
+    assert "Loading the backbone efficientnet_lite0 (random weights)" in messages
+    assert messages[-1] == "Loaded"
+    vectorize(load_dataset(tiny), "efficientnet_lite0", "random")
+    messages.clear()
+    kinds.prepare(tiny, ["efficientnet_lite0"], "random", heard, kinds.SCALE, kinds.LOADED)
+    assert not any("TensorFlow" in m or "backbone" in m for m in messages)  # cached vectors need no model

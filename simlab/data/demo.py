@@ -328,10 +328,12 @@ def _render_scene(scene: dict, photos: dict, cfg: Config) -> list[tuple[str, byt
     return out
 
 
-def generate(target: str | os.PathLike, cfg: Config = DEFAULT, workers: int | None = None) -> dict:
+def generate(target: str | os.PathLike, cfg: Config = DEFAULT, workers: int | None = None,
+             progress=None) -> dict:
     """Write the demo images (Holidays names ``GGGGVV.jpg``) into the folder ``target``; return stats.
 
     Threads share the work (Pillow and numpy release the GIL); the output does not depend on them.
+    ``progress(done, total)``, when given, hears the images written so far.
     """
     t0 = time.perf_counter()
     target = Path(target)
@@ -341,11 +343,14 @@ def generate(target: str | os.PathLike, cfg: Config = DEFAULT, workers: int | No
     sizes: dict[int, int] = {}
     n_images = 0
     workers = workers or min(4, os.cpu_count() or 1)
+    total = sum(sc["n_views"] for sc in scenes)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for scene, files in zip(scenes, pool.map(lambda sc: _render_scene(sc, photos, cfg), scenes)):
             for name, data in files:
                 (target / name).write_bytes(data)
             n_images += len(files)
+            if progress is not None:
+                progress(n_images, total)
             sizes[scene["n_views"]] = sizes.get(scene["n_views"], 0) + 1
     return {
         "version": GENERATOR_VERSION,
@@ -388,8 +393,9 @@ def _remove_stale_temps(parent: Path, older_than_s: float = 3600) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def ensure_demo(cfg: Config = DEFAULT) -> Path:
-    """The demo folder (Holidays layout), generated on first use or when the generator changed."""
+def ensure_demo(cfg: Config = DEFAULT, progress=None) -> Path:
+    """The demo folder (Holidays layout), generated on first use or when the generator changed.
+    ``progress(done, total)`` hears the images of a generation (see :func:`generate`)."""
     target = demo_dir()
     if _marker_ok(target, cfg):
         return target
@@ -401,7 +407,7 @@ def ensure_demo(cfg: Config = DEFAULT) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=parent))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the demo is an ordinary folder
         try:
-            stats = generate(tmp, cfg)
+            stats = generate(tmp, cfg, progress=progress)
             stats["config"] = config_key(cfg)
             (tmp / MARKER).write_text(json.dumps(stats, indent=1))
             if _marker_ok(target, cfg):  # another process finished first

@@ -6,24 +6,132 @@ the worker imports this module only when it runs one of them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import subprocess
+import sys
+import threading
 import time
 from dataclasses import fields as dataclass_fields
 
 from simlab.backbones import DEFAULT_BACKBONE
-from simlab.data import load_dataset
-from simlab.data.demo import demo_dir
+from simlab.data import Dataset, load_dataset, parse_spec
+from simlab.data.demo import demo_dir, ensure_demo
 from simlab.experiment import GridConfig, run_grid
-from simlab.progress import Progress, ShouldStop
+from simlab.progress import Cancelled, Progress, ShouldStop
 from simlab.search import search_dataset
 from simlab.store import Store
-from simlab.vectors import vectorize
+from simlab.vectors import default_weights, vectorize
+from simlab.vectors.cache import VectorCache
 
 log = logging.getLogger(__name__)
 
-SCALE = 1000  # a grid's bar: vectorising fills the first half, training the second
+SCALE = 1000  # a grid's bar: loading fills the first tenth, vectorising up to half, training the second half
+LOADED = 0.1  # share of a grid's bar for loading the dataset and the models
 DEMO_DEFAULTS = {"dataset": "demo", "merges": ["dot", "l1", "l2"], "classifiers": ["cosine", "logreg", "xgboost"]}
 SEARCH_PARAMS = ("dataset", "query", "backbone", "weights", "k", "rerank", "index", "shortlist")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _Loading:
+    """The start of a job on its bar: each step in words ("Generating the demo images: 312/783",
+    "Loading TensorFlow"), steps running side by side joined by " · ", and a fraction of ``share``."""
+
+    def __init__(self, progress: Progress, total: int, share: float):
+        self.progress, self.total, self.share = progress, total, share
+        self.steps: dict[str, tuple[str, float]] = {}  # step -> (text, fraction done)
+        self.weights = {"data": 0.7, "models": 0.3}
+        self.finished: set[str] = set()
+        self.lock = threading.Lock()
+
+    def say(self, step: str, text: str, frac: float = 0.0) -> None:
+        with self.lock:
+            self.steps[step] = (text, frac)
+            self._emit()
+
+    def done(self, step: str) -> None:
+        with self.lock:
+            self.steps.pop(step, None)
+            self.finished.add(step)
+            self._emit()
+
+    def _emit(self) -> None:
+        frac = sum(w * (1.0 if k in self.finished else self.steps.get(k, ("", 0.0))[1])
+                   for k, w in self.weights.items())
+        text = " · ".join(t for t, _ in self.steps.values()) or "Loaded"
+        self.progress(int(self.total * self.share * frac), self.total, text, stage="load")
+
+
+def _load_models(backbones: list[str], weights: str | None, loading: _Loading) -> None:
+    """Import TensorFlow and build each backbone's model (simlab.vectors.embed.load_model keeps them for
+    the vectorisation that follows). A failure here is left for the vectorisation to report."""
+    from simlab.vectors.embed import load_model
+
+    try:
+        loading.say("models", "Loading TensorFlow")
+        import keras  # noqa: F401  (the first import of TensorFlow: seconds)
+
+        for i, name in enumerate(backbones):
+            w = weights or default_weights(name)
+            loading.say("models", f"Loading the backbone {name} ({w} weights)", (i + 0.5) / (len(backbones) + 1))
+            load_model(name, w)
+    except Exception:  # vectorize() loads it again and reports the error in its own words
+        log.warning("Loading the models ahead of vectorising failed", exc_info=True)
+    finally:
+        loading.done("models")
+
+
+_GENERATE_DEMO = ("from simlab.data.demo import ensure_demo\n"
+                  "ensure_demo(progress=lambda done, total: print(done, total, flush=True))\n")
+
+
+def _demo_in_a_child(loading: _Loading) -> subprocess.Popen:
+    """Generate the demo images in a child process (its own interpreter: loading TensorFlow here holds this
+    one's GIL for seconds at a time), its progress read from its output by a thread."""
+    child = subprocess.Popen([sys.executable, "-c", _GENERATE_DEMO], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+
+    def follow() -> None:
+        for line in child.stdout:
+            with contextlib.suppress(ValueError):
+                done, total = map(int, line.split())
+                loading.say("data", f"Generating the demo images: {done}/{total} (first time only)",
+                            done / max(total, 1))
+
+    threading.Thread(target=follow, daemon=True, name="simlab-demo-progress").start()
+    return child
+
+
+def prepare(spec: str, backbones: list[str], weights: str | None, progress: Progress, total: int = 0,
+            share: float = 0.0, should_stop: ShouldStop | None = None) -> Dataset:
+    """The dataset of a job, and the models its missing vectors need, loaded with each step said.
+
+    On a first demo the models load while a child process generates the images (both take seconds);
+    otherwise the models load only when the dataset's vectors of that backbone are not cached yet.
+    """
+    loading = _Loading(progress, total, share)
+    first_demo = parse_spec(spec)[0] == "demo" and not demo_dir().exists()  # a new demo has no vectors yet
+    if first_demo:
+        loading.say("data", "Generating the demo images (first time only)")
+        child = _demo_in_a_child(loading)
+        _load_models(backbones, weights, loading)
+        if child.wait() != 0:  # generated here instead, where a failure says what went wrong
+            log.warning("Generating the demo in a child process failed (exit %s)", child.returncode)
+        ensure_demo()
+    loading.say("data", f"Loading the dataset {spec}", 0.95 if first_demo else 0.0)
+    dataset = load_dataset(spec)
+    loading.done("data")
+    if not first_demo:
+        missing = [b for b in backbones if not VectorCache(b, weights or default_weights(b)).has(dataset.fingerprint)]
+        if missing:
+            _load_models(missing, weights, loading)
+        else:
+            loading.done("models")
+    if should_stop is not None and should_stop():
+        raise Cancelled("Stopped on request while loading.")
+    return dataset
 
 
 # --------------------------------------------------------------------------- vectorise
@@ -44,12 +152,12 @@ def vectorize_job(params: dict, store: Store, progress: Progress, should_stop: S
     backbones = params.get("backbones") or [params.get("backbone")]
     if not backbones or not all(backbones):
         raise ValueError("Pick at least one backbone to vectorise with.")
-    progress(0, 0, "Loading the dataset", stage="load")
-    dataset = load_dataset(params.get("dataset") or "demo")
+    dataset = prepare(params.get("dataset") or "demo", backbones, params.get("weights") or None, progress,
+                      should_stop=should_stop)
     n, k = dataset.n_images, len(backbones)
     sets = []
     for i, name in enumerate(backbones):
-        progress(i * n, k * n, f"{name}: loading the model", stage="load", backbone=name)
+        progress(i * n, k * n, f"{name}: starting", stage="load", backbone=name)
         t0 = time.perf_counter()
         vs = vectorize(dataset, name, params.get("weights") or None, progress=_one_of_many(progress, name, i, k, n),
                        should_stop=should_stop)
@@ -78,7 +186,7 @@ def _grid_bar(progress: Progress, backbones: list[str]) -> Progress:
         if fields.get("stage") == "vectorize":
             b = backbones.index(fields["backbone"]) if fields.get("backbone") in backbones else 0
             frac = (b + (done / total if total else 0)) / len(backbones)
-            progress(int(SCALE * 0.5 * frac), SCALE, f"Vectorising · {message}", **fields)
+            progress(int(SCALE * (LOADED + (0.5 - LOADED) * frac)), SCALE, f"Vectorising · {message}", **fields)
         else:
             frac = done / total if total else 1
             step = f"{done}/{total} runs done · " if done < total else ""
@@ -91,7 +199,7 @@ def grid_job(params: dict, store: Store, progress: Progress, should_stop: Should
              job_id: str | None = None) -> dict:
     """A grid of runs (params: a GridConfig as a dict). One progress bar: vectorising, then training."""
     config = grid_config(params)
-    progress(0, SCALE, "Loading the models and the dataset", stage="load")
+    prepare(config.dataset, config.backbones, config.weights, progress, SCALE, LOADED, should_stop)
     runs = list(run_grid(config, store, progress=_grid_bar(progress, config.backbones), should_stop=should_stop,
                          job_id=job_id))
     progress(SCALE, SCALE, f"{len(runs)} run(s) done", stage="done")
@@ -104,8 +212,6 @@ def demo_job(params: dict, store: Store, progress: Progress, should_stop: Should
              job_id: str | None = None) -> dict:
     """The demo experiment: the bundled backbone on the demo images, a small default grid."""
     config = {**DEMO_DEFAULTS, "backbones": [DEFAULT_BACKBONE], **(params or {})}
-    if config["dataset"] == "demo" and not demo_dir().exists():
-        progress(0, SCALE, "Generating the demo images (first time only, up to a minute)", stage="load")
     return grid_job(config, store, progress, should_stop, job_id=job_id)
 
 
