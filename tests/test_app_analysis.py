@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from helpers import simlab_cache_at, write_group_folder
@@ -139,7 +140,7 @@ def test_compare_heatmaps_and_leaderboard(with_runs):
     board = at.dataframe[0].value
     assert len(board) == len(with_runs["runs"]) == 4  # one row per run
     assert set(board["id"]) == {r["run_id"] for r in with_runs["runs"]}
-    assert at.get("download_button")[0].label == "Download CSV"
+    assert "Download CSV" in [b.label for b in at.get("download_button")]
     # the heatmap is drawn as square markers carrying the run ids, so that a click selects a run
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     cells = [t for t in spec["data"] if t.get("mode") == "markers+text"]
@@ -182,7 +183,8 @@ def test_inspect_threshold_rescores_everything(with_runs):
     run = max(with_runs["runs"], key=lambda r: r["accuracy"] < 1)  # one that makes mistakes
     at = open_page("pages/inspect.py", inspect_run=run["run_id"])
     assert at.selectbox(key="inspect_select").value == run["run_id"]
-    assert at.slider(key="inspect_threshold").value == 0.5
+    stored = Store(with_runs["cache"] / "simlab.db").get(run["run_id"]).threshold
+    assert at.slider(key="inspect_threshold").value == pytest.approx(stored)  # starts at the run's own threshold
     assert at.metric[0].label == "Accuracy"
     assert float(at.metric[0].value) == pytest.approx(run["accuracy"], abs=5e-4)
     preds = Store(with_runs["cache"] / "simlab.db").predictions(run["run_id"])
@@ -197,7 +199,8 @@ def test_inspect_threshold_rescores_everything(with_runs):
 def test_inspect_filters_reduce_the_pairs(with_runs):
     run = max(with_runs["runs"], key=lambda r: r["accuracy"] < 1)
     preds = Store(with_runs["cache"] / "simlab.db").predictions(run["run_id"])
-    wrong = int(((preds.prob >= 0.5).astype(int) != preds.label).sum())
+    stored = Store(with_runs["cache"] / "simlab.db").get(run["run_id"]).threshold  # the page starts at it
+    wrong = int(((preds.prob >= stored).astype(int) != preds.label).sum())
     assert 0 < wrong < len(preds)
     at = open_page("pages/inspect.py", inspect_run=run["run_id"])
     assert shown_range(at)[1] == len(preds)
@@ -223,7 +226,8 @@ def test_inspect_sorts_and_opens_a_pair_with_its_neighbours(with_runs):
     at = open_page("pages/inspect.py", inspect_run=run["run_id"])
     at.selectbox(key="inspect_sort").set_value("hardest").run()
     probs = [float(m) for m in re.findall(r"P\(same\) \*\*([0-9.]+)\*\*", " ".join(texts(at.markdown)))]
-    assert probs and np.all(np.diff(np.abs(np.array(probs) - 0.5)) >= -1e-3)  # nearest the threshold first
+    stored = Store(with_runs["cache"] / "simlab.db").get(run["run_id"]).threshold
+    assert probs and np.all(np.diff(np.abs(np.array(probs) - stored)) >= -1e-3)  # nearest the threshold first
     opens = [b for b in at.button if (b.key or "").startswith("inspect_open_")]
     assert len(opens) == min(24, shown_range(at)[0])
     opens[0].click().run()
@@ -337,10 +341,130 @@ def test_clicking_a_heatmap_square_opens_that_run_on_inspect(with_runs):
                 box = point.bounding_box()
                 page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
                 page.wait_for_url(re.compile(r".*/inspect\?run=r[0-9a-f]+"), timeout=60_000)
-                run_id = page.url.split("run=")[1]
+                run_id = re.search(r"[?&]run=(r[0-9a-f]+)", page.url).group(1)
                 assert run_id in {r["run_id"] for r in with_runs["runs"]}
                 page.get_by_text("Showing pairs").wait_for(timeout=60_000)
                 browser.close()
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- Data, Vectorize, Fine-tune, job panel
+
+
+def holidays_folder(root: Path, groups: int = 3, per_group: int = 3) -> Path:
+    """A small folder in the INRIA Holidays layout (``GGGGVV.jpg``, each group's ``VV=00`` its query)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for g in range(groups):
+        for v in range(per_group):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / f"1{g:03d}{v:02d}.jpg")
+    return root
+
+
+def test_data_page_shows_compact_group_cards_without_holidays_hints_on_a_folder(with_runs):
+    at = open_page("pages/data.py")
+    assert not at.error
+    grid = next(h.value for h in at.html if "data-simlab-open" in h.value).replace("<wbr>", "")
+    assert grid.count('data-simlab-open="data:') == 36  # every image of the 12 groups: one page of cards
+    assert all(f"g{g:03d} · 3 images" in grid for g in range(12))
+    assert "★" not in grid and "query" not in grid  # a folder dataset has no query images
+    assert at.text_input(key="group_filter").placeholder == "e.g. g000"
+    assert not any("query" in c for c in texts(at.caption))
+    at.selectbox(key="group_page_size").set_value(8).run()
+    assert "page 1 of 2" in " ".join(texts(at.caption))
+    at.number_input(key="group_page").set_value(2).run()
+    grid = next(h.value for h in at.html if "data-simlab-open" in h.value).replace("<wbr>", "")
+    assert grid.count('data-simlab-open="data:') == 12 and "g008 · 3 images" in grid and "g000 ·" not in grid
+
+
+def test_data_page_marks_the_queries_of_a_holidays_folder(tmp_path, monkeypatch):
+    folder = holidays_folder(tmp_path / "holidays")
+    monkeypatch.setenv("SIMLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SIMLAB_DATASET", f"holidays:{folder}")
+    at = open_page("pages/data.py")
+    grid = next(h.value for h in at.html if "data-simlab-open" in h.value)
+    assert grid.count("★ query") == 3  # one per group, outlined
+    assert any("(★, outlined)" in c for c in texts(at.caption))
+
+
+def test_vectorize_keys_tell_two_datasets_apart_and_the_map_has_a_legend(lab, tmp_path, monkeypatch):
+    from simlab.data import load_dataset
+    from simlab.vectors import vectorize
+
+    cache = tmp_path / "cache"
+    shutil.copytree(lab["cache"], cache)
+    other = write_group_folder(tmp_path / "other", n_groups=4, per_group=2, size=48, seed=9)
+    with simlab_cache_at(cache):
+        vectorize(load_dataset(f"folder:{other}"), "efficientnet_lite0", "random")
+    monkeypatch.setenv("SIMLAB_CACHE", str(cache))
+    monkeypatch.setenv("SIMLAB_DATASET", lab["spec"])
+    at = open_page("pages/vectorize.py")
+    assert not at.error
+    sets = at.dataframe[1].value
+    assert len(sets) == 2 and sets["key"].nunique() == 2  # one backbone, two datasets: two keys
+    assert sets["key"].str.split("/").str[0].nunique() == 1  # the same backbone configuration
+    assert list(sets["dataset"]) == [lab["spec"], "another dataset"]  # this dataset first
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    groups = [t for t in spec["data"] if t.get("mode") == "markers"]
+    assert len(groups) == 12 and {t["name"] for t in groups} == {f"g{g:03d}" for g in range(12)}
+    styles = {(t["marker"]["color"], t["marker"]["symbol"]) for t in groups}
+    assert len(styles) == 12  # a distinct colour (and symbol) per group
+    assert spec["layout"].get("showlegend") is not False
+    rows = sorted(row[0] for t in groups for row in values(t["customdata"]))
+    assert rows == list(range(36))  # each point carries its row: a click or a lasso finds its image
+
+
+def values(array) -> list:
+    """A plotly JSON array as a list (plotly writes numpy arrays as base64 typed arrays)."""
+    if isinstance(array, dict) and "bdata" in array:
+        import base64
+
+        flat = np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"]))
+        shape = [int(n) for n in str(array.get("shape", len(flat))).split(",")]
+        return flat.reshape(shape).tolist()
+    return list(array or [])
+
+
+def test_finetune_curves_fit_their_data_and_smooth_the_batches(lab, tmp_path, monkeypatch):
+    from simlab.finetune.config import FinetuneConfig
+    from simlab.finetune.train import run_finetune
+
+    cache = tmp_path / "cache"
+    shutil.copytree(lab["cache"], cache)
+    with simlab_cache_at(cache):
+        result = run_finetune(FinetuneConfig(dataset=lab["spec"], mode="head", weights="random", epochs=1,
+                                             batch_size=4), Store())
+    monkeypatch.setenv("SIMLAB_CACHE", str(cache))
+    monkeypatch.setenv("SIMLAB_DATASET", lab["spec"])
+    at = open_page("pages/finetune.py")
+    assert not at.exception and at.slider(key="ft_smoothing").value == 0.6
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    layout, data = spec["layout"], spec["data"]
+    assert layout["xaxis"]["range"][0] < 0 < 1 < layout["xaxis"]["range"][1] < 1.5  # one epoch: 0..1, epoch 0 whole
+    assert layout["xaxis"]["dtick"] == 1
+    accuracy = [v for t in data if t.get("xaxis") == "x2" for v in values(t["y"]) if v is not None]
+    lo, hi = layout["yaxis2"]["range"]
+    assert 0 <= lo <= min(accuracy) and max(accuracy) <= hi <= 1.02  # never an accuracy axis to 1.5
+    names = {t.get("name") for t in data}
+    assert {"training", "validation", "per batch (smoothed)"} <= names  # one legend for both, same chart
+    smoothed = next(t for t in data if t.get("customdata") and "smoothed" in t.get("hovertemplate", ""))
+    raw = [row[1] for row in values(smoothed["customdata"])]
+    assert len(raw) > 1 and np.std(values(smoothed["y"])) <= np.std(raw)
+    at.slider(key="ft_smoothing").set_value(0.0).run()
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    batch = next(t for t in spec["data"] if t.get("customdata") and "batch" in t.get("hovertemplate", ""))
+    assert [row[1] for row in values(batch["customdata"])] == pytest.approx(values(batch["y"]))  # 0: the raw losses
+    assert result["run_id"] in " ".join(t.get("name") or "" for t in spec["data"])
+
+
+def test_a_cancelled_job_shows_where_it_stopped(empty):
+    store = Store(empty / "cache" / "simlab.db")
+    job_id = store.add_job("vectorize", {"dataset": "x", "backbones": ["efficientnet_lite0"]})
+    store.update_job(job_id, status="cancelled", started=time.time() - 5, finished=time.time(), done=3, total=10,
+                     message="Stopped on request.", fields={"stage": "cancelled", "stopped_during": "12/40 images"})
+    at = open_page("pages/vectorize.py")
+    (bar,) = at.get("progress")
+    assert bar.value == 30 and "Cancelled at 30%" in bar.text and "12/40 images" in bar.text
+    assert any("was cancelled" in w for w in texts(at.warning))
