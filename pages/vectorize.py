@@ -125,7 +125,7 @@ known = dataset_names(dataset)
 sets["dataset"] = [known.get(f, "another dataset") for f in sets["fingerprint"]]
 sets["key"] = [set_key(row) for row in sets.to_dict("records")]
 sets = sets.sort_values(["this dataset", "backbone"], ascending=[False, True], kind="stable").reset_index(drop=True)
-st.dataframe(sets[["backbone", "weights", "dataset", "images", "dim", "mb", "this dataset", "key"]], hide_index=True,
+st.dataframe(sets[["backbone", "weights", "dataset", "key", "images", "dim", "mb", "this dataset"]], hide_index=True,
              width="stretch", column_config={
                  "mb": st.column_config.NumberColumn("MB", format="%.2f"),
                  "dim": st.column_config.NumberColumn("vector size"),
