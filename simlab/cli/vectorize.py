@@ -39,14 +39,28 @@ def _out(out: str | None, backbone: str, several: bool) -> str | None:
     return str(p.with_name(f"{p.stem}-{backbone}{p.suffix or '.npz'}"))
 
 
+def _one_bar(bar):
+    """Every backbone's progress on one bar: the images done by all of them, out of all they have to do."""
+    done: dict[str, int] = {}
+    total: dict[str, int] = {}
+
+    def progress_for(backbone: str):
+        def report(n: int, of: int, message: str = "", **fields) -> None:
+            done[backbone], total[backbone] = n, of
+            bar(sum(done.values()), sum(total.values()), message, **fields)
+
+        return report
+
+    return progress_for
+
+
 def cmd_vectorize(args) -> int:
     dataset = load_dataset(args.dataset)
     backbones = list(dict.fromkeys(args.backbone))
     several = len(backbones) > 1
-    bar = ProgressBar(describe=show_speed)
     stats: list = []
-    sets = vectorize_many(dataset, backbones, args.weights, fit=args.fit, ray=args.ray, progress_for=lambda _: bar,
-                          stats=stats)
+    sets = vectorize_many(dataset, backbones, args.weights, fit=args.fit, ray=args.ray,
+                          progress_for=_one_bar(ProgressBar(describe=show_speed)), stats=stats)
     vs0 = sets[backbones[0]]
     for p in [*dataset.problems, *vs0.problems]:  # a decoding problem is the same for every backbone
         print(f"skipped {p.path}: {p.reason}", file=sys.stderr)
