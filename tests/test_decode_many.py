@@ -129,7 +129,7 @@ def test_cli_vectorizes_several_backbones_from_one_decode(tmp_path):
                           "--json"], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
-    assert out["decoder"] == "pillow" and out["decoded"] == 9
+    assert out["decoder"] == "pillow" and out["decoded"] == out["decoded_images"] == 9
     assert [b["backbone"] for b in out["backbones"]] == ["efficientnet_lite0", "phash"]
     for b, dim in (("efficientnet_lite0", 1280), ("phash", 64)):
         with np.load(tmp_path / f"v-{b}.npz") as z:

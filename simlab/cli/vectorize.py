@@ -72,8 +72,9 @@ def cmd_vectorize(args) -> int:
         summaries.append({"dataset": args.dataset, "backbone": vs.backbone, "weights": vs.weights,
                           "images": len(vs.paths), "dim": int(vs.vectors.shape[1]), "computed": vs.computed,
                           "skipped": len(dataset.problems) + len(vs.problems), "out": out})
-    decoding = ({"decoder": stats[0].decoder, "decoded": stats[0].decodes, "fallbacks": stats[0].fallbacks}
-                if stats else {"decoder": None, "decoded": 0, "fallbacks": 0})
+    decoding = ({"decoder": stats[0].decoder, "decoded": stats[0].decodes, "decoded_images": stats[0].images,
+                 "fallbacks": stats[0].fallbacks} if stats else
+                {"decoder": None, "decoded": 0, "decoded_images": 0, "fallbacks": 0})
     if args.json:
         print(json.dumps(summaries[0] | decoding if not several else {"backbones": summaries, **decoding}))
         return 0
@@ -81,5 +82,6 @@ def cmd_vectorize(args) -> int:
         print(f"{s['backbone'] + ': ' if several else ''}{s['images']} vectors of {s['dim']} "
               f"({s['computed']} computed, the rest cached)" + (f" -> {s['out']}" if s["out"] else ""))
     if several and decoding["decoded"]:
-        print(f"{decoding['decoded']} images decoded once for {len(backbones)} backbones ({decoding['decoder']})")
+        print(f"{decoding['decoded_images']} images, {decoding['decoded']} decodes for {len(backbones)} backbones "
+              f"({decoding['decoder']})")
     return 0
