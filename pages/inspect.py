@@ -287,7 +287,9 @@ def table(page: pd.DataFrame) -> None:
     indices = list(page.index)
     st.dataframe(shown, hide_index=True, row_height=84, key="inspect_table", selection_mode="single-row",
                  height=40 + 85 * len(shown),  # the whole page of rows: no scrollbar inside the page
-                 on_select=lambda: _table_selected("inspect_table", indices), column_config={
+                 on_select=lambda: _table_selected("inspect_table", indices),
+                 column_order=["left", "right", "prob", "outcome", "truth", "groups", "left_name", "right_name"],
+                 column_config={
                      "left": st.column_config.ImageColumn("Left", width="small"),
                      "right": st.column_config.ImageColumn("Right", width="small"),
                      "left_name": st.column_config.TextColumn("Left file"),
