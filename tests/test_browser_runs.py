@@ -175,6 +175,7 @@ def test_two_selected_runs_open_the_two_runs_page(page, server):
     click_row(page, 0)
     click_row(page, 2)
     assert sorted(selected_ids(page)) == sorted([ids[0], ids[2]])
+    shot(page, "runs_two_selected")
     page.get_by_role("link", name="Compare pair by pair").click()
     page.wait_for_selector('h1:has-text("Two runs")')
     settle(page)
