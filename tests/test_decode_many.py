@@ -135,3 +135,21 @@ def test_cli_vectorizes_several_backbones_from_one_decode(tmp_path):
         with np.load(tmp_path / f"v-{b}.npz") as z:
             assert z["vectors"].shape == (9, dim) and len(z["paths"]) == 9
     assert DECODERS["pillow"].name == "pillow"
+
+
+def test_a_grid_over_several_backbones_decodes_each_image_once(tmp_path, tmp_cache, jpeg_decodes, monkeypatch):
+    from simlab.experiment import GridConfig, run_grid
+    from simlab.store import Store
+
+    spec = f"folder:{write_group_folder(tmp_path / 'ds', n_groups=12, per_group=3)}"
+    counts = {}
+    for backbones in (["efficientnet_lite0"], ["efficientnet_lite0", "phash"]):
+        monkeypatch.setenv("SIMLAB_CACHE", str(tmp_path / "+".join(backbones)))  # each grid from scratch
+        config = GridConfig(dataset=spec, backbones=backbones, merges=["dot"], classifiers=["cosine"],
+                            weights="random")
+        jpeg_decodes.clear()
+        assert len(list(run_grid(config, Store(tmp_path / f"{len(backbones)}.db")))) == len(backbones)
+        counts[len(backbones)] = len(jpeg_decodes)
+    # loading the dataset checks each file, vectorising decodes it: a second backbone adds no decode
+    assert counts[2] == counts[1] >= 36
+    assert vectorize(load_dataset(spec), "phash", "random").computed == 0  # its vectors are in its cache
