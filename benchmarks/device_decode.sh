@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
 export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1 SIMLAB_CACHE=/tmp/simlab-cache
-export LD_LIBRARY_PATH=/tmp/site/nvidia/nvjpeg/lib:/tmp/site/nvidia/nvimgcodec:${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH=/tmp/site/nvidia/cu13/lib:/tmp/site/nvidia/nvimgcodec:${LD_LIBRARY_PATH:-}  # nvJPEG (cu13 wheel layout)
 N=${N:-1024} ROUNDS=${ROUNDS:-3}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
