@@ -185,25 +185,36 @@ def build_siamese_models(config: FinetuneConfig, data: PairData, images: np.ndar
 BUILDERS = {"head": build_head_models, "siamese": build_siamese_models}
 
 
-def learned_whitening(vectors: np.ndarray, pairs: Pairs, dim: int,
-                      shrinkage: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def _within_scene(vectors: np.ndarray, pairs: Pairs):
+    """What learned whitening needs from the training pairs, whatever the shrinkage: the L2-normalised
+    vectors (float64), the training images, their mean, and the eigen-decomposition of the covariance
+    of the differences between images of one scene."""
+    x = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    x = x.astype(np.float64)
+    images = np.unique(np.concatenate([pairs.left, pairs.right]))
+    pos = pairs.label == 1
+    diffs = x[pairs.left[pos]] - x[pairs.right[pos]]
+    eigval, eigvec = np.linalg.eigh(diffs.T @ diffs / max(len(diffs), 1))
+    return x, images, x[images].mean(axis=0), eigval, eigvec
+
+
+def _whitener(eigval: np.ndarray, eigvec: np.ndarray, shrinkage: float) -> np.ndarray:
+    """(within + shrinkage x mean eigenvalue x I)^(-1/2): the shrinkage only shifts the eigenvalues."""
+    return (eigvec / np.sqrt(np.maximum(eigval, 0) + shrinkage * eigval.sum() / len(eigval))) @ eigvec.T
+
+
+def learned_whitening(vectors: np.ndarray, pairs: Pairs, dim: int, shrinkage: float = 1.0,
+                      parts=None) -> tuple[np.ndarray, np.ndarray]:
     """A linear map (kernel, bias) of L2-normalised vectors: whitening of the differences between
     images of one scene, then PCA to ``dim`` (Radenovic, Tolias & Chum 2018, "learned whitening").
 
     Directions along which views of one scene vary are shrunk; the rest are kept. Only the training
     pairs are used; ``shrinkage`` (times the mean eigenvalue, added to the within-scene covariance)
-    blends it with plain cosine and keeps it stable with few pairs.
+    blends it with plain cosine and keeps it stable with few pairs. ``parts``: :func:`_within_scene`'s
+    answer for these vectors and pairs, when several shrinkages are tried.
     """
-    x = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    x = x.astype(np.float64)
-    images = np.unique(np.concatenate([pairs.left, pairs.right]))
-    mean = x[images].mean(axis=0)
-    pos = pairs.label == 1
-    diffs = x[pairs.left[pos]] - x[pairs.right[pos]]
-    within = diffs.T @ diffs / max(len(diffs), 1)
-    within += shrinkage * np.trace(within) / len(within) * np.eye(len(within))
-    eigval, eigvec = np.linalg.eigh(within)
-    whiten = (eigvec / np.sqrt(eigval)) @ eigvec.T
+    x, images, mean, eigval, eigvec = parts or _within_scene(vectors, pairs)
+    whiten = _whitener(eigval, eigvec, shrinkage)
     centred = (x[images] - mean) @ whiten
     _, components = np.linalg.eigh(centred.T @ centred)  # ascending: the main directions come last
     kernel = whiten @ components[:, ::-1][:, :dim]
@@ -217,15 +228,23 @@ SHRINKAGES = (0.1, 0.3, 1.0, 3.0)  # learned whitening's candidates, chosen on v
 def choose_whitening(vectors: np.ndarray, train: Pairs, val_images: np.ndarray, groups: np.ndarray, dim: int,
                      shrinkages=SHRINKAGES) -> tuple[tuple[np.ndarray, np.ndarray], float, dict]:
     """Learned whitening (on the training pairs) with the shrinkage whose L2-normalised output retrieves
-    best on the validation images (earliest on ties): ((kernel, bias), shrinkage, {shrinkage: mAP})."""
-    x = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    best, scores = None, {}
+    best on the validation images (earliest on ties): ((kernel, bias), shrinkage, {shrinkage: mAP}).
+
+    One eigen-decomposition serves every shrinkage; at full size the PCA step is a rotation, which
+    changes no cosine, so candidates are scored without it and it runs once, for the one chosen."""
+    parts = _within_scene(vectors, train)
+    x, _, mean, eigval, eigvec = parts
+    full = dim >= x.shape[1]
+    scores = {}
     for shrinkage in shrinkages:
-        kernel, bias = learned_whitening(vectors, train, dim, shrinkage)
-        scores[shrinkage] = retrieval_map(x[val_images] @ kernel + bias, groups[val_images])
-        if best is None or scores[shrinkage] > scores[best[1]]:
-            best = ((kernel, bias), shrinkage)
-    return best[0], best[1], scores
+        if full:
+            embedded = (x[val_images] - mean) @ _whitener(eigval, eigvec, shrinkage)
+        else:
+            kernel, bias = learned_whitening(vectors, train, dim, shrinkage, parts)
+            embedded = x[val_images] @ kernel + bias
+        scores[shrinkage] = retrieval_map(embedded, groups[val_images])
+    chosen = max(shrinkages, key=lambda s: (scores[s], -shrinkages.index(s)))
+    return learned_whitening(vectors, train, dim, chosen, parts), chosen, scores
 
 
 def _projection_start(config: FinetuneConfig, data: PairData, info: dict):
