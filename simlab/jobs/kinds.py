@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -64,15 +65,19 @@ class _Loading:
         self.progress(int(self.total * self.share * frac), self.total, text, stage="load")
 
 
-def _load_models(backbones: list[str], weights: str | None, loading: _Loading) -> None:
+def _load_models(backbones: list[str], weights: str | None, loading: _Loading, before_models=None) -> None:
     """Import TensorFlow and build each backbone's model (simlab.vectors.embed.load_model keeps them for
-    the vectorisation that follows). A failure here is left for the vectorisation to report."""
+    the vectorisation that follows); ``before_models()`` is called between the two. A failure here is left
+    for the vectorisation to report."""
     from simlab.vectors.embed import load_model
 
     try:
         loading.say("models", "Loading TensorFlow")
         import keras  # noqa: F401  (the first import of TensorFlow: seconds)
 
+        if before_models is not None:
+            loading.say("models", "TensorFlow loaded", 0.5)
+            before_models()
         for i, name in enumerate(backbones):
             w = weights or default_weights(name)
             loading.say("models", f"Loading the backbone {name} ({w} weights)", (i + 0.5) / (len(backbones) + 1))
@@ -108,15 +113,18 @@ def prepare(spec: str, backbones: list[str], weights: str | None, progress: Prog
             share: float = 0.0, should_stop: ShouldStop | None = None) -> Dataset:
     """The dataset of a job, and the models its missing vectors need, loaded with each step said.
 
-    On a first demo the models load while a child process generates the images (both take seconds);
+    On a first demo TensorFlow loads while a child process plans and renders the images;
     otherwise the models load only when the dataset's vectors of that backbone are not cached yet.
     """
     loading = _Loading(progress, total, share)
     first_demo = parse_spec(spec)[0] == "demo" and not demo_dir().exists()  # a new demo has no vectors yet
     if first_demo:
+        # TensorFlow's import (one core) overlaps the child's planning of the scenes (one core); where the
+        # rendering threads take every core, the models are built once the images are written
         loading.say("data", "Generating the demo images (first time only)")
         child = _demo_in_a_child(loading)
-        _load_models(backbones, weights, loading)
+        cores = os.cpu_count() or 1
+        _load_models(backbones, weights, loading, before_models=child.wait if cores - min(4, cores) < 2 else None)
         if child.wait() != 0:  # generated here instead, where a failure says what went wrong
             log.warning("Generating the demo in a child process failed (exit %s)", child.returncode)
         ensure_demo()
