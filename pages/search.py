@@ -12,7 +12,7 @@ import streamlit as st
 from PIL import Image, ImageOps
 
 from pages._ui.datasets import require_dataset
-from pages._ui.formatting import escape_md, short_path
+from pages._ui.formatting import classifier_name, escape_md, short_path
 from pages._ui.job_panel import job_panel, latest_job, start_job, wait_for_job
 from pages._ui.links import page_link
 from pages._ui.store import cached_runs
@@ -76,7 +76,7 @@ def rerank_runs(fingerprint: str, backbone: str, weights: str) -> list[Run]:
 def run_label(r: Run) -> str:
     acc = r.metrics.get("accuracy")
     acc = f" · accuracy {acc:.3f}" if isinstance(acc, (int, float)) else ""
-    return f"{r.classifier} on {r.merge}{acc} · {r.id}"
+    return f"{classifier_name(r.classifier)} on {r.merge}{acc} · {r.id}"
 
 
 def save_upload(upload) -> tuple[Path | None, str | None]:

@@ -80,7 +80,7 @@ def _load_models(backbones: list[str], weights: str | None, loading: _Loading, b
             before_models()
         for i, name in enumerate(backbones):
             w = weights or default_weights(name)
-            loading.say("models", f"Loading the backbone {name} ({w} weights)", (i + 0.5) / (len(backbones) + 1))
+            loading.say("models", f"Loading the backbone {name} ({w} weights)", 0.5 + 0.5 * i / len(backbones))
             load_model(name, w)
     except Exception:  # vectorize() loads it again and reports the error in its own words
         log.warning("Loading the models ahead of vectorising failed", exc_info=True)
