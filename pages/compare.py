@@ -167,6 +167,18 @@ def heatmaps(frame: pd.DataFrame, metric: str) -> None:
                f"Each square shows the newest run of its cell.{note}")
 
 
+def score_columns() -> dict:
+    """The columns of a run's scores, the same in the grid's leaderboard and the fine-tuned models' table."""
+    return {
+        "accuracy": st.column_config.NumberColumn("Accuracy", format="%.3f"),
+        "ci": st.column_config.TextColumn("95% CI", help="Bootstrap interval of the test accuracy"),
+        "f1": st.column_config.NumberColumn("F1", format="%.3f"),
+        "auc": st.column_config.NumberColumn("AUC", format="%.3f"),
+        "map": map_column(),
+        "n_test": st.column_config.NumberColumn("Test pairs", format="%d"),
+    }
+
+
 def leaderboard(frame: pd.DataFrame, metric: str) -> None:
     frame = frame[frame["kind"] == "grid"]
     if frame.empty:
@@ -187,12 +199,7 @@ def leaderboard(frame: pd.DataFrame, metric: str) -> None:
         "merge": st.column_config.TextColumn("Merge"),
         "classifier": st.column_config.TextColumn("Classifier"),
         "split": st.column_config.TextColumn("Split"),
-        "accuracy": st.column_config.NumberColumn("Accuracy", format="%.3f"),
-        "ci": st.column_config.TextColumn("95% CI", help="Bootstrap interval of the test accuracy"),
-        "f1": st.column_config.NumberColumn("F1", format="%.3f"),
-        "auc": st.column_config.NumberColumn("AUC", format="%.3f"),
-        "map": map_column(),
-        "n_test": st.column_config.NumberColumn("Test pairs", format="%d"),
+        **score_columns(),
         "seconds": st.column_config.NumberColumn("Seconds", format="%.2f", help="Merge + fit + predict"),
         "created": st.column_config.DatetimeColumn("Created", format="YYYY-MM-DD HH:mm"),
         "id": st.column_config.TextColumn("Run"),
@@ -338,13 +345,8 @@ def finetune_panel(frame: pd.DataFrame, metric: str) -> None:
                      "method": st.column_config.TextColumn("Method"),
                      "status": st.column_config.TextColumn(
                          "Status", help="stopped: stopped by hand, scored on the best checkpoint so far"),
-                     "accuracy": st.column_config.NumberColumn("Accuracy", format="%.3f"),
-                     "ci": st.column_config.TextColumn("95% CI", help="Bootstrap interval of the test accuracy"),
-                     "f1": st.column_config.NumberColumn("F1", format="%.3f"),
-                     "auc": st.column_config.NumberColumn("AUC", format="%.3f"),
-                     "map": map_column(),
+                     **score_columns(),
                      "epochs": st.column_config.TextColumn("Best epoch", help="Best epoch of those trained"),
-                     "n_test": st.column_config.NumberColumn("Test pairs", format="%d"),
                      "seconds": st.column_config.NumberColumn("Seconds", format="%.1f"),
                      "created": st.column_config.DatetimeColumn("Created", format="YYYY-MM-DD HH:mm"),
                      "id": st.column_config.TextColumn("Run")})

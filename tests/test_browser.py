@@ -7,91 +7,29 @@ Skipped only when /usr/bin/chromium is missing and $CI is not set; in CI it must
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
+from app_browser import PAGE_TIMEOUT, chromium, no_exception, serve_app, settle
+from app_browser import shot as page_shot
 
-from simlab import jobs
 from simlab.paths import REPO_ROOT
-from simlab.store import Store
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 SHOTS = REPO_ROOT / "tests" / "screenshots"
-SERVER_START = 90  # seconds
 DEMO_TIMEOUT = 20 * 60  # generating, vectorising and training the demo on a 2-core machine
-PAGE_TIMEOUT = 120_000  # ms: a page's first render may load TensorFlow
-
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is required in CI (apt-get install chromium)", pytrace=False)
-    pytest.skip(f"{CHROMIUM} not installed", allow_module_level=True)
-
-try:
-    from playwright import sync_api
-except ImportError:
-    if os.environ.get("CI"):
-        raise
-    pytest.skip("the playwright package is not installed", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     """`streamlit run app.py` on a free port with an empty cache; the demo dataset is the current one."""
-    cache = tmp_path_factory.mktemp("browser_cache")
-    port = free_port()
-    env = dict(os.environ, SIMLAB_CACHE=str(cache), SIMLAB_DATASET="demo", PYTHONPATH=str(REPO_ROOT),
-               TF_CPP_MIN_LOG_LEVEL="2")
-    with open(cache / "streamlit.log", "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + SERVER_START
-        try:
-            while True:
-                with contextlib.suppress(OSError):
-                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                        break
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"streamlit did not start:\n{(cache / 'streamlit.log').read_text()[-3000:]}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            for job in Store(cache / "simlab.db").jobs():  # never leave a worker behind
-                if job["status"] in jobs.ACTIVE and job.get("pid"):
-                    with contextlib.suppress(OSError):
-                        os.killpg(job["pid"], signal.SIGKILL)
-            with contextlib.suppress(OSError):
-                os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+    with serve_app(tmp_path_factory.mktemp("browser_cache")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def page(app_url):
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with chromium() as browser:
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         pg = context.new_page()
         pg.set_default_timeout(PAGE_TIMEOUT)
@@ -105,27 +43,10 @@ def page(app_url):
         pg.goto(app_url)
         yield pg
         context.close()
-        browser.close()
 
 
 def main(page):
     return page.locator('[data-testid="stMain"]')
-
-
-def settle(page, quiet_ms: int = 1500) -> None:
-    """Wait until the app's script has finished running (and no spinner is left), then a little more."""
-    page.wait_for_timeout(300)
-    page.wait_for_function(
-        "() => { const app = document.querySelector('[data-testid=\"stApp\"]');"
-        " const state = app && app.getAttribute('data-test-script-state');"
-        " return state === 'notRunning' && !document.querySelector('[data-testid=\"stSpinner\"]'); }",
-        timeout=PAGE_TIMEOUT)
-    page.wait_for_timeout(quiet_ms)
-
-
-def no_exception(page) -> None:
-    assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
-        '[data-testid="stException"]').first.inner_text()
 
 
 def go_to(page, title: str, heading: str | None = None) -> None:
@@ -136,12 +57,7 @@ def go_to(page, title: str, heading: str | None = None) -> None:
 
 def shot(page, name: str) -> None:
     """A screenshot of the whole page: the viewport grows to the content's height for the shot."""
-    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-    size = page.viewport_size
-    page.set_viewport_size({"width": size["width"], "height": min(max(height, size["height"]), 8000)})
-    page.wait_for_timeout(800)
-    page.screenshot(path=str(SHOTS / f"{name}.png"))
-    page.set_viewport_size(size)
+    page_shot(page, SHOTS / f"{name}.png")
 
 
 def test_home_data_and_empty_pages(page):

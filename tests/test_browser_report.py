@@ -7,44 +7,23 @@ Skipped only when /usr/bin/chromium or Playwright is missing and $CI is not set;
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from app_browser import chromium, serve_app, simlab_env
 
 from simlab.paths import REPO_ROOT
 from simlab.store import Store
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 SHOTS = REPO_ROOT / "tests" / "screenshots"
-
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is required in CI (apt-get install chromium)", pytrace=False)
-    pytest.skip(f"{CHROMIUM} not installed", allow_module_level=True)
-
-try:
-    from playwright import sync_api
-except ImportError:
-    if os.environ.get("CI"):
-        raise
-    pytest.skip("the playwright package is not installed", allow_module_level=True)
 
 
 def simlab(*args, cache):
-    env = os.environ | {"SIMLAB_CACHE": str(cache), "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    res = subprocess.run([sys.executable, "-m", "simlab", *map(str, args)], env=env, capture_output=True, text=True,
-                         timeout=900, cwd=REPO_ROOT)
+    res = subprocess.run([sys.executable, "-m", "simlab", *map(str, args)], env=simlab_env(cache),
+                         capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
 
@@ -61,10 +40,8 @@ def report_file(tmp_path_factory) -> tuple[Path, Store]:
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")
@@ -145,43 +122,11 @@ def test_screenshot(opened):
 # --------------------------------------------------------------------------- the Compare page's button
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def compare_url(report_file):
     """`streamlit run app.py` on the cache the report's runs are in; yields the Compare page's URL."""
-    cache = report_file[1].path.parent
-    port = free_port()
-    env = dict(os.environ, SIMLAB_CACHE=str(cache), SIMLAB_DATASET="demo", PYTHONPATH=str(REPO_ROOT),
-               TF_CPP_MIN_LOG_LEVEL="2")
-    with open(cache / "streamlit.log", "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
-             str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start:\n{(cache / 'streamlit.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    with serve_app(report_file[1].path.parent) as url:
         yield f"{url}/compare"
-    finally:
-        with contextlib.suppress(OSError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
 
 
 def test_compare_downloads_the_report_of_its_runs(compare_url, report_file, browser, tmp_path):

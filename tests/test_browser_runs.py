@@ -9,21 +9,18 @@ tests/screenshots/runs/).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from test_browser import CHROMIUM, CHROMIUM_ARGS, SERVER_START, free_port, no_exception, settle, sync_api
+from app_browser import chromium, no_exception, serve_app, settle, simlab_env
+from app_browser import shot as page_shot
 
 from pages._ui.formatting import classifier_name
-from simlab import jobs
 from simlab.paths import REPO_ROOT
 from simlab.store import Store
 
@@ -34,7 +31,7 @@ ROW = 35  # px: the height of a table row (and of its header)
 
 
 def seed_runs(cache: Path) -> None:
-    env = dict(os.environ, SIMLAB_CACHE=str(cache), TF_CPP_MIN_LOG_LEVEL="2")
+    env = simlab_env(cache)
     out = subprocess.run([sys.executable, "-m", "simlab", "run", "--dataset", "demo", "--backbone", "phash",
                           "--merge", "dot", "l1", "--classifier", "cosine", "logreg"],
                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -45,45 +42,15 @@ def seed_runs(cache: Path) -> None:
 def server(tmp_path_factory):
     cache = tmp_path_factory.mktemp("browser_runs")
     seed_runs(cache)
-    port = free_port()
-    env = dict(os.environ, SIMLAB_CACHE=str(cache), SIMLAB_DATASET="demo", PYTHONPATH=str(REPO_ROOT),
-               TF_CPP_MIN_LOG_LEVEL="2")
-    with open(cache / "streamlit.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
-             str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START
-        while True:
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start:\n{(cache / 'streamlit.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    with serve_app(cache) as url:
         yield url, cache
-    finally:
-        for job in Store(cache / "simlab.db").jobs():  # never leave a worker behind
-            if job["status"] in jobs.ACTIVE and job.get("pid"):
-                with contextlib.suppress(OSError):
-                    os.killpg(job["pid"], signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
 def page(server):
     url, _ = server
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with chromium() as browser:
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         pg = context.new_page()
         pg.set_default_timeout(TIMEOUT)
@@ -92,16 +59,10 @@ def page(server):
         settle(pg)
         yield pg
         context.close()
-        browser.close()
 
 
 def shot(page, name: str) -> None:
-    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-    size = page.viewport_size
-    page.set_viewport_size({"width": size["width"], "height": min(max(height, size["height"]), 6000)})
-    page.wait_for_timeout(600)
-    page.screenshot(path=str(SHOTS / f"{name}.png"))
-    page.set_viewport_size(size)
+    page_shot(page, SHOTS / f"{name}.png", max_height=6000)
 
 
 def runs_table(page):

@@ -6,24 +6,17 @@ the app starts on the demo dataset, so a reload that lost the folder would show 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.parse
-import urllib.request
 
 import numpy as np
 import pytest
+from app_browser import PAGE_TIMEOUT, chromium, no_exception, serve_app, settle, simlab_env
 from PIL import Image
-from test_browser import CHROMIUM, CHROMIUM_ARGS, PAGE_TIMEOUT, SERVER_START, free_port, no_exception, settle
 
 from simlab.paths import REPO_ROOT
 from simlab.store import Store
-
-sync_api = pytest.importorskip("playwright.sync_api")
 
 
 def make_folder(root) -> str:
@@ -44,7 +37,7 @@ def seeded(tmp_path_factory):
     """A cache with two runs on a folder dataset, made by the CLI."""
     cache = tmp_path_factory.mktemp("url_cache")
     spec = make_folder(tmp_path_factory.mktemp("url_photos"))
-    env = dict(os.environ, SIMLAB_CACHE=str(cache), PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    env = simlab_env(cache)
     subprocess.run([sys.executable, "-m", "simlab", "run", "--dataset", spec, "--backbone", "efficientnet_lite0",
                     "--merge", "dot", "l1", "--classifier", "cosine", "--weights", "random", "--json"],
                    cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=600)
@@ -55,42 +48,14 @@ def seeded(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app_url(seeded):
-    port = free_port()
-    cache = seeded["cache"]
-    env = dict(os.environ, SIMLAB_CACHE=str(cache), SIMLAB_DATASET="demo", PYTHONPATH=str(REPO_ROOT),
-               TF_CPP_MIN_LOG_LEVEL="2")
-    with open(cache / "streamlit.log", "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + SERVER_START
-        try:
-            while True:
-                with contextlib.suppress(OSError):
-                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                        break
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"streamlit did not start:\n{(cache / 'streamlit.log').read_text()[-3000:]}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            with contextlib.suppress(OSError):
-                os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+    with serve_app(seeded["cache"]) as url:
+        yield url
 
 
 @pytest.fixture
 def browser(app_url):
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 def new_page(browser):
