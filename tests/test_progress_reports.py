@@ -30,10 +30,17 @@ def test_the_grid_bar_places_each_backbone_by_its_field_not_its_message():
     seen = []
     report = kinds._grid_bar(lambda done, total, message="", **fields: seen.append((done, total, fields)),
                              ["vgg16", "resnet50"])
+    vectorising = kinds.SCALE * (0.5 - kinds.LOADED)  # the vectors' share of the bar, after loading
     report(5, 10, "any wording at all", stage="vectorize", backbone="resnet50", rate=1.0, eta=5.0)
+    assert seen[0] == (int(kinds.SCALE * kinds.LOADED + vectorising * 0.25), 1000,
+                       {"stage": "vectorize", "backbone": "resnet50", "rate": 1.0, "eta": 5.0})
+    # one decode feeds both backbones: they advance together and the bar never steps back
+    report(4, 10, "", stage="vectorize", backbone="vgg16")
+    report(10, 10, "", stage="vectorize", backbone="resnet50")
+    assert [d for d, *_ in seen] == sorted(d for d, *_ in seen)
+    assert seen[-1][0] == int(kinds.SCALE * kinds.LOADED + vectorising * 0.7)
     report(1, 4, "now: dot + cosine", stage="train")
-    assert seen[0] == (375, 1000, {"stage": "vectorize", "backbone": "resnet50", "rate": 1.0, "eta": 5.0})
-    assert seen[1][:2] == (625, 1000) and seen[1][2]["stage"] == "train"
+    assert seen[-1][:2] == (625, 1000) and seen[-1][2]["stage"] == "train"
 
 
 def counting_job(params, store, progress, should_stop):

@@ -189,11 +189,15 @@ def grid_config(params: dict) -> GridConfig:
 
 
 def _grid_bar(progress: Progress, backbones: list[str]) -> Progress:
-    """run_grid's progress as one bar: each backbone's vectors an equal slice of the first half, training the second."""
+    """run_grid's progress as one bar: loading, then the backbones' vectors (each an equal share; they advance
+    together when one decode feeds them all), then training the second half."""
+    share = dict.fromkeys(backbones, 0.0)  # each backbone's fraction of its images vectorised
+
     def report(done: int, total: int, message: str = "", **fields) -> None:
         if fields.get("stage") == "vectorize":
-            b = backbones.index(fields["backbone"]) if fields.get("backbone") in backbones else 0
-            frac = (b + (done / total if total else 0)) / len(backbones)
+            name = fields.get("backbone") if fields.get("backbone") in share else backbones[0]
+            share[name] = done / total if total else 1.0
+            frac = sum(share.values()) / len(backbones)
             progress(int(SCALE * (LOADED + (0.5 - LOADED) * frac)), SCALE, f"Vectorising · {message}", **fields)
         else:
             frac = done / total if total else 1
