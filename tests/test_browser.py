@@ -7,6 +7,7 @@ Skipped only when /usr/bin/chromium is missing and $CI is not set; in CI it must
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -50,7 +51,8 @@ def main(page):
 
 
 def go_to(page, title: str, heading: str | None = None) -> None:
-    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+    # the link whose label ends with the title ("Runs", not "Two runs"; the label follows its icon's name)
+    page.locator('[data-testid="stSidebarNav"] a', has_text=re.compile(rf"{re.escape(title)}$")).first.click()
     page.wait_for_selector(f'h1:has-text("{heading or title}")', timeout=PAGE_TIMEOUT)
     settle(page)
 
