@@ -254,6 +254,13 @@ CLASSIFIERS: dict[str, Classifier] = {c.name: c for c in (
 options.register_choices("classifier", lambda: list(CLASSIFIERS))
 
 
+def display_name(key) -> str:
+    """The one display name of a classifier ("cosine" -> "Similarity threshold"), for every page and the report;
+    keys the registry does not know (a fine-tune run's loss, e.g. "contrastive") are shown as they are."""
+    entry = CLASSIFIERS.get(key)
+    return entry.label if entry else str(key)
+
+
 def get_classifier(name: str) -> Classifier:
     try:
         return CLASSIFIERS[name]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from simlab.classifiers import CLASSIFIERS
+from simlab.classifiers import display_name as classifier_name  # noqa: F401  (the pages' name for it)
 from simlab.evaluate import metric_scope
 
 # Plain symbols (tables cannot show icons; these render in any font, emoji fonts not needed)
@@ -56,11 +56,3 @@ def map_column() -> st.column_config.NumberColumn:
     return st.column_config.NumberColumn(
         "retrieval mAP", format="%.3f",
         help=f"Grid runs: {grid}; it describes the vectors, not the classifier. Fine-tune runs: {tuned}.")
-
-
-def classifier_name(key: str) -> str:
-    """The one display name of a classifier registry entry ("cosine" -> "Similarity threshold").
-
-    Keys the registry does not know (fine-tune modes such as "siamese") are shown as they are."""
-    entry = CLASSIFIERS.get(key)
-    return entry.label if entry else str(key)

@@ -21,7 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from PIL import Image
 
-from simlab.classifiers import CLASSIFIERS
+from simlab.classifiers import CLASSIFIERS, display_name
 from simlab.data import parse_spec
 from simlab.data.images import open_rgb
 from simlab.evaluate import metric_label, metric_scope, pair_metrics
@@ -33,7 +33,6 @@ from simlab.report.tables import (
     SPLIT_LABELS,
     WEIGHT_LABELS,
     backbone_order,
-    classifier_label,
     fmt_value,
     hover_text,
     metric_range,
@@ -160,7 +159,7 @@ def run_title(run: Run) -> str:
     """'efficientnet_lite0 · dot · Logistic regression', or the fine-tune run's label."""
     if run.is_finetune:
         return run.label
-    return f"{run.backbone} · {run.merge} · {classifier_label(run.classifier)}"
+    return f"{run.backbone} · {run.merge} · {display_name(run.classifier)}"
 
 
 def thumb_uri(path: str, size: int = THUMB_PX) -> str | None:
@@ -298,7 +297,7 @@ def heatmap_section(sel: Selection, state: dict) -> str:
                     cells, rows="backbone", cols="merge", facet="classifier", value=metric, row_order=backbones,
                     col_order=merges, facet_order=classifiers, text=cells[metric].map(fmt_value), hover=hover,
                     colorscale="Viridis", zmin=zmin, zmax=zmax, colorbar_title=labels[metric],
-                    facet_labels={c: classifier_label(c) for c in classifiers})
+                    facet_labels={c: display_name(c) for c in classifiers})
         if not figures:
             continue
         fig = metric_switch(figures, labels) if len(figures) > 1 else next(iter(figures.values()))
@@ -381,7 +380,7 @@ def study_section(sel: Selection, state: dict) -> str:
                     "</div>" for k, v in stats)
     bound = max(0.02, float(table["delta"].abs().max()))
     hover = pd.Series([
-        f"<b>{ALIASES.get(r.backbone, r.backbone)} + {r.merge} + {classifier_label(r.classifier)}</b><br>"
+        f"<b>{ALIASES.get(r.backbone, r.backbone)} + {r.merge} + {display_name(r.classifier)}</b><br>"
         f"2017: {r.published:.3f}<br>ours (pair split): {r.accuracy:.3f} (95% CI {r.accuracy_lo:.3f}–"
         f"{r.accuracy_hi:.3f})<br>difference: {r.delta:+.3f}" for r in table.itertuples()], index=table.index)
     fig = square_heatmap(table, rows="backbone", cols="merge", facet="classifier", value="delta",
@@ -389,12 +388,12 @@ def study_section(sel: Selection, state: dict) -> str:
                          facet_order=ordered(table["classifier"], list(CLASSIFIERS)),
                          text=table["delta"].map(lambda d: f"{d:+.3f}"), hover=hover, colorscale="RdBu",
                          zmin=-bound, zmax=bound, zmid=0.0, colorbar_title="ours − 2017",
-                         facet_labels={c: classifier_label(c) for c in table["classifier"].unique()})
+                         facet_labels={c: display_name(c) for c in table["classifier"].unique()})
     fig.update_layout(clickmode="none", font={"family": FONT_STACK, "color": "#1f2937"},
                       paper_bgcolor="rgba(0,0,0,0)")
     rows = "".join(
         f"<tr><td>{esc(ALIASES.get(r.backbone, r.backbone))}</td><td>{esc(r.merge)}</td>"
-        f"<td>{esc(classifier_label(r.classifier))}</td><td class=\"num\">{r.published:.3f}</td>"
+        f"<td>{esc(display_name(r.classifier))}</td><td class=\"num\">{r.published:.3f}</td>"
         f'<td class="num strong">{r.accuracy:.3f}</td>'
         f'<td class="num ci-text">{r.accuracy_lo:.3f}–{r.accuracy_hi:.3f}</td>'
         f'<td class="num {"pos" if r.delta >= 0 else "neg"}">{r.delta:+.3f}</td>'

@@ -10,7 +10,7 @@ import math
 import pandas as pd
 
 from simlab.backbones import DEFAULT_BACKBONE
-from simlab.classifiers import CLASSIFIERS
+from simlab.classifiers import display_name
 from simlab.reference import STUDY_BACKBONES, published_accuracies
 from simlab.store import Run
 
@@ -69,12 +69,6 @@ def backbone_order(values) -> list[str]:
     return ordered(values, [DEFAULT_BACKBONE, *STUDY_BACKBONES, "vgg16", "vgg19"])
 
 
-def classifier_label(key) -> str:
-    """The registry's display name of a classifier ("cosine" -> "Similarity threshold"); other keys as they are."""
-    entry = CLASSIFIERS.get(key)
-    return entry.label if entry else str(key)
-
-
 def fmt_value(v: float | None) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
@@ -93,7 +87,7 @@ def metric_range(values: pd.Series) -> tuple[float, float]:
 def hover_text(row, click: str | None = "click to inspect its pairs") -> str:
     """A heatmap square's hover: the run, its accuracy with the 95% interval, F1, AUC, mAP, test pairs."""
     n_test = int(row.n_test) if row.n_test == row.n_test else "?"
-    lines = [f"<b>{row.backbone} + {row.merge} + {classifier_label(row.classifier)}</b>",
+    lines = [f"<b>{row.backbone} + {row.merge} + {display_name(row.classifier)}</b>",
              f"accuracy {fmt_value(row.accuracy)} (95% CI {fmt_value(row.accuracy_lo)}–{fmt_value(row.accuracy_hi)})",
              f"F1 {fmt_value(row.f1)} · AUC {fmt_value(row.auc)} · mAP {fmt_value(row.map)}",
              f"{n_test} test pairs · {SPLIT_LABELS.get(row.split, row.split)}",
