@@ -188,11 +188,16 @@ def _span(values: list[float], floor: float | None = None, ceiling: float | None
     return [lo, hi]
 
 
+LINE_DASH = {"loss": "solid", "accuracy": "solid", "val_loss": "dash", "val_accuracy": "dash", "val_map": "dot"}
+MARKERS = {"loss": "circle", "accuracy": "circle", "val_loss": "circle-open", "val_accuracy": "circle-open",
+           "val_map": "diamond-open"}
+
+
 def curves_figure(runs: list[Run], smoothing: float = 0.6) -> go.Figure:
     """Loss and accuracy side by side, training (solid) and validation (dashed) on the same axes, one
     colour per run; the loss of each batch as a thin line, smoothed by an exponential moving average."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.08)
-    loss_values, acc_values, last_epoch = [], [], 1
+    loss_values, acc_values, last_epoch, with_map = [], [], 1, False
     for i, run in enumerate(runs):
         color = PALETTE[i % len(PALETTE)]
         curves = store().curves(run.id)
@@ -216,22 +221,28 @@ def curves_figure(runs: list[Run], smoothing: float = 0.6) -> go.Figure:
                                                    + "<extra></extra>"), row=1, col=1)
             loss_values += list(smoothed) + list(np.quantile(batch.value, [0.02, 0.98]))
         first = True
-        for metric, col in (("loss", 1), ("val_loss", 1), ("accuracy", 2), ("val_accuracy", 2)):
+        for metric, col in (("loss", 1), ("val_loss", 1), ("accuracy", 2), ("val_accuracy", 2), ("val_map", 2)):
             points = curves[curves.name == metric]
             if points.empty:
                 continue
             (loss_values if col == 1 else acc_values).extend(points.value)
             last_epoch = max(last_epoch, float(points.epoch.max()))
-            val = metric.startswith("val_")
+            val, retrieval = metric.startswith("val_"), metric == "val_map"
+            with_map = with_map or retrieval
             fig.add_trace(go.Scatter(
                 x=points.epoch, y=points.value, mode="lines+markers", name=name, legendgroup=run.id,
-                showlegend=first, line=dict(color=color, width=2.5, dash="dash" if val else "solid"),
-                marker=dict(size=8, symbol="circle-open" if val else "circle", line=dict(width=2)),
+                showlegend=first, line=dict(color=color, width=2.5, dash=LINE_DASH[metric]),
+                marker=dict(size=8, symbol=MARKERS[metric], line=dict(width=2)),
                 cliponaxis=False,
-                hovertemplate=f"{'validation' if val else 'training'} {metric.removeprefix('val_')}<br>"
-                              "epoch %{x}<br>%{y:.4f}<extra></extra>"), row=1, col=col)
+                hovertemplate=("validation retrieval mAP" if retrieval else
+                               f"{'validation' if val else 'training'} {metric.removeprefix('val_')}")
+                              + "<br>epoch %{x}<br>%{y:.4f}<extra></extra>"), row=1, col=col)
             first = False
-    for label, dash, symbol in (("training", "solid", "circle"), ("validation", "dash", "circle-open")):
+    keys = [("training", "solid", "circle"), ("validation", "dash", "circle-open")]
+    if with_map:  # Siamese towers: the validation scenes' retrieval mAP, which picks the epoch kept
+        keys.append(("validation retrieval mAP", LINE_DASH["val_map"], MARKERS["val_map"]))
+        fig.layout.annotations[1].text = "Accuracy · retrieval mAP"
+    for label, dash, symbol in keys:
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines+markers", name=label, legendgroup=label,
                                  line=dict(color="#777", width=2, dash=dash), marker=dict(symbol=symbol, size=8)),
                       row=1, col=1)
@@ -248,6 +259,8 @@ def curves_figure(runs: list[Run], smoothing: float = 0.6) -> go.Figure:
 
 
 CURVES_NOTE = ("Solid: training, per epoch; dashed with open markers: validation (epoch 0 is the starting point); "
+               "dotted with diamonds (Siamese towers): the validation scenes' retrieval mAP, which picks the "
+               "epoch kept; "
                "thin: the loss of each batch, smoothed by the slider (an exponential moving average, as in "
                "TensorBoard; the raw batches stay faint behind). Siamese accuracy is at the best distance threshold.")
 

@@ -457,6 +457,31 @@ def test_finetune_curves_fit_their_data_and_smooth_the_batches(lab, tmp_path, mo
     batch = next(t for t in spec["data"] if t.get("customdata") and "batch" in t.get("hovertemplate", ""))
     assert [row[1] for row in values(batch["customdata"])] == pytest.approx(values(batch["y"]))  # 0: the raw losses
     assert result["run_id"] in " ".join(t.get("name") or "" for t in spec["data"])
+    assert not any("retrieval mAP" in t.get("hovertemplate", "") for t in spec["data"])  # a head has none
+
+
+def test_a_siamese_runs_validation_map_is_drawn_beside_its_accuracy(lab, tmp_path, monkeypatch):
+    from simlab.finetune.config import FinetuneConfig
+    from simlab.finetune.train import run_finetune
+
+    cache = tmp_path / "cache"
+    shutil.copytree(lab["cache"], cache)
+    with simlab_cache_at(cache):
+        store = Store()
+        result = run_finetune(FinetuneConfig(dataset=lab["spec"], mode="siamese", weights="random", epochs=1,
+                                             batch_size=8), store)
+        stored = store.curves(result["run_id"])
+    monkeypatch.setenv("SIMLAB_CACHE", str(cache))
+    monkeypatch.setenv("SIMLAB_DATASET", lab["spec"])
+    at = open_page("pages/finetune.py")
+    assert not at.exception
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    (curve,) = [t for t in spec["data"] if "validation retrieval mAP" in t.get("hovertemplate", "")]
+    expected = stored[stored.name == "val_map"].sort_values("epoch")
+    assert curve["xaxis"] == "x2" and values(curve["x"]) == expected.epoch.tolist()  # epoch 0 (the start) and 1
+    assert values(curve["y"]) == pytest.approx(expected.value.tolist())
+    assert "validation retrieval mAP" in {t.get("name") for t in spec["data"]}  # in the legend
+    assert "retrieval mAP" in spec["layout"]["annotations"][1]["text"]
 
 
 def test_a_cancelled_job_shows_where_it_stopped(empty):
