@@ -15,7 +15,7 @@ from pages._ui.options import default, widget_choices, widget_range
 from pages._ui.state import current_dataset_spec
 from pages._ui.store import store
 from pages._ui.vector_sets import vectors_cached
-from simlab.backbones import DEFAULT_BACKBONE, list_backbones, weights_status
+from simlab.backbones import DEFAULT_BACKBONE, get_backbone, list_backbones, weights_status
 from simlab.classifiers import CLASSIFIERS
 from simlab.experiment import GridConfig
 from simlab.jobs import ACTIVE
@@ -27,9 +27,6 @@ SPLIT_LABELS = {"group": "Group split: whole scenes held out (recommended)",
 NEGATIVE_LABELS = {"random": "Random pairs of different scenes",
                    "same_left": "Same left image as a positive (2017 study)"}
 WEIGHT_LABELS = {"imagenet": "ImageNet (pretrained)", "random": "random: untrained network, for tests only"}
-# Approximate sizes of the ImageNet weight files downloaded on first use.
-DOWNLOAD_MB = {"vgg16": 59, "vgg19": 80, "vgg16_fc2": 553, "vgg19_fc2": 575, "resnet50": 95,
-               "inceptionv3": 88, "xception": 84}
 DEFAULTS = {"train_backbones": [DEFAULT_BACKBONE], "train_merges": ["dot", "l1", "l2"],
             "train_classifiers": ["cosine", "logreg", "xgboost"], "train_split": default("split"),
             "train_test_size": default("test_size"), "train_negative_ratio": default("negative_ratio"),
@@ -67,7 +64,7 @@ def _reset_form() -> None:
 
 def backbone_help(backbones) -> str:
     marks = {"bundled": "bundled, works offline", "cached": "weights downloaded",
-             "download": "downloads ImageNet weights on first use"}
+             "download": "downloads its pretrained weights on first use"}
     return "\n".join(f"- **{b.name}** ({marks[weights_status(b.name)]}): {b.description}" for b in backbones)
 
 
@@ -268,8 +265,8 @@ def summary(config: GridConfig, dataset) -> bool:
                    icon=":material/warning:")
     downloads = [b for b in config.backbones if config.weights == "imagenet" and weights_status(b) == "download"]
     if downloads:
-        mb = sum(DOWNLOAD_MB.get(b, 100) for b in downloads)
-        st.warning(f"{', '.join(downloads)} download their ImageNet weights on first use (about {mb} MB in all), "
+        mb = sum(get_backbone(b).options.get("download_mb", 100) for b in downloads)
+        st.warning(f"{', '.join(downloads)} download their pretrained weights on first use (about {mb:,} MB in all), "
                    "so this needs the internet once. Offline? The job's error names each file and where to put "
                    f"it, or use {DEFAULT_BACKBONE}, which works offline.", icon=":material/cloud_download:")
     if dataset is not None:

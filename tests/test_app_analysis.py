@@ -22,6 +22,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from helpers import simlab_cache_at, write_group_folder
+from simlab.backbones import get_backbone
 from simlab.experiment import GridConfig, run_grid
 from simlab.reference import STUDY_BACKBONES, STUDY_CLASSIFIERS, STUDY_MERGES, published_accuracies
 from simlab.store import Run, Store
@@ -253,7 +254,9 @@ def test_train_preset_fills_the_form_with_the_2017_protocol(empty):
     assert at.slider(key="train_test_size").value == pytest.approx(0.3)
     assert at.toggle(key="train_library_defaults").value is True
     assert any("This grid makes **60 runs**" in t for t in texts(at.markdown))
-    assert any("download their ImageNet weights" in t for t in texts(at.warning))
+    mb = sum(get_backbone(b).options["download_mb"] for b in STUDY_BACKBONES)  # sizes from the registry
+    assert any(f"download their pretrained weights on first use (about {mb:,} MB in all)" in t
+               for t in texts(at.warning))
     at.button(key="train_preset_group").click().run()
     assert at.radio(key="train_split").value == "group"
     assert at.multiselect(key="train_backbones").value == list(STUDY_BACKBONES)

@@ -31,6 +31,9 @@ _FC2 = {
     "vgg16_fc2": ("vgg16", "VGG16", "vgg16_weights_tf_dim_ordering_tf_kernels.h5"),
     "vgg19_fc2": ("vgg19", "VGG19", "vgg19_weights_tf_dim_ordering_tf_kernels.h5"),
 }
+# Approximate sizes of the ImageNet weight files downloaded on first use (Backbone.options["download_mb"]).
+_DOWNLOAD_MB = {"vgg16": 59, "vgg19": 80, "vgg16_fc2": 553, "vgg19_fc2": 575, "resnet50": 95,
+                "inceptionv3": 88, "xception": 84}
 _ORIGIN = "https://storage.googleapis.com/tensorflow/keras-applications/{module}/{file}"
 
 
@@ -94,8 +97,10 @@ def _preprocessor(module: str):
 
 for _name, (_module, _cls, _size, _dim, _file, _desc) in _APPS.items():
     register(Backbone(name=_name, input_size=_size, dim=_dim, build=_builder(_module, _cls, _size, _file),
-                      preprocess=_preprocessor(_module), description=_desc, weights_file=_file))
+                      preprocess=_preprocessor(_module), description=_desc, weights_file=_file,
+                      options={"download_mb": _DOWNLOAD_MB[_name]}))
 for _name, (_module, _cls, _file) in _FC2.items():
     register(Backbone(name=_name, input_size=224, dim=4096, build=_builder(_module, _cls, 224, _file, fc2=True),
                       preprocess=_preprocessor(_module), weights_file=_file,
-                      description=f"{_cls} fc2 layer (4096-d), as in the 2017 study."))
+                      description=f"{_cls} fc2 layer (4096-d), as in the 2017 study.",
+                      options={"download_mb": _DOWNLOAD_MB[_name]}))
