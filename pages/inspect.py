@@ -21,7 +21,7 @@ from pages._ui.datasets import load_dataset_cached
 from pages._ui.formatting import STATUS_ICONS, classifier_name, escape_md, fmt_when
 from pages._ui.links import no_runs_yet, page_link
 from pages._ui.store import cached_runs, store_path
-from pages._ui.thumbs import thumb_path, thumb_uri
+from pages._ui.thumbs import WRAP_CSS, breakable, thumb_path, thumb_uri
 from pages._ui.url_state import bind, dump_float, dump_range, parse_float, parse_range, set_url, url_value
 from pages._ui.vector_sets import vectors_cached
 from simlab.data import load_dataset
@@ -248,11 +248,13 @@ def pair_card(row, index, thumbs_map: dict) -> None:
         for col, side in ((left, "left"), (right, "right")):
             with col:
                 boxed_image(thumbs_map.get(row[f"{side}_path"]), 192)
-                st.caption(f"{escape_md(os.path.basename(row[f'{side}_path']))}  \n"
-                           f"group {escape_md(row[f'{side}_group'])}")
+                # long names wrap after separators (/ _ - .), never mid-word
+                st.html(f'<div style="font-size:.8rem;line-height:1.2rem;opacity:.65;{WRAP_CSS}">'
+                        f"{breakable(os.path.basename(row[f'{side}_path']))}<br>"
+                        f"group {breakable(row[f'{side}_group'])}</div>")
         truth = "same scene" if row["label"] == 1 else "different scenes"
         c1, c2 = st.columns([3, 1], vertical_alignment="center")
-        c1.markdown(f"{BADGE[row['outcome']]} P(same) **{row['prob']:.3f}**  \n"
+        c1.markdown(f"{BADGE[row['outcome']]} P(same)\u00a0**{row['prob']:.3f}**  \n"  # the value stays by its label
                     f":gray[truly {truth}]")
         c2.button("Open", key=f"inspect_open_{index}", on_click=_open_pair, args=(index,), width="stretch",
                   help="Larger images, the rest of both groups and each image's nearest neighbours")
