@@ -2,10 +2,9 @@
 # Fetch, on a machine with pip and an index, the wheels benchmarks/device_decode.sh installs on a GPU machine
 # that has Python 3.12, JAX with CUDA 13, numpy, Pillow and scikit-learn but no package index:
 # Keras (and the two of its needs that are not there) and nvImageCodec with nvJPEG (requirements-gpu.txt).
-# They land in .whl/ (git-ignored through .git/info/exclude), about 35 MB.
+# They land in .whl/ (git-ignored), about 35 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 PIP=${PIP:-.venv/bin/python -m pip}
 platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
            --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
