@@ -226,7 +226,7 @@ def test_inspect_sorts_and_opens_a_pair_with_its_neighbours(with_runs):
     run = max(with_runs["runs"], key=lambda r: r["accuracy"] < 1)
     at = open_page("pages/inspect.py", inspect_run=run["run_id"])
     at.selectbox(key="inspect_sort").set_value("hardest").run()
-    probs = [float(m) for m in re.findall(r"P\(same\) \*\*([0-9.]+)\*\*", " ".join(texts(at.markdown)))]
+    probs = [float(m) for m in re.findall(r"P\(same\)\s\*\*([0-9.]+)\*\*", " ".join(texts(at.markdown)))]
     stored = Store(with_runs["cache"] / "simlab.db").get(run["run_id"]).threshold
     assert probs and np.all(np.diff(np.abs(np.array(probs) - stored)) >= -1e-3)  # nearest the threshold first
     opens = [b for b in at.button if (b.key or "").startswith("inspect_open_")]

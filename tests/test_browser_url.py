@@ -153,7 +153,7 @@ def test_a_shared_link_opens_the_same_view_in_a_new_session(browser, app_url, se
     assert seeded["spec"] in sidebar_dataset(page)
     assert run in selected_run(page)
     assert shown(page, "Sort", "stMain") == "Probability, low to high"
-    probs = [float(t.split("P(same) ")[1].split()[0]) for t in
+    probs = [float(t.split("P(same)")[1].split()[0]) for t in
              page.locator('[data-testid="stMarkdown"]', has_text="P(same)").all_inner_texts()]
     assert probs and probs == sorted(probs)  # the link's sort order, applied
 
