@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pages._ui.formatting import classifier_name, fmt_when
+from pages._ui.formatting import fmt_when
+from simlab.report.tables import run_title as run_name
 from simlab.store import Run
 
 
 def run_title(run: Run) -> str:
-    """'efficientnet_lite0 · dot · Logistic regression · r1a2b3c4d5' (a fine-tune run: its method)."""
-    if run.is_finetune:
-        parts = [run.backbone, f"fine-tune: {run.method}"]
-    else:
-        parts = [run.backbone, run.merge, classifier_name(run.classifier) if run.classifier else None]
-    return " · ".join(str(p) for p in (*parts, run.id) if p)
+    """'efficientnet_lite0 · dot · Logistic regression · r1a2b3c4d5': the report's name of the run, and its id."""
+    return f"{run_name(run)} · {run.id}"
 
 
 def run_title_when(run: Run) -> str:

@@ -38,6 +38,7 @@ from simlab.report.tables import (
     metric_range,
     newest_per_cell,
     ordered,
+    run_title,
     runs_table,
     scored,
     study_table,
@@ -153,13 +154,6 @@ def fmt_int(n) -> str:
         return f"{int(n):,}"
     except (TypeError, ValueError):
         return "–"
-
-
-def run_title(run: Run) -> str:
-    """'efficientnet_lite0 · dot · Logistic regression', or the fine-tune run's label."""
-    if run.is_finetune:
-        return run.label
-    return f"{run.backbone} · {run.merge} · {display_name(run.classifier)}"
 
 
 def thumb_uri(path: str, size: int = THUMB_PX) -> str | None:

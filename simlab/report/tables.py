@@ -69,6 +69,14 @@ def backbone_order(values) -> list[str]:
     return ordered(values, [DEFAULT_BACKBONE, *STUDY_BACKBONES, "vgg16", "vgg19"])
 
 
+def run_title(run: Run) -> str:
+    """'efficientnet_lite0 · dot · Logistic regression', or the fine-tune run's label: the one name of a run
+    in the report and on the pages."""
+    if run.is_finetune:
+        return run.label
+    return f"{run.backbone} · {run.merge} · {display_name(run.classifier)}"
+
+
 def fmt_value(v: float | None) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
