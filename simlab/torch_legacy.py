@@ -14,6 +14,7 @@ state dict needs; anything else raises :class:`UnsafePickleError` before it is c
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import struct
 from collections import OrderedDict
@@ -197,6 +198,17 @@ def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
     return data
 
 
+def _check_room(f: BinaryIO, count: int, itemsize: int, what: str, path: Path) -> None:
+    """Refuse a declared size the rest of the file cannot hold, before anything is allocated for it
+    (a few hundred bytes declaring terabytes must be a format error, not a MemoryError)."""
+    if count < 0:
+        raise LegacyFormatError(f"{path}: {what} declares a negative size ({count} elements)")
+    left = os.fstat(f.fileno()).st_size - f.tell()
+    if count * itemsize > left:
+        raise LegacyFormatError(f"{path}: {what} declares {count} elements ({count * itemsize} bytes) but the "
+                                f"file has only {max(left, 0)} bytes left")
+
+
 def _read_header(f: BinaryIO, path: Path) -> bool:
     """Check magic number and protocol version; return whether the data is little-endian."""
     head = f.read(4)
@@ -244,6 +256,7 @@ def load_legacy_state_dict(path) -> OrderedDict[str, np.ndarray]:
                     f"{path}: storage {key!r} holds {count} elements, tensor header says {storage.size}"
                 )
             dtype = storage.stype.dtype.newbyteorder("<" if little else ">")
+            _check_room(f, count, dtype.itemsize, f"storage {key!r}", path)
             raw = _read_exact(f, count * dtype.itemsize, f"data of storage {key!r}")
             data = np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="), copy=False)
             if storage.stype.name == "BFloat16Storage":

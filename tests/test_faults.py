@@ -194,3 +194,28 @@ def test_exposed_without_a_password_refuses_and_with_one_asks_for_it(monkeypatch
         assert not at.error
     finally:
         st.config.set_option("server.address", "127.0.0.1")
+
+
+def test_a_tiny_checkpoint_declaring_terabytes_is_a_format_error(tmp_path):
+    """A 300-byte legacy checkpoint whose storage declares 4 TB is refused before anything is allocated."""
+    import pickle
+    import struct
+    from collections import OrderedDict
+
+    from test_efficientnet_lite0 import _FakeStorage, _FakeTensor, _LegacyPickler, _write_header
+
+    from simlab.torch_legacy import LegacyFormatError, load_legacy_state_dict
+
+    class Declared:  # stands in for the data: only its size is pickled
+        size = 10**12
+
+    s = _FakeStorage("1", "FloatStorage", Declared())
+    path = tmp_path / "huge.pth"
+    with open(path, "wb") as f:
+        _write_header(f)
+        _LegacyPickler(f, protocol=2).dump(OrderedDict(w=_FakeTensor(s, 0, (10**12,), (1,))))
+        pickle.dump([s.key], f, protocol=2)
+        f.write(struct.pack("<q", 10**12) + bytes(16))
+    assert path.stat().st_size < 400
+    with pytest.raises(LegacyFormatError, match="declares 1000000000000 elements"):
+        load_legacy_state_dict(path)

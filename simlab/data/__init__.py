@@ -156,26 +156,26 @@ def _checker() -> str:
 
 
 def _inspect(path: str) -> tuple[str, str]:
-    """(digest, verdict) for one file; verdict '' means a usable image.
+    """(digest, verdict) for one file; verdict '' means a usable image (a refused file has no digest).
 
-    The digest is hashed in chunks and the image is checked from the file, so a huge file is never
-    read whole into memory; a file that is not an image is refused from its header alone."""
+    The image is checked before it is hashed, so a file that is not an image is refused from its header
+    alone, never read through (4 GB of anything else costs one header read); the digest is hashed in
+    chunks, so a huge image is never read whole into memory."""
     try:
-        digest = file_digest(path)
+        images.check_image(path)
+    except images.ImageError as e:
+        return "", str(e)
+    except Exception as e:  # a decoder bug must cost one file, never the dataset
+        log.warning("checking %s failed", display_path(path), exc_info=True)
+        return "", f"unreadable image ({type(e).__name__}: {str(e)[:100]})"
+    try:
+        return file_digest(path), ""
     except FileNotFoundError:
         return "", "file not found"
     except PermissionError:
         return "", "unreadable (permission denied)"
     except OSError as e:
         return "", f"unreadable ({e.strerror or e})"
-    try:
-        images.check_image(path)
-    except images.ImageError as e:
-        return digest, str(e)
-    except Exception as e:  # a decoder bug must cost one file, never the dataset
-        log.warning("checking %s failed", display_path(path), exc_info=True)
-        return digest, f"unreadable image ({type(e).__name__}: {str(e)[:100]})"
-    return digest, ""
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -185,6 +185,7 @@ def file_digest(path: str | os.PathLike) -> str:
 
 
 _memo_lock = threading.Lock()
+_TRANSIENT = ("file not found", "unreadable")  # verdicts not remembered: checked again on the next load
 
 
 def _validate(listing: Listing) -> tuple[list[tuple[str, str, str, str]], list[Problem]]:
@@ -217,7 +218,7 @@ def _validate(listing: Listing) -> tuple[list[tuple[str, str, str, str]], list[P
             for path, _, _ in candidates:
                 row = known.get(path)
                 size, mtime = stats[path]
-                if row and row[0] == size and row[1] == mtime and row[4] == checker and row[2]:
+                if row and row[0] == size and row[1] == mtime and row[4] == checker and (row[2] or row[3]):
                     verdicts[path] = (row[2], row[3])
                 else:
                     todo.append(path)
@@ -228,7 +229,7 @@ def _validate(listing: Listing) -> tuple[list[tuple[str, str, str, str]], list[P
                 new_rows = []
                 for path, (digest, verdict) in zip(todo, results):
                     verdicts[path] = (digest, verdict)
-                    if digest:
+                    if digest or not verdict.startswith(_TRANSIENT):
                         size, mtime = stats[path]
                         new_rows.append((path, size, mtime, digest, verdict, checker))
                 memo.put(new_rows)

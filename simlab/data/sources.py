@@ -3,6 +3,11 @@
 A lister turns a spec argument into a :class:`Listing` (candidate files with their groups, plus
 files refused for their name or place). Validation of the files themselves happens later, in
 :func:`simlab.data.load_dataset`, for every layout alike.
+
+Work is bounded for any input: folders are walked with a stack, never by recursion, down to
+:data:`MAX_DEPTH` levels below a group folder (deeper folders are listed as problems); a CSV is read
+row by row, at most :data:`MAX_CSV_ROWS` rows and :data:`MAX_CSV_LINE` characters a line, and its
+errors never quote its contents (``csv:/etc/passwd`` must not show a line of that file).
 """
 
 from __future__ import annotations
@@ -38,6 +43,13 @@ class Listing:
 
 
 HOLIDAYS_NAME = re.compile(r"^(\d{4})(\d{2})\.jpe?g$", re.IGNORECASE)
+
+#: Folder levels walked below a group folder; a folder deeper than this is listed as a problem.
+MAX_DEPTH = 32
+#: Rows (images) one CSV may list; above it the CSV is refused with one line saying so.
+MAX_CSV_ROWS = 1_000_000
+#: Characters in one line of a CSV (a path and a group); a longer line means it is not such a CSV.
+MAX_CSV_LINE = 16_384
 
 
 def _hidden(name: str) -> bool:
@@ -164,11 +176,44 @@ def _group_folder_problem(root: Path, gdir: Path, groups: dict[str, str]) -> str
     return ""
 
 
-def list_folder(arg: str) -> Listing:
-    """One subfolder per group (searched recursively); any format Pillow reads.
+def _walk_group(gdir: Path, group: str, files: _Files, out: Listing, max_depth: int) -> None:
+    """Every file under one group folder, walked with a stack (no recursion, so no depth can overflow it)
+    down to ``max_depth`` levels; a deeper folder, an unreadable one and a link to a folder are problems."""
+    prefix = len(str(gdir)) + 1
+    stack = [(str(gdir), 0)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted((x for x in it if not _hidden(x.name)), key=lambda x: x.name)
+        except OSError as err:
+            out.problems.append(_problem(folder, f"folder {_os_reason(err)}"))
+            continue
+        below = []
+        for x in entries:
+            try:
+                is_dir = x.is_dir()
+            except OSError:
+                is_dir = False  # a link loop or an unreadable entry: files.add says which
+            if not is_dir:
+                files.add(x.path, group, x.path[prefix:])
+            elif x.is_symlink():
+                out.problems.append(_problem(x.path, "link to a folder inside a group: not followed"))
+            elif depth >= max_depth:
+                out.problems.append(_problem(x.path, f"folder nested more than {max_depth} levels below its "
+                                                     "group folder: left out"))
+            else:
+                below.append((x.path, depth + 1))
+        stack.extend(reversed(below))
+
+
+def list_folder(arg: str, max_depth: int | None = None) -> Listing:
+    """One subfolder per group (searched to ``max_depth`` levels, default :data:`MAX_DEPTH`); any format
+    Pillow reads.
 
     Problems are listed, never raised: unreadable folders, symbolic link loops, names that are not
-    UTF-8, a group folder that links back to the dataset or to another group, a file reached twice."""
+    UTF-8, a group folder that links back to the dataset or to another group, a file reached twice,
+    a folder nested too deep."""
     d = _existing_dir(arg, "folder", "folder:/data/scenes")
     out = Listing(root=d, looked_for=f"images inside the subfolders of {d} (one subfolder per group)",
                   hint="Put each group's images in its own subfolder, e.g. scenes/eiffel/a.jpg, scenes/eiffel/b.jpg.")
@@ -186,21 +231,27 @@ def list_folder(arg: str) -> Listing:
         if reason := _group_folder_problem(d, gdir, group_dirs):
             out.problems.append(_problem(gdir, reason))
             continue
-
-        def unreadable(err: OSError, gdir: Path = gdir) -> None:
-            out.problems.append(_problem(err.filename or gdir, f"folder {_os_reason(err)}"))
-
-        for dirpath, dirnames, filenames in os.walk(gdir, onerror=unreadable):
-            dirnames[:] = sorted(n for n in dirnames if not _hidden(n))
-            for fn in sorted(filenames):
-                if not _hidden(fn):
-                    p = Path(dirpath) / fn
-                    files.add(str(p), e.name, str(p.relative_to(gdir)))
+        _walk_group(gdir, e.name, files, out, MAX_DEPTH if max_depth is None else max_depth)
     return out
 
 
-def list_csv(arg: str) -> Listing:
-    """A CSV with columns ``path,group``; relative paths resolve against the CSV's folder."""
+def _csv_lines(fh, f: Path, limit: int):
+    """The lines of an open text file, each read with a bound (a file without newlines is not read whole)."""
+    n = 0
+    while line := fh.readline(limit + 1):
+        n += 1
+        if len(line) > limit and not line.endswith("\n"):
+            raise DatasetError(f"Line {n} of {f} is longer than {limit:,} characters: not a CSV file with "
+                               "columns path,group.")
+        yield line
+
+
+def list_csv(arg: str, max_rows: int | None = None) -> Listing:
+    """A CSV with columns ``path,group``; relative paths resolve against the CSV's folder.
+
+    Read as a stream, at most ``max_rows`` rows (default :data:`MAX_CSV_ROWS`): a longer CSV is refused
+    with one line as soon as its row ``max_rows + 1`` is read. Messages never quote the file's contents."""
+    max_rows = MAX_CSV_ROWS if max_rows is None else max_rows
     example = "csv:/data/pairs/list.csv"
     if not arg or not arg.strip():
         raise DatasetError(f"No CSV file given. Write it after the colon, e.g. {example}.")
@@ -210,52 +261,76 @@ def list_csv(arg: str) -> Listing:
     if not f.is_file():
         raise DatasetError(f"Not a file: {f}. 'csv:' expects a CSV file with columns path,group.")
     f = f.resolve()
-    base = f.parent
-    out = Listing(root=base, looked_for=f"rows of {f}",
+    out = Listing(root=f.parent, looked_for=f"rows of {f}",
                   hint="Each row needs a path (absolute, or relative to the CSV's folder) and a group.")
+    reader = None
     try:
         with open(f, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
+            reader = csv.reader(_csv_lines(fh, f, MAX_CSV_LINE))
+            _read_csv_rows(reader, f, out, max_rows)
     except UnicodeDecodeError:
-        raise DatasetError(f"{f} is not a UTF-8 text CSV file.") from None
-    except csv.Error as e:
-        raise DatasetError(f"{f} is not a readable CSV file ({e}).") from None
-    rows = [r for r in rows if any(c.strip() for c in r)]
-    if not rows:
+        where = f" (line {reader.line_num + 1})" if reader is not None and reader.line_num else ""
+        raise DatasetError(f"{f} is not a UTF-8 text CSV file{where}.") from None
+    except csv.Error as e:  # csv's messages name the fault, never the text
+        raise DatasetError(f"{f} is not a readable CSV file (line {reader.line_num}: {e}).") from None
+    except OSError as e:
+        raise DatasetError(f"Cannot read {f} ({_os_reason(e)}).") from None
+    return out
+
+
+def _read_csv_rows(reader, f: Path, out: Listing, max_rows: int) -> None:
+    header = None
+    rows, seen = 0, set()
+    for row in reader:
+        if not any(c.strip() for c in row):
+            continue
+        if header is None:
+            header = [c.strip().lower() for c in row]
+            if "path" not in header or "group" not in header:
+                missing = " and ".join(repr(c) for c in ("path", "group") if c not in header)
+                raise DatasetError(
+                    f"CSV file {f} needs columns 'path' and 'group' in its header row; its first row "
+                    f"({len(row)} column(s)) has no {missing}. Add a first line 'path,group'.")
+            ip, ig = header.index("path"), header.index("group")
+            continue
+        rows += 1
+        if rows > max_rows:
+            raise DatasetError(f"CSV file {f} lists more than {max_rows:,} images, the most one CSV may list: "
+                               "split it into several datasets.")
+        _csv_row(row, ip, ig, reader.line_num, f, out, seen)
+    if header is None:
         raise DatasetError(f"CSV file {f} is empty. It needs a header row 'path,group' and one row per image.")
-    header = [c.strip().lower() for c in rows[0]]
-    if "path" not in header or "group" not in header:
-        raise DatasetError(
-            f"CSV file {f} needs columns 'path' and 'group' in its header row; found: "
-            f"{', '.join(repr(c) for c in rows[0]) or 'nothing'}. Add a first line 'path,group'.")
-    ip, ig = header.index("path"), header.index("group")
-    seen: set[str] = set()
-    for lineno, row in enumerate(rows[1:], start=2):
-        raw = row[ip].strip() if ip < len(row) else ""
-        group = row[ig].strip() if ig < len(row) else ""
-        if not raw:
-            out.problems.append(Problem(f"{f}:{lineno}", "empty path"))
-            continue
-        p = Path(raw).expanduser()
-        if not p.is_absolute():
-            p = base / p
-        p = Path(os.path.normpath(p))
-        path = str(p)
-        if not group:
-            out.problems.append(Problem(path, f"empty group (line {lineno})"))
-            continue
-        if path in seen:
-            out.problems.append(Problem(path, f"listed twice (line {lineno})"))
-            continue
-        seen.add(path)
+
+
+def _csv_row(row: list[str], ip: int, ig: int, lineno: int, f: Path, out: Listing, seen: set[str]) -> None:
+    raw = row[ip].strip() if ip < len(row) else ""
+    group = row[ig].strip() if ig < len(row) else ""
+    if not raw:
+        out.problems.append(Problem(f"{f}:{lineno}", "empty path"))
+        return
+    p = Path(raw).expanduser()
+    if not p.is_absolute():
+        p = f.parent / p
+    p = Path(os.path.normpath(p))
+    path = str(p)
+    if not group:
+        out.problems.append(Problem(path, f"empty group (line {lineno})"))
+        return
+    if path in seen:
+        out.problems.append(Problem(path, f"listed twice (line {lineno})"))
+        return
+    seen.add(path)
+    try:
         if not p.exists():
             out.problems.append(Problem(path, "file not found"))
-            continue
+            return
         if not p.is_file():
             out.problems.append(Problem(path, "not a file"))
-            continue
-        out.entries.append((path, group, path))
-    return out
+            return
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte
+        out.problems.append(Problem(display_path(path), f"unusable path ({getattr(e, 'strerror', None) or e})"))
+        return
+    out.entries.append((path, group, path))
 
 
 def list_demo(arg: str = "") -> Listing:

@@ -170,7 +170,7 @@ class _Plan:
 
     def __init__(self, dataset: Dataset, backbone: str, weights: str, fit: str, decoder: str, save_every: float):
         self.dataset, self.backbone, self.weights = dataset, backbone, weights
-        self.cache = VectorCache(backbone, weights, fit, decoder)
+        self.cache = VectorCache(backbone, weights, fit, decoder, dim=get_backbone(backbone).dim)
         self.result: VectorSet | None = None
         self.todo: list[int] = []
         if self.cache.has(dataset.fingerprint):
@@ -189,6 +189,8 @@ class _Plan:
 
     def take(self, vecs: np.ndarray, errors: list[str]) -> None:
         for i, v, err in zip(self.todo, vecs, errors):
+            if not err and not np.isfinite(v).all():  # kept, it would spoil the set on every read
+                err = "the backbone gave non-finite values (NaN or infinity)"
             if err:
                 self.bad[self.dataset.digests[i]] = err
             else:

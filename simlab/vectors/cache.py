@@ -16,7 +16,9 @@ listed as sets.
 
 Everyone else goes through :class:`VectorCache` (or :func:`cached_sets` / :func:`read_path` for
 what is listed). Files are written atomically, and a file that does not hold what it should
-raises :class:`CorruptCache`: the caller treats it as a miss and computes the vectors again.
+raises :class:`CorruptCache`: the caller treats it as a miss and computes the vectors again. "What it
+should" includes finite values and, for a cache opened with ``dim``, vectors of that width (a set of
+10-d vectors under a 1280-d backbone's key is not that backbone's vectors).
 """
 
 from __future__ import annotations
@@ -77,10 +79,13 @@ class VectorCache:
     >>> cache.read(dataset.fingerprint).vectors
     """
 
-    def __init__(self, backbone: str, weights: str, fit: str = "crop", decoder: str | None = None):
+    def __init__(self, backbone: str, weights: str, fit: str = "crop", decoder: str | None = None,
+                 dim: int | None = None):
+        """``dim``: the width every vector read back must have (the backbone's dimension); a set of
+        another width is :class:`CorruptCache`. None: any width (the file's arrays are still checked)."""
         if fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
-        self.backbone, self.weights, self.fit = backbone, weights, fit
+        self.backbone, self.weights, self.fit, self.dim = backbone, weights, fit, dim
         self.decoder = decoder or preferred_decoder()
         self.key = config_key(backbone, weights, fit, self.decoder)
 
@@ -100,7 +105,7 @@ class VectorCache:
     def read(self, fingerprint: str) -> CachedVectors:
         """The set cached for this fingerprint. Raises FileNotFoundError when there is none,
         :class:`CorruptCache` when the file is unreadable or its arrays do not fit together."""
-        return read_path(self.path(fingerprint))
+        return read_path(self.path(fingerprint), self.dim)
 
     def write(self, fingerprint: str, vectors: np.ndarray, digests, bad: dict[str, str] | None = None) -> Path:
         """Store a set (atomically: a killed process leaves no partial file under its name), then
@@ -121,7 +126,7 @@ class VectorCache:
         vectors, digests, bad = [], [], {}
         for f in self._part_files(fingerprint):
             try:
-                part = read_path(f)
+                part = read_path(f, self.dim)
             except (OSError, CorruptCache) as exc:  # computed again, never fatal
                 log.warning("Skipping the unreadable vector cache part %s: %s", f, exc)
                 continue
@@ -141,7 +146,7 @@ class VectorCache:
         found: dict[str, np.ndarray] = {}
         for f in _set_files(self.folder):
             try:
-                cached = read_path(f)
+                cached = read_path(f, self.dim)
             except (OSError, CorruptCache) as exc:  # an unreadable file is skipped, never fatal
                 log.warning("Skipping the unreadable vector cache file %s: %s", f, exc)
                 continue
@@ -152,8 +157,9 @@ class VectorCache:
         return found
 
 
-def read_path(path: str | Path) -> CachedVectors:
-    """Read and check one cached set file (a path from :func:`cached_sets` or :meth:`VectorCache.path`)."""
+def read_path(path: str | Path, dim: int | None = None) -> CachedVectors:
+    """Read and check one cached set file (a path from :func:`cached_sets` or :meth:`VectorCache.path`):
+    a 2-D float32 array of finite values, one row per digest, ``dim`` wide when ``dim`` is given."""
     path = Path(path)
     try:
         with np.load(path) as z:
@@ -166,6 +172,11 @@ def read_path(path: str | Path) -> CachedVectors:
         raise CorruptCache(f"{path}: vectors are {vectors.dtype} {vectors.shape}, not a 2-D float32 array")
     if len(vectors) != len(digests):
         raise CorruptCache(f"{path}: {len(vectors)} vectors for {len(digests)} digests")
+    if dim is not None and vectors.shape[1] != dim:
+        raise CorruptCache(f"{path}: vectors are {vectors.shape[1]}-d, the backbone's are {dim}-d")
+    if not np.isfinite(vectors).all():
+        rows = int((~np.isfinite(vectors)).any(axis=1).sum())
+        raise CorruptCache(f"{path}: {rows} of {len(vectors)} vectors hold non-finite values (NaN or infinity)")
     if not isinstance(bad, dict):
         raise CorruptCache(f"{path}: 'bad' is not a JSON object")
     return CachedVectors(vectors, [str(d) for d in digests], bad)
