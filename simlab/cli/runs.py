@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from simlab.backbones import DEFAULT_BACKBONE
 from simlab.cli.args import RAY_HELP
@@ -34,8 +35,10 @@ def add_cli(subparsers, data_args) -> None:
     option_flag(p, "--seed", "seed")
     p.set_defaults(func=cmd_run, check=grid_config)
 
-    p = subparsers.add_parser("runs", help="list stored runs")
+    p = subparsers.add_parser("runs", help="list stored runs (a row that cannot be read is named on stderr)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--delete", metavar="ID", nargs="+",
+                   help="delete these runs (their predictions and curves too), a corrupt one included")
     p.set_defaults(func=cmd_runs)
 
 
@@ -61,7 +64,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    frame = Store().runs_frame()
+    store = Store()
+    if args.delete:
+        return delete_runs(store, args.delete)
+    frame = store.runs_frame()  # a corrupt row is left out, and named on stderr
     if args.json:
         for r in frame.to_dict(orient="records"):
             print(json.dumps(r, default=str))
@@ -69,4 +75,18 @@ def cmd_runs(args) -> int:
         print("No runs yet. Start one with: python -m simlab run --dataset demo")
     else:
         print_table(frame.to_dict(orient="records"), [c for c in STORED_COLUMNS if c in frame])
+    return 0
+
+
+def delete_runs(store: Store, run_ids: list[str]) -> int:
+    """Delete each run; 2 when one of them is not in the store (the others are deleted)."""
+    missing = []
+    for run_id in run_ids:
+        if store.delete_run(run_id):
+            print(f"deleted run {run_id}")
+        else:
+            missing.append(run_id)
+    if missing:
+        print(f"error: no run {', '.join(missing)} in {store.path} (see python -m simlab runs)", file=sys.stderr)
+        return 2
     return 0

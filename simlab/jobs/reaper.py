@@ -3,6 +3,10 @@
 A worker is known by its pid, its start time (psutil's ``create_time``, stored when it starts), its
 machine and the job id in its command line. A pid that no longer names that process (the system
 has given the number to another one) is never signalled: the job is only marked failed.
+
+A job on another machine is ended when its heartbeat is older than STALE_AFTER; the runs of an ended job,
+and runs whose owner wrote no heartbeat for ``simlab.store.RUN_STALE_AFTER`` (whatever the machine), are failed
+by the store (:meth:`Store.reap_orphan_runs`), which :func:`reap_stale` calls after the jobs.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ def reap_stale(store: Store | str | Path | None = None) -> list[str]:
     for job in store.jobs():
         if job["status"] in ACTIVE and _reap(store, job, now):
             changed.append(job["id"])
+    store.reap_orphan_runs(force=bool(changed))  # the runs of the jobs just ended, and runs gone silent
     return changed
 
 

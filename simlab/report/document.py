@@ -457,6 +457,8 @@ def run_section(run: Run, store: Store, n_errors: int) -> str:
     title = esc(run_title(run))
     head = (f'<h3 id="run-{esc(run.id)}">{title} <span class="mono muted">{esc(run.id)}</span></h3>'
             f'<p class="muted">{esc(run.protocol.describe())} · made {esc(fmt_when(run.created))}</p>')
+    if preds.attrs.get("problem"):  # stored predictions that could not be read, left out
+        head += f'<p class="warn">{esc(preds.attrs["problem"])}</p>'
     if preds.empty:
         return f'<div class="run">{head}<p class="warn">No per-pair predictions stored for this run.</p></div>'
     m = pair_metrics(preds["label"].to_numpy(), preds["prob"].to_numpy(), threshold=threshold)

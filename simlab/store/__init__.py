@@ -3,10 +3,17 @@
 A run reads back as a typed :class:`Run` (``Store.get``, ``Store.list_runs``); the schema carries its
 version in ``PRAGMA user_version`` and a store written by an older simlab migrates when opened.
 
-Every run carries its owner, the process that writes it (pid, start time, machine). A run left
-``running`` by a process that has ended is marked failed by the next reader
-(:meth:`Store.reap_orphan_runs`); a pid now used by another process is told apart by its start time.
-A store that cannot be written raises :class:`StoreError`, one line naming the file, why and what to do.
+Every run carries its owner, the process that writes it (pid, start time, machine) and a heartbeat the
+owner writes every RUN_BEAT_INTERVAL while the run is open. A run left ``running`` by a process that has
+ended is marked failed by the next reader (:meth:`Store.reap_orphan_runs`); a pid now used by another
+process is told apart by its start time; a run whose heartbeat is older than RUN_STALE_AFTER is marked
+failed whatever machine owns it.
+A store that cannot be written raises :class:`StoreError`, one line naming the file, why and what to do
+(:class:`StoreCorrupt` for a damaged file, :class:`StoreTooNew` for a newer simlab's store).
+
+Rows are read one by one: a run row that cannot be read (bad JSON, a wrong type in a column) is left out of
+the lists and reported as :class:`CorruptRun` ("corrupt run <id>: what is wrong", :meth:`Store.corrupt_runs`);
+predictions that cannot be read are left out of :meth:`Store.predictions` and named in its ``attrs["problem"]``.
 
     schema.py   the tables, their versions and migrations, the errors a store raises
     run.py      the typed Run record
@@ -19,9 +26,12 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import sqlite3
+import threading
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -29,11 +39,12 @@ import pandas as pd
 
 from simlab.paths import cache_dir
 from simlab.store.owner import HOST, owner_process, process_started
-from simlab.store.run import KIND_COLUMN, KINDS, Run
+from simlab.store.run import KIND_COLUMN, KINDS, CorruptRun, Run, show, text_problem, what_is
 from simlab.store.schema import (
     JSON_COLUMNS,
     MIGRATIONS,
     SCHEMA_VERSION,
+    StoreCorrupt,
     StoreError,
     StoreFull,
     StoreTooNew,
@@ -46,14 +57,64 @@ from simlab.store.schema import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HOST", "MIGRATIONS", "SCHEMA_VERSION", "Run", "Store", "StoreError", "StoreFull", "StoreTooNew",
-           "new_id", "owner_process", "params_key", "process_started"]
+__all__ = ["HOST", "MIGRATIONS", "SCHEMA_VERSION", "CorruptRun", "Run", "Store", "StoreCorrupt", "StoreError",
+           "StoreFull", "StoreTooNew", "new_id", "owner_process", "params_key", "process_started"]
 
 ACTIVE_JOBS = ("queued", "running")
 INTERRUPTED = "interrupted (process ended)"  # the error of a run whose process ended while it ran
 REAP_INTERVAL = 3.0  # seconds between two looks for orphaned runs by the readers of one store
 MIN_FREE_BYTES = 16 * 2**20  # below this much free disk, work is not started
+RUN_BEAT_INTERVAL = 20.0  # seconds between two heartbeats of the runs a process has open
+RUN_STALE_AFTER = 300.0  # a running run whose heartbeat is older than this is marked failed, whatever its machine
+PREDICTION_COLUMNS = ["left_path", "right_path", "left_group", "right_group", "label", "prob"]
 _LAST_REAP: dict[str, float] = {}  # store path -> when its orphaned runs were last looked for (monotonic)
+_WARNED: set[tuple[str, str]] = set()  # (store path, message) of the corrupt rows already logged
+_BEATING: set[tuple[int, str]] = set()  # (pid, store path) with a heartbeat thread
+_BEAT_LOCK = threading.Lock()
+
+
+def _text(data: bytes) -> str:
+    """SQLite text as str; bytes that are not UTF-8 are kept (surrogate-escaped) and reported by the row check."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _beat_runs(path: str, pid: int) -> None:
+    """Write the heartbeat of the runs process ``pid`` has open in the store at ``path``, every
+    RUN_BEAT_INTERVAL, until none is left open (or the file is gone)."""
+    uri = "file:" + urllib.parse.quote(path) + "?mode=rw"  # never creates a store that was removed
+    while True:
+        time.sleep(RUN_BEAT_INTERVAL)
+        with _BEAT_LOCK:
+            try:
+                db = sqlite3.connect(uri, uri=True, timeout=10, isolation_level=None)
+                try:
+                    n = db.execute("UPDATE runs SET heartbeat = ? WHERE status = 'running' AND owner_pid = ? AND "
+                                   "owner_host = ?", [time.time(), pid, HOST]).rowcount
+                finally:
+                    db.close()
+            except sqlite3.Error as exc:
+                log.debug("Heartbeat of the runs in %s not written: %s", path, exc)
+                n = 0 if "unable to open" in str(exc) else -1
+            if n == 0:
+                _BEATING.discard((pid, path))
+                return
+
+
+def _finite(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _prediction_problem(row: sqlite3.Row) -> str | None:
+    """What is wrong with one stored prediction (None when it reads)."""
+    for name in ("left_path", "right_path", "left_group", "right_group"):
+        if problem := text_problem(name, row[name], required=name.endswith("path")):
+            return problem
+    label, prob = row["label"], row["prob"]
+    if not isinstance(label, int) or label not in (0, 1):
+        return f"label is {what_is(label)}, not 0 or 1"
+    if _finite(prob) is None or not 0 <= prob <= 1:
+        return f"prob is {what_is(prob)}, not a probability"
+    return None
 
 
 def new_id(prefix: str = "") -> str:
@@ -83,6 +144,7 @@ class Store:
         except sqlite3.Error as exc:
             raise store_error(self.path, exc) or exc from exc
         db.row_factory = sqlite3.Row
+        db.text_factory = _text
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=60000")
@@ -139,7 +201,19 @@ class Store:
         owner = {"owner_pid": os.getpid(), "owner_started": process_started(), "owner_host": HOST}
         self._insert("runs", {"id": run_id, "created": now, "status": "running", "kind": "pair", "heartbeat": now,
                               **owner, **fields})
+        if fields.get("owner_pid", owner["owner_pid"]) == owner["owner_pid"]:
+            self._keep_beating()
         return run_id
+
+    def _keep_beating(self) -> None:
+        """Make sure a thread of this process writes the heartbeat of its open runs in this store."""
+        key = (os.getpid(), str(self.path))
+        with _BEAT_LOCK:
+            if key in _BEATING:
+                return
+            _BEATING.add(key)
+        threading.Thread(target=_beat_runs, args=(str(self.path), os.getpid()), daemon=True,
+                         name="simlab-run-heartbeat").start()
 
     def update_run(self, run_id: str, **fields) -> None:
         self._update("runs", run_id, {"heartbeat": time.time(), **fields})
@@ -181,20 +255,29 @@ class Store:
 
     @staticmethod
     def _orphans(db: sqlite3.Connection) -> dict[str, str]:
-        """Running runs whose owner process is gone (or whose job has ended) -> the error to record."""
-        rows = db.execute("SELECT r.id, r.owner_pid, r.owner_started, r.owner_host, j.status AS job_status "
+        """Running runs whose owner process is gone, whose job has ended, or whose heartbeat (or its job's) is
+        older than RUN_STALE_AFTER whatever the machine -> the error to record."""
+        rows = db.execute("SELECT r.id, r.owner_pid, r.owner_started, r.owner_host, r.heartbeat, r.created, "
+                          "j.status AS job_status, j.heartbeat AS job_heartbeat "
                           "FROM runs r LEFT JOIN jobs j ON j.id = r.job_id WHERE r.status = 'running'").fetchall()
         alive: dict[tuple, bool] = {}
         gone = {}
+        now = time.time()
         for r in rows:
+            beats = [b for b in (_finite(r["heartbeat"]), _finite(r["job_heartbeat"])) if b is not None]
+            last = max(beats) if beats else _finite(r["created"])
             if r["job_status"] is not None and r["job_status"] not in ACTIVE_JOBS:
                 gone[r["id"]] = f"interrupted (its job ended {r['job_status']})"
-            elif r["owner_pid"] and r["owner_host"] in (None, HOST):
+            elif (isinstance(r["owner_pid"], int) and 0 < r["owner_pid"] < 2**31
+                  and r["owner_host"] in (None, HOST) and not isinstance(r["owner_started"], (str, bytes))):
                 owner = (r["owner_pid"], r["owner_started"])
                 if owner not in alive:
                     alive[owner] = owner_process(*owner) is not None
                 if not alive[owner]:
                     gone[r["id"]] = INTERRUPTED
+            if r["id"] not in gone and last is not None and now - last > RUN_STALE_AFTER:
+                where = f" on {show(r['owner_host'])}" if r["owner_host"] not in (None, HOST) else ""
+                gone[r["id"]] = f"interrupted (its process{where} wrote no heartbeat for {int(now - last)} s)"
         return gone
 
     def finish_run(self, run_id: str, metrics: dict, predictions: pd.DataFrame | None = None, **fields) -> None:
@@ -215,14 +298,42 @@ class Store:
             db.execute("COMMIT")
 
     def get_run(self, run_id: str) -> dict | None:
+        """The run's row as a dict (JSON columns decoded), or None; :class:`CorruptRun` if it cannot be read."""
         self.reap_orphan_runs()
         with self._connect() as db:
-            return self._row(db.execute("SELECT * FROM runs WHERE id = ?", [run_id]).fetchone())
+            row = db.execute("SELECT * FROM runs WHERE id = ?", [run_id]).fetchone()
+        if row is None:
+            return None
+        Run.from_row(row)  # raises CorruptRun
+        return self._row(row)
 
     def get(self, run_id: str) -> Run | None:
-        """The run as a typed record, or None."""
-        row = self.get_run(run_id)
+        """The run as a typed record, or None; :class:`CorruptRun` (one line) if its row cannot be read."""
+        self.reap_orphan_runs()
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE id = ?", [run_id]).fetchone()
         return Run.from_row(row) if row is not None else None
+
+    def _read_runs(self, sql: str, args: list) -> tuple[list[tuple[Run, sqlite3.Row]], list[CorruptRun]]:
+        """The rows of ``sql`` read one by one: ``(run, row)`` for each that reads, and the corrupt ones."""
+        self.reap_orphan_runs()
+        with self._connect() as db:
+            rows = db.execute(sql, args).fetchall()
+        good, bad = [], []
+        for row in rows:
+            try:
+                good.append((Run.from_row(row), row))
+            except CorruptRun as exc:
+                bad.append(exc)
+                if (str(self.path), str(exc)) not in _WARNED:
+                    _WARNED.add((str(self.path), str(exc)))
+                    log.warning("%s: %s (left out; delete it with: python -m simlab runs --delete %s)",
+                                self.path, exc, show(exc.run_id, 60))
+        return good, bad
+
+    def corrupt_runs(self) -> list[CorruptRun]:
+        """The run rows that cannot be read, newest first: each says ``corrupt run <id>: what is wrong``."""
+        return self._read_runs("SELECT * FROM runs ORDER BY created DESC", [])[1]
 
     def list_runs(self, status: str | None = None, kind: str | None = None,
                   fingerprint: str | None = None) -> list[Run]:
@@ -238,21 +349,17 @@ class Store:
             where.append(f"(kind IN ({', '.join('?' * len(stored))}){null})")
             args.extend(stored)
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created DESC"
-        self.reap_orphan_runs()
-        with self._connect() as db:
-            return [Run.from_row(self._row(r)) for r in db.execute(sql, args).fetchall()]
+        return [run for run, _ in self._read_runs(sql, args)[0]]
 
     def runs(self, status: str | None = None, kind: str | None = None, fingerprint: str | None = None) -> list[dict]:
-        """Runs, newest first, optionally filtered."""
+        """Runs as row dicts, newest first, optionally filtered (corrupt rows left out: :meth:`corrupt_runs`)."""
         where, args = [], []
         for col, val in (("status", status), ("kind", kind), ("fingerprint", fingerprint)):
             if val is not None:
                 where.append(f"{col} = ?")
                 args.append(val)
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created DESC"
-        self.reap_orphan_runs()
-        with self._connect() as db:
-            return [self._row(r) for r in db.execute(sql, args).fetchall()]
+        return [self._row(row) for _, row in self._read_runs(sql, args)[0]]
 
     def runs_frame(self, **filters) -> pd.DataFrame:
         """Finished runs as a table: config columns plus one column per metric."""
@@ -265,10 +372,28 @@ class Store:
         return pd.DataFrame(rows)
 
     def predictions(self, run_id: str) -> pd.DataFrame:
+        """A run's test pairs (paths, groups, ``label`` 0/1, ``prob``), in stored order. Rows that cannot be
+        read (a NULL or text ``prob``, a ``label`` not 0 or 1) are left out and named, one line, in
+        ``frame.attrs["problem"]`` ("corrupt run <id>: n of m predictions ...")."""
         with self._connect() as db:
-            return pd.read_sql_query(
-                "SELECT left_path, right_path, left_group, right_group, label, prob FROM predictions "
-                "WHERE run_id = ? ORDER BY rowid", db, params=[run_id])
+            rows = db.execute(f"SELECT {', '.join(PREDICTION_COLUMNS)} FROM predictions WHERE run_id = ? "
+                              "ORDER BY rowid", [run_id]).fetchall()
+        good, bad = [], []
+        for i, row in enumerate(rows):
+            problem = _prediction_problem(row)
+            if problem is None:
+                good.append(tuple(row))
+            else:
+                bad.append(f"row {i + 1}: {problem}")
+        frame = pd.DataFrame(good, columns=PREDICTION_COLUMNS).astype({"label": "int64", "prob": "float64"})
+        if bad:
+            problem = str(CorruptRun(run_id, f"{len(bad)} of {len(rows)} predictions cannot be read and are left "
+                                             f"out ({'; '.join(bad[:3])}{'; ...' if len(bad) > 3 else ''})"))
+            frame.attrs["problem"] = problem
+            if (str(self.path), problem) not in _WARNED:
+                _WARNED.add((str(self.path), problem))
+                log.warning("%s: %s", self.path, problem)
+        return frame
 
     def test_pairs_keys(self, run_ids: list[str] | None = None) -> dict[str, str]:
         """Run id -> a digest of the test pairs it was scored on (paths and labels, in any order): two runs
@@ -286,12 +411,16 @@ class Store:
                 digests.setdefault(run_id, hashlib.sha1()).update(f"{left}\t{right}\t{label}\n".encode())
         return {run_id: h.hexdigest()[:16] for run_id, h in digests.items()}
 
-    def delete_run(self, run_id: str) -> None:
+    def delete_run(self, run_id: str) -> bool:
+        """Delete a run, its predictions and its curves (a corrupt row too: its id is matched as text);
+        whether a run row was deleted."""
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            for table, col in (("predictions", "run_id"), ("curves", "run_id"), ("runs", "id")):
-                db.execute(f"DELETE FROM {table} WHERE {col} = ?", [run_id])
+            for table, col in (("predictions", "run_id"), ("curves", "run_id")):
+                db.execute(f"DELETE FROM {table} WHERE {col} = ? OR CAST({col} AS TEXT) = ?", [run_id, run_id])
+            n = db.execute("DELETE FROM runs WHERE id = ? OR CAST(id AS TEXT) = ?", [run_id, run_id]).rowcount
             db.execute("COMMIT")
+        return n > 0
 
     # training curves --------------------------------------------------------------------------------
     def add_curve_points(self, run_id: str, points: list[tuple[int, int, str, float]]) -> None:

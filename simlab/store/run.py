@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
@@ -17,6 +18,129 @@ log = logging.getLogger(__name__)
 KINDS = {"pair": "grid", None: "grid", "grid": "grid", "finetune": "finetune"}
 #: ``Run.kind`` -> the value written in the ``kind`` column.
 KIND_COLUMN = {"grid": "pair", "finetune": "finetune"}
+
+# What each column of a ``runs`` row must hold for the row to be read (SQLite keeps whatever was written).
+TEXT_COLUMNS = ("dataset", "fingerprint", "backbone", "merge", "classifier", "split", "git", "error", "job_id",
+                "owner_host")
+TIME_COLUMNS = ("finished", "owner_started", "heartbeat")
+INTEGER_COLUMNS = ("seed", "owner_pid")
+JSON_OBJECTS = ("config", "metrics", "timings", "versions", "artifacts")
+#: Keys of ``metrics`` and ``timings`` that pages and the report format as numbers.
+NUMERIC_METRICS = ("accuracy", "accuracy_lo", "accuracy_hi", "precision", "recall", "f1", "auc", "map", "threshold",
+                   "n_test", "n_train", "n_val", "tn", "fp", "fn", "tp", "best_val_accuracy", "best_val_map",
+                   "best_val_loss")
+NUMERIC_TIMINGS = ("total", "per_epoch")
+
+
+class CorruptRun(ValueError):
+    """A stored run row that cannot be read: ``corrupt run <id>: <what is wrong>`` (one line).
+
+    The other runs read on; the row can be deleted (``Store.delete_run``, the Runs page, ``simlab runs --delete``).
+    """
+
+    def __init__(self, run_id, problem: str):
+        self.run_id = run_id
+        self.problem = problem
+        super().__init__(f"corrupt run {show(run_id, 60)}: {problem}")
+
+
+def show(value, width: int = 40) -> str:
+    """A stored value in a message: printable ASCII, cut to ``width`` characters."""
+    if isinstance(value, str) and value.isprintable() and value.isascii():
+        text = value
+    elif isinstance(value, (bytes, bytearray)):
+        text = f"<{len(value)} bytes>" if len(value) > width // 3 else ascii(bytes(value))
+    else:
+        text = ascii(value)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def what_is(value) -> str:
+    """A stored value and its type, for a message: 'NULL', "text 'abc'", 'binary data (12 bytes)', '2.5'."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, (bytes, bytearray)):
+        return f"binary data ({len(value)} bytes)"
+    if isinstance(value, str):
+        return f"text '{show(value)}'"
+    return show(value)
+
+
+def _number_problem(name: str, value, required: bool = False) -> str | None:
+    if value is None:
+        return f"{name} is missing" if required else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} is {what_is(value)}, not a number"
+    if not math.isfinite(value):
+        return f"{name} is {value}, not a finite number"
+    return None
+
+
+def text_problem(name: str, value, required: bool = False) -> str | None:
+    if value is None:
+        return f"{name} is missing" if required else None
+    if not isinstance(value, str):
+        return f"{name} is {what_is(value)}, not text"
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):  # bytes that were not UTF-8 (surrogate-escaped on read)
+        return f"{name} is not valid UTF-8 text ({show(value)})"
+    if required and not value:
+        return f"{name} is empty"
+    return None
+
+
+def _json_object(name: str, value) -> tuple[dict, str | None]:
+    """A JSON column as a dict, or ``({}, what is wrong)``; NULL reads as an empty dict."""
+    if value is None:
+        return {}, None
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return {}, f"{name} is {what_is(value)}, not JSON text"
+    if isinstance(value, str):
+        if problem := text_problem(name, value):
+            return {}, problem
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError) as exc:
+            return {}, f"{name} is not valid JSON ({' '.join(str(exc).split())[:80]})"
+    if not isinstance(value, Mapping):
+        what = {list: "a JSON list", str: "a JSON string", bool: "a JSON boolean", int: "a JSON number",
+                float: "a JSON number", type(None): "JSON null"}.get(type(value), type(value).__name__)
+        return {}, f"{name} is {what}, not a JSON object"
+    return dict(value), None
+
+
+def row_problems(row: Mapping) -> tuple[dict, list[str]]:
+    """Check one ``runs`` row (JSON columns as text or decoded): the values a :class:`Run` takes, and what is
+    wrong with the row (empty when it reads)."""
+    known = {f.name for f in fields(Run)}
+    values = {k: v for k, v in dict(row).items() if k in known}
+    problems = [p for p in (text_problem("id", values.get("id"), required=True),
+                            _number_problem("created", values.get("created"), required=True),
+                            text_problem("status", values.get("status"), required=True)) if p]
+    problems += [p for name in TEXT_COLUMNS if (p := text_problem(name, values.get(name)))]
+    problems += [p for name in TIME_COLUMNS if (p := _number_problem(name, values.get(name)))]
+    for name in INTEGER_COLUMNS:
+        value = values.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append(f"{name} is {what_is(value)}, not a whole number")
+    threshold = values.get("threshold")
+    if (p := _number_problem("threshold", threshold)) or (threshold is not None and not 0 <= threshold <= 1):
+        problems.append(p or f"threshold is {threshold}, not between 0 and 1")
+    if values.get("kind") not in KINDS:
+        problems.append(f"kind is {what_is(values.get('kind'))}, not one of: {', '.join(KIND_COLUMN.values())}")
+    for name in JSON_OBJECTS:
+        values[name], problem = _json_object(name, values.get(name))
+        if problem:
+            problems.append(problem)
+    for name, keys in (("metrics", NUMERIC_METRICS), ("timings", NUMERIC_TIMINGS)):
+        problems += [p for k in keys if (p := _number_problem(f"{name}[{k!r}]", values[name].get(k)))
+                     and "not a finite" not in p]  # NaN and infinities are results (an AUC on one class)
+    backbones = values["config"].get("backbones")
+    if backbones is not None and (not isinstance(backbones, list) or not all(isinstance(b, str) for b in backbones)):
+        problems.append(f"config['backbones'] is {what_is(backbones)}, not a list of names")
+    return values, problems
 
 
 @dataclass
@@ -60,18 +184,24 @@ class Run:
 
     @classmethod
     def from_row(cls, row: Mapping) -> Run:
-        """From a ``runs`` row as a dict (JSON columns decoded or still text); unknown columns ignored."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in dict(row).items() if k in known}
-        for k in ("config", "metrics", "timings", "versions", "artifacts"):
-            value = values.get(k)
-            if isinstance(value, (str, bytes)):
-                value = json.loads(value)
-            values[k] = dict(value or {})
-        values["kind"] = KINDS.get(values.get("kind"), values.get("kind"))
-        if values.get("threshold") is None:
-            values["threshold"] = DEFAULT_THRESHOLD
-        return cls(**values)
+        """From a ``runs`` row as a dict (JSON columns decoded or still text); unknown columns ignored.
+
+        Raises :class:`CorruptRun` (one line: the id and what is wrong) for a row that cannot be read."""
+        values, problems = row_problems(row)
+        run_id = values.get("id")
+        if not problems:
+            values["kind"] = KINDS[values.get("kind")]
+            if values.get("threshold") is None:
+                values["threshold"] = DEFAULT_THRESHOLD
+            run = cls(**values)
+            try:  # what every page and the report draw from the config
+                run.protocol.describe()
+                _ = run.label, run.threshold_rule
+            except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+                problems.append(f"config cannot be read ({' '.join(str(exc).split())[:80] or type(exc).__name__})")
+            else:
+                return run
+        raise CorruptRun(run_id, "; ".join(problems))
 
     def to_row(self) -> dict:
         """The dict the ``runs`` table holds (``kind`` as stored), as ``Store.get_run`` returns it."""
@@ -157,7 +287,3 @@ class Run:
     @property
     def seconds(self) -> float | None:
         return self.timings.get("total")
-
-
-
-_LAST_REAP: dict[str, float] = {}  # store path -> when its orphaned runs were last looked for (monotonic)

@@ -88,6 +88,14 @@ class StoreFull(StoreError):
     """The disk holding the store is full."""
 
 
+class StoreCorrupt(StoreError):
+    """The store file is damaged (not an SQLite database, or a malformed one): no run in it can be read."""
+
+
+#: What SQLite says of a file that is not a database, or a damaged one.
+DAMAGED = ("file is not a database", "malformed", "file is encrypted", "not a database")
+
+
 def free_bytes(folder: Path) -> int | None:
     """Free space on the disk holding ``folder`` (None when it cannot be told)."""
     try:
@@ -107,6 +115,10 @@ def store_error(path: Path, exc: BaseException) -> StoreError | None:
     if "disk is full" in why or getattr(exc, "errno", None) == errno.ENOSPC or no_room:
         return StoreFull(f"{path}: the disk is full ({why}). Free space on {path.parent} or {where}, "
                          "then run again.")
+    if any(s in why for s in DAMAGED):
+        return StoreCorrupt(f"{path}: the store is damaged ({why}), so no run in it can be read. Move the file "
+                            f"aside (rename it, e.g. to {path.name}.damaged) to start an empty store there, or "
+                            f"{where}.")
     if any(s in why for s in ("readonly", "read-only", "unable to open", "disk I/O error", "Permission denied")):
         return StoreError(f"{path}: the store cannot be written ({why}). Make the file and its folder "
                           f"writable, or {where}.")
