@@ -145,9 +145,19 @@ class KerasHead(_BinaryClassifier):
         return self
 
     def predict_proba(self, X):
+        """P(class) per row, computed row by row in float64 from the trained weights (dropout is off at
+        inference): a row's probabilities do not depend on the other rows of the batch or their order,
+        which a float32 batch through oneDNN does not promise (last digits move with the row's position)."""
         check_is_fitted(self)
-        X = (validate_data(self, X, dtype=np.float32, reset=False) - self.mean_) / self.scale_
-        return np.asarray(self.model_.predict(X, batch_size=1024, verbose=0), np.float64)
+        h = (validate_data(self, X, dtype=np.float64, reset=False) - self.mean_) / self.scale_
+        dense = [layer for layer in self.model_.layers if layer.__class__.__name__ == "Dense"]
+        for i, layer in enumerate(dense):
+            kernel, bias = (np.asarray(w, np.float64) for w in layer.get_weights())
+            h = h @ kernel + bias
+            if i < len(dense) - 1:
+                h = np.maximum(h, 0.0)
+        h = np.exp(h - h.max(axis=1, keepdims=True))
+        return h / h.sum(axis=1, keepdims=True)
 
     def predict(self, X):
         best = self.predict_proba(X).argmax(axis=1)
@@ -251,8 +261,6 @@ CLASSIFIERS: dict[str, Classifier] = {c.name: c for c in (
                "{epochs} epochs, best validation loss.", {"epochs": 10, "batch_size": 32}),
 )}
 
-options.register_choices("classifier", lambda: list(CLASSIFIERS))
-
 
 def display_name(key) -> str:
     """The one display name of a classifier ("cosine" -> "Similarity threshold"), for every page and the report;
@@ -273,3 +281,6 @@ def make_classifier(name: str, random_state: int = 0, library_defaults: bool = F
     library's own settings where simlab tunes them (LinearSVC, XGBoost), as the 2017 study ran them;
     ``params`` override single settings."""
     return get_classifier(name).estimator(random_state, library_defaults, **params)
+
+
+options.register_choices("classifier", lambda: list(CLASSIFIERS), display_name)

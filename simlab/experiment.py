@@ -9,22 +9,21 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from simlab import options
 from simlab.backbones import DEFAULT_BACKBONE, get_backbone
-from simlab.classifiers import make_classifier
 from simlab.data import load_dataset
-from simlab.distributed import ray_address, ray_fit_xgboost
-from simlab.evaluate import best_threshold, pair_metrics, retrieval_map
-from simlab.merge import fuse, merge_pairs
-from simlab.pairs import Pairs
+from simlab.evaluate import pair_metrics, retrieval_map
+from simlab.fitting import fit_cell
+from simlab.merge import fuse
 from simlab.progress import Cancelled, Progress, ShouldStop, silent
-from simlab.protocol import Protocol, SplitPairs
+from simlab.protocol import VALIDATION_SIZE, Protocol, SplitPairs, validation_pairs  # noqa: F401 - re-exported
 from simlab.provenance import git_commit, library_versions
+from simlab.runspec import RunSpec, fused_name
 from simlab.search import build_index
 from simlab.store import Store, new_id
 from simlab.vectors import VectorSet, vectorize_many
@@ -88,7 +87,7 @@ class GridConfig:
             raise ValueError(f"{exc} ({allowed})") from None
 
     def cells(self) -> list[tuple[str, str, str]]:
-        fused = ["+".join(self.backbones)] if self.fusion and len(self.backbones) > 1 else []
+        fused = [fused_name(self.backbones)] if self.fusion and len(self.backbones) > 1 else []
         backbones = list(self.backbones) + fused
         return list(itertools.product(backbones, self.merges, self.classifiers))
 
@@ -175,7 +174,7 @@ def _grid_vectors(config: GridConfig, dataset, say: Progress, should_stop: Shoul
             stage="vectorize", backbone=name)
     paths, groups, vectors = common_images(sets)
     if config.fusion and len(config.backbones) > 1:
-        vectors["+".join(config.backbones)] = fuse([vectors[b] for b in config.backbones])
+        vectors[fused_name(config.backbones)] = fuse([vectors[b] for b in config.backbones])
     return paths, groups, vectors
 
 
@@ -224,7 +223,7 @@ class _Cells:
 
     def validation_for(self, backbone: str) -> SplitPairs | None:
         """The pairs a run's threshold is chosen on (:func:`validation_pairs`); None under the study's rule."""
-        if uses_study_rule(self.config):
+        if self.config.library_defaults:
             return None
         key = backbone if self.protocol.needs_vectors else None
         if key not in self.validation_sets:
@@ -247,10 +246,10 @@ class _Cells:
         self.store.add_run(id=run_id, dataset=config.dataset, fingerprint=self.fingerprint, backbone=backbone,
                            merge=merge, classifier=clf_name, split=config.split, seed=config.seed,
                            config=cell_config, versions=library_versions(), git=git_commit(), job_id=self.job_id)
-        pairs, train, test = self.pairs_for(backbone)
-        future = pool.submit(_run_cell, self.vectors[backbone], pairs, train, test, merge, clf_name, config.seed,
-                             self.maps[backbone], self.paths_arr, self.groups_arr, config.ray,
-                             config.library_defaults, self.validation_for(backbone))
+        spec = RunSpec.from_dict(cell_config, backbone=backbone, merge=merge, classifier=clf_name)
+        future = pool.submit(_run_cell, spec, self.vectors[backbone], self.pairs_for(backbone),
+                             self.validation_for(backbone), self.maps[backbone], self.paths_arr, self.groups_arr,
+                             config.ray)
         self.running[future] = (run_id, cell)
 
     def describe(self) -> str:
@@ -263,12 +262,13 @@ class _Cells:
         for future in done:
             run_id, (backbone, merge, clf_name) = self.running.pop(future)
             try:
-                metrics, predictions, timings = future.result()
+                metrics, predictions, timings, artifacts = future.result()
             except Exception as exc:  # noqa: BLE001 - logged and stored on the run; raised at the end
                 self.fail(run_id, exc)
                 self.failure = self.failure or exc
                 continue
-            self.store.finish_run(run_id, metrics, predictions, timings=timings, threshold=metrics["threshold"])
+            self.store.finish_run(run_id, metrics, predictions, timings=timings, threshold=metrics["threshold"],
+                                  artifacts=artifacts)
             self.opened.pop(run_id, None)
             self.finished += 1
             yield {"run_id": run_id, "backbone": backbone, "merge": merge, "classifier": clf_name} | metrics | {
@@ -297,113 +297,16 @@ def grid_workers() -> int:
         return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
-def fit_classifier(clf_name: str, X, y, seed: int, ray: str | None = None, library_defaults: bool = False):
-    """A fitted classifier; XGBoost trains through Ray Train when Ray is on."""
-    if clf_name == "xgboost" and (address := ray_address(ray)):
-        return ray_fit_xgboost(X, y, {"random_state": seed} | ({"max_bin": 256} if library_defaults else {}), address)
-    return make_classifier(clf_name, random_state=seed, library_defaults=library_defaults).fit(X, y)
-
-
-def _run_cell(vectors, pairs, train, test, merge: str, clf_name: str, seed: int, map_score: float, paths, groups,
-              ray: str | None = None, library_defaults: bool = False,
-              validation: SplitPairs | None = None) -> tuple[dict, pd.DataFrame, dict]:
-    """Train and score one cell; returns (metrics, test predictions, timings) for the store.
-
-    With ``validation`` (:func:`validation_pairs`), the operating threshold is chosen first: the classifier is
-    fitted on the validation split's training side and the threshold that classifies the most validation pairs
-    right is kept; then the classifier is fitted again on all training pairs and the test pairs are scored at
-    that threshold. Without it (the 2017 study's settings), P(same) >= 0.5.
-    """
-    t0 = time.perf_counter()
-    X_train = merge_pairs(vectors, pairs.left[train], pairs.right[train], merge)
-    X_test = merge_pairs(vectors, pairs.left[test], pairs.right[test], merge)
-    t1 = time.perf_counter()
-    threshold, n_val = 0.5, {}
-    if validation is not None:
-        inner, val = validation.train_pairs, validation.test_pairs
-        X_inner = merge_pairs(vectors, inner.left, inner.right, merge)
-        X_val = merge_pairs(vectors, val.left, val.right, merge)
-        chooser = fit_classifier(clf_name, X_inner, inner.label, seed, ray, library_defaults)
-        threshold = best_threshold(val.label, chooser.predict_proba(X_val)[:, 1])
-        n_val = {"n_val": len(val)}
-    elif not library_defaults:
-        n_val = {"n_val": 0}  # too few training scenes to carve validation scenes from
-    t_val = time.perf_counter()
-    clf = fit_classifier(clf_name, X_train, pairs.label[train], seed, ray, library_defaults)
-    t2 = time.perf_counter()
-    prob = clf.predict_proba(X_test)[:, 1]
-    t3 = time.perf_counter()
-    metrics = pair_metrics(pairs.label[test], prob, threshold=threshold, seed=seed) | n_val | {
-        "map": map_score, "n_train": int(train.sum())}
-    left, right = pairs.left[test], pairs.right[test]
-    predictions = pd.DataFrame({"left_path": paths[left], "right_path": paths[right],
-                                "left_group": groups[left], "right_group": groups[right],
-                                "label": pairs.label[test].astype(int), "prob": prob})
-    return metrics, predictions, {"merge": t1 - t0, "threshold": t_val - t1, "fit": t2 - t_val, "predict": t3 - t2,
-                                  "total": t3 - t0}
-
-
-# --------------------------------------------------------------------------- the operating threshold
-
-#: Share of a run's training scenes held out as validation scenes to choose its threshold.
-VALIDATION_SIZE = 0.25
-
-
-def uses_study_rule(config: GridConfig) -> bool:
-    """Runs with the 2017 study's settings (``library_defaults``, set by the Train page's presets) keep the
-    study's decision rule, P(same) >= 0.5 (argmax), so they stay comparable with its table."""
-    return bool(config.library_defaults)
-
-
-def validation_pairs(protocol: Protocol, split_pairs: SplitPairs, groups, vectors=None) -> SplitPairs | None:
-    """Pairs to choose a run's threshold on, never touching its test pairs: ``train`` and ``test`` masks over
-    them are the validation split's training side and its validation pairs.
-
-    The run's training scenes (all scenes on the pair split) are split again by scene, seeded by the run's
-    seed: :data:`VALIDATION_SIZE` of them held out as validation scenes, pairs built inside each side by the
-    run's own protocol (same negatives and ratio, hard negatives mined among the training images), so
-    validation pairs look like test pairs and no image is on both sides. A pair that is one of the run's test
-    pairs (pair split) is left out, and each side is brought back to the training pairs' share of positives
-    by dropping a seeded random few of the other label. None when the training scenes are too few.
-    """
-    groups = np.asarray(groups)
-    images = np.flatnonzero(~protocol.held_out(groups))
-    inner = replace(protocol, split="group", test_size=VALIDATION_SIZE)
-    try:
-        sub = inner.pairs(groups[images], None if vectors is None or not protocol.needs_vectors
-                          else np.asarray(vectors)[images])
-    except ValueError as exc:
-        log.info("no validation scenes (%s): threshold 0.5", exc)
-        return None
-    left, right, label = images[sub.pairs.left], images[sub.pairs.right], sub.pairs.label
-    keep = np.ones(len(label), bool)
-    if protocol.split == "pair":
-        test = split_pairs.test_pairs
-        tested = set(zip(np.minimum(test.left, test.right).tolist(), np.maximum(test.left, test.right).tolist()))
-        keep = np.array([pair not in tested for pair in zip(np.minimum(left, right).tolist(),
-                                                             np.maximum(left, right).tolist())], bool)
-    target = float(np.mean(split_pairs.pairs.label[split_pairs.train]))
-    rng = np.random.default_rng(protocol.seed)
-    for side in (sub.train, sub.test):
-        keep &= ~side | _balanced(label, keep & side, target, rng)
-    train, val = sub.train & keep, sub.test & keep
-    if any(set(np.unique(label[mask]).tolist()) != {0, 1} for mask in (train, val)):
-        log.info("validation scenes lack positive or negative pairs: threshold 0.5")
-        return None
-    return SplitPairs(Pairs(left, right, label), train, val)
-
-
-def _balanced(label: np.ndarray, mask: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
-    """``mask`` less a seeded random few pairs of one label, so that ``share`` of what is left is positive."""
-    pos, neg = np.flatnonzero(mask & (label == 1)), np.flatnonzero(mask & (label == 0))
-    if not len(pos) or not len(neg) or not 0 < share < 1:
-        return mask
-    want_neg = round(len(pos) * (1 - share) / share)
-    out = mask.copy()
-    if want_neg < len(neg):
-        out[rng.choice(neg, len(neg) - want_neg, replace=False)] = False
-    else:
-        want_pos = round(len(neg) * share / (1 - share))
-        if want_pos < len(pos):
-            out[rng.choice(pos, len(pos) - want_pos, replace=False)] = False
-    return out
+def _run_cell(spec: RunSpec, vectors, split_pairs: SplitPairs, validation: SplitPairs | None, map_score: float,
+              paths, groups, ray: str | None = None) -> tuple[dict, pd.DataFrame, dict, dict]:
+    """Fit and score one cell (:func:`simlab.fitting.fit_cell`); returns (metrics, test predictions, timings,
+    artifacts) for the store. P(same) is calibrated on the validation pairs that choose the threshold."""
+    cell = fit_cell(spec, vectors, split_pairs, validation, ray)
+    test = split_pairs.test_pairs
+    n_val = {} if cell.n_val is None else {"n_val": cell.n_val}
+    metrics = pair_metrics(test.label, cell.test_prob, threshold=cell.threshold, seed=spec.protocol.seed) | n_val | {
+        "map": map_score, "n_train": int(split_pairs.train.sum())}
+    predictions = pd.DataFrame({"left_path": paths[test.left], "right_path": paths[test.right],
+                                "left_group": groups[test.left], "right_group": groups[test.right],
+                                "label": test.label.astype(int), "prob": cell.test_prob})
+    return metrics, predictions, cell.timings, cell.summary()

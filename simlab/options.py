@@ -101,11 +101,16 @@ class Choices:
 
 
 _REGISTRIES: dict[str, Callable[[], Iterable[str]]] = {"merge": lambda: list(MERGES)}
+_REGISTRY_LABELS: dict[str, Callable[[str], str]] = {}
 
 
-def register_choices(registry: str, names: Callable[[], Iterable[str]]) -> None:
-    """Called by a registry module (backbones, classifiers) at import: where its names come from."""
+def register_choices(registry: str, names: Callable[[], Iterable[str]],
+                     label: Callable[[str], str] | None = None) -> None:
+    """Called by a registry module (backbones, classifiers) at import: where its names come from, and
+    (``label``) how one is shown to people."""
     _REGISTRIES[registry] = names
+    if label is not None:
+        _REGISTRY_LABELS[registry] = label
 
 
 # --------------------------------------------------------------------------- options
@@ -124,6 +129,7 @@ class Option:
     optional: bool = False
     many: bool = False
     widget: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)  # choice -> what a person reads (widgets, tables, reports)
 
     def allowed(self) -> str:
         text = self.constraint.describe()
@@ -144,7 +150,9 @@ def declare(*options: Option) -> None:
 
 declare(
     Option("split", Choices(SPLITS), "group",
-           "group (whole scenes held out, no image in both train and test) or pair (the 2017 study's, leaky)"),
+           "group (whole scenes held out, no image in both train and test) or pair (the 2017 study's, leaky)",
+           labels={"group": "Group split: whole scenes held out (recommended)",
+                   "pair": "Pair split: 2017 protocol, leaky"}),
     Option("test_size", Interval(float, 0, 1, closed="neither"), 0.3,
            "a share of the groups (group split) or of the pairs (pair split) held out for testing",
            widget={"min_value": 0.1, "max_value": 0.5, "step": 0.05}),
@@ -155,7 +163,9 @@ declare(
     Option("seed", Interval(int, 0, 2**32 - 1), 0,
            "seeds the split, the negatives and the classifiers: same seed, same numbers",
            widget={"min_value": 0, "max_value": 2**31 - 1, "step": 1}),
-    Option("weights", Choices(WEIGHTS), "imagenet", "imagenet (real) or random (for tests only)"),
+    Option("weights", Choices(WEIGHTS), "imagenet", "imagenet (real) or random (for tests only)",
+           labels={"imagenet": "Pretrained (ImageNet, or the KerasHub preset's)",
+                   "random": "Random: untrained, for tests only"}),
     Option("hard_k", Interval(int, 1, 50), None,
            "hard negatives: nearest other-scene neighbours mined per image (None: enough for the ratio)",
            optional=True),
@@ -178,6 +188,25 @@ def option(name: str) -> Option:
 
 def default(name: str):
     return option(name).default
+
+
+def choice_label(name: str, value) -> str:
+    """What a person reads for ``value`` of option ``name``: its declared label, the registry's, or itself."""
+    opt = option(name)
+    if value in opt.labels:
+        return opt.labels[value]
+    registry = getattr(opt.constraint, "registry", None)
+    if registry in _REGISTRY_LABELS:
+        try:
+            return _REGISTRY_LABELS[registry](value)
+        except (KeyError, ValueError, LookupError):
+            pass
+    return str(value)
+
+
+def choice_labels(name: str) -> dict:
+    """Every choice of option ``name`` -> :func:`choice_label` (for a widget's ``format_func``)."""
+    return {value: choice_label(name, value) for value in option(name).constraint.names()}
 
 
 def _coerce(opt: Option, value):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
@@ -149,3 +149,63 @@ def unchecked(**values) -> Protocol:
         value = values.get(name)
         object.__setattr__(protocol, name, default if value is None else value)
     return protocol
+
+
+# --------------------------------------------------------------------------- the operating threshold
+
+#: Share of a run's training scenes held out as validation scenes to choose its threshold.
+VALIDATION_SIZE = 0.25
+
+
+def validation_pairs(protocol: Protocol, split_pairs: SplitPairs, groups, vectors=None) -> SplitPairs | None:
+    """Pairs to choose a run's threshold on, never touching its test pairs: ``train`` and ``test`` masks over
+    them are the validation split's training side and its validation pairs.
+
+    The run's training scenes (all scenes on the pair split) are split again by scene, seeded by the run's
+    seed: :data:`VALIDATION_SIZE` of them held out as validation scenes, pairs built inside each side by the
+    run's own protocol (same negatives and ratio, hard negatives mined among the training images), so
+    validation pairs look like test pairs and no image is on both sides. A pair that is one of the run's test
+    pairs (pair split) is left out, and each side is brought back to the training pairs' share of positives
+    by dropping a seeded random few of the other label. None when the training scenes are too few.
+    """
+    groups = np.asarray(groups)
+    images = np.flatnonzero(~protocol.held_out(groups))
+    inner = replace(protocol, split="group", test_size=VALIDATION_SIZE)
+    try:
+        sub = inner.pairs(groups[images], None if vectors is None or not protocol.needs_vectors
+                          else np.asarray(vectors)[images])
+    except ValueError as exc:
+        log.info("no validation scenes (%s): threshold 0.5", exc)
+        return None
+    left, right, label = images[sub.pairs.left], images[sub.pairs.right], sub.pairs.label
+    keep = np.ones(len(label), bool)
+    if protocol.split == "pair":
+        test = split_pairs.test_pairs
+        tested = set(zip(np.minimum(test.left, test.right).tolist(), np.maximum(test.left, test.right).tolist()))
+        keep = np.array([pair not in tested for pair in zip(np.minimum(left, right).tolist(),
+                                                             np.maximum(left, right).tolist())], bool)
+    target = float(np.mean(split_pairs.pairs.label[split_pairs.train]))
+    rng = np.random.default_rng(protocol.seed)
+    for side in (sub.train, sub.test):
+        keep &= ~side | _balanced(label, keep & side, target, rng)
+    train, val = sub.train & keep, sub.test & keep
+    if any(set(np.unique(label[mask]).tolist()) != {0, 1} for mask in (train, val)):
+        log.info("validation scenes lack positive or negative pairs: threshold 0.5")
+        return None
+    return SplitPairs(Pairs(left, right, label), train, val)
+
+
+def _balanced(label: np.ndarray, mask: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """``mask`` less a seeded random few pairs of one label, so that ``share`` of what is left is positive."""
+    pos, neg = np.flatnonzero(mask & (label == 1)), np.flatnonzero(mask & (label == 0))
+    if not len(pos) or not len(neg) or not 0 < share < 1:
+        return mask
+    want_neg = round(len(pos) * (1 - share) / share)
+    out = mask.copy()
+    if want_neg < len(neg):
+        out[rng.choice(neg, len(neg) - want_neg, replace=False)] = False
+    else:
+        want_pos = round(len(neg) * share / (1 - share))
+        if want_pos < len(pos):
+            out[rng.choice(pos, len(pos) - want_pos, replace=False)] = False
+    return out
