@@ -219,3 +219,223 @@ def test_a_tiny_checkpoint_declaring_terabytes_is_a_format_error(tmp_path):
     assert path.stat().st_size < 400
     with pytest.raises(LegacyFormatError, match="declares 1000000000000 elements"):
         load_legacy_state_dict(path)
+
+
+def test_a_huge_non_image_is_refused_from_its_header_before_any_hashing(tmp_path, tmp_cache):
+    """A 4 GB file that is not an image (sparse: it costs no disk) is refused without being read through:
+    the bytes the loading process reads (``rchar`` in /proc/self/io) stay far below the file's size."""
+    if not Path("/proc/self/io").exists():
+        pytest.skip("needs /proc/self/io to count the bytes read")
+    make_folder(tmp_path / "set", [2, 2])
+    big = tmp_path / "set" / "g0" / "huge.jpg"
+    with open(big, "wb") as fh:
+        fh.write(b"not an image, only its name says so")
+        fh.truncate(4 * 2**30)
+    code = textwrap.dedent(f"""
+        from simlab.data import load_dataset
+        def read_bytes():
+            return int(next(l for l in open("/proc/self/io") if l.startswith("rchar")).split()[1])
+        before = read_bytes()
+        ds = load_dataset({f'folder:{tmp_path / "set"}'!r})
+        print(ds.n_images, (read_bytes() - before) // 2**20, [p.reason for p in ds.problems])
+    """)
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "SIMLAB_CACHE": str(tmp_cache)})
+    assert res.returncode == 0, res.stderr
+    n, read_mb, reasons = res.stdout.split(" ", 2)
+    assert n == "4" and "not an image" in reasons
+    assert int(read_mb) < 64, f"loading read {read_mb} MB"
+
+
+def _chain(top: Path, levels: int | None) -> None:
+    """Make ``levels`` nested folders "d" under ``top`` or (None) remove them, one open folder at a time:
+    no path gets long, and nothing recurses (shutil.rmtree would, once per level)."""
+    fds = [os.open(top, os.O_RDONLY)]
+    try:
+        while levels is None or len(fds) <= levels:
+            if levels is not None:
+                os.mkdir("d", dir_fd=fds[-1])
+            try:
+                fds.append(os.open("d", os.O_RDONLY, dir_fd=fds[-1]))
+            except FileNotFoundError:
+                break
+        if levels is None:
+            for parent in fds[-2::-1]:
+                os.rmdir("d", dir_fd=parent)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_a_folder_nested_1200_levels_deep_is_one_problem_and_the_rest_loads(tmp_path, tmp_cache):
+    make_folder(tmp_path / "set", [2, 2])
+    _chain(tmp_path / "set" / "g1", 1200)
+    try:
+        ds = load_dataset(f"folder:{tmp_path / 'set'}")
+    finally:
+        _chain(tmp_path / "set" / "g1", None)
+    assert ds.n_images == 4 and ds.n_groups == 2
+    reasons = list(_reasons(ds).values())
+    assert len(reasons) == 1 and "nested more than 32 levels" in reasons[0]
+
+
+def test_a_csv_error_never_quotes_the_file(tmp_path, tmp_cache):
+    """``csv:/etc/passwd`` (or any file with a secret first line) says what is wrong without a line of it."""
+    from simlab.data import DatasetError
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:s3cret-first-line:/root:/bin/bash\nhunter2,more,cells\n")
+    targets = [secret] + [Path(p) for p in ("/etc/passwd",) if os.access(p, os.R_OK)]
+    for target in targets:
+        with pytest.raises(DatasetError) as err:
+            load_dataset(f"csv:{target}")
+        message = str(err.value)
+        assert "needs columns 'path' and 'group'" in message
+        first = target.read_text(errors="replace").splitlines()[0]
+        for cell in {c for c in first.replace(":", ",").split(",") if len(c) > 3} - {str(target)}:
+            assert cell not in message.replace(str(target), ""), f"{cell!r} echoed in {message!r}"
+
+
+def test_a_csv_above_the_row_cap_is_refused_as_soon_as_the_cap_is_passed(tmp_path, tmp_cache):
+    """Read as a stream: the rows past the cap, and a bad byte 1 MB further on, are never read."""
+    from simlab.data import DatasetError
+    from simlab.data.sources import list_csv
+
+    f = tmp_path / "list.csv"
+    rows = "".join(f"img{i}.png,g{i % 7}\n" for i in range(200))
+    f.write_bytes(b"path,group\n" + rows.encode() + b"\n" * 2**20 + b"\xff\xfe not UTF-8\n")  # blank lines
+    with pytest.raises(DatasetError, match="lists more than 50 images, the most one CSV may list"):
+        list_csv(str(f), max_rows=50)
+    (tmp_path / "ok.csv").write_text("path,group\n" + rows)
+    listing = list_csv(str(tmp_path / "ok.csv"), max_rows=200)
+    assert len(listing.entries) + len(listing.problems) == 200  # each row one outcome
+    with pytest.raises(DatasetError, match="not a UTF-8 text CSV file"):  # read through: the bad byte is seen
+        list_csv(str(f), max_rows=10**6)
+
+
+def test_a_csv_line_without_end_is_refused_without_reading_it_whole(tmp_path, tmp_cache):
+    from simlab.data import DatasetError
+
+    f = tmp_path / "one-line.csv"
+    f.write_bytes(b"path,group\n" + b"a" * (8 * 2**20))
+    with pytest.raises(DatasetError, match="Line 2 of .* is longer than 16,384 characters"):
+        load_dataset(f"csv:{f}")
+
+
+# --------------------------------------------------------------------------- a store that degrades row by row
+
+STORE_PAGES = ["pages/home.py", "pages/runs.py", "pages/compare.py", "pages/inspect.py", "pages/diff.py",
+               "pages/search.py", "pages/train.py", "pages/finetune.py"]
+
+
+@pytest.fixture(scope="module")
+def grid_cache(tmp_path_factory) -> tuple[str, Path]:
+    """A dataset spec and a cache whose store holds four finished grid runs (random weights: seconds)."""
+    from helpers import simlab_cache_at
+    from simlab.experiment import GridConfig, run_grid
+    from simlab.store import Store
+    folder = tmp_path_factory.mktemp("scenes")
+    make_folder(folder, [3] * 8)
+    spec = f"folder:{folder}"
+    cache = tmp_path_factory.mktemp("grid_cache")
+    with simlab_cache_at(cache):
+        config = GridConfig(dataset=spec, merges=["dot", "l1"], classifiers=["cosine", "logreg"], weights="random")
+        assert len(list(run_grid(config, Store()))) == 4
+    return spec, cache
+
+
+def _store_at(cache: Path, monkeypatch, spec: str, tmp_path: Path) -> Path:
+    import shutil
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    monkeypatch.setenv("SIMLAB_CACHE", str(copy))
+    monkeypatch.setenv("SIMLAB_DATASET", spec)
+    return copy / "simlab.db"
+
+
+@pytest.fixture
+def poisoned(grid_cache, monkeypatch, tmp_path) -> dict:
+    """The grid's store with a run whose metrics are not JSON, one whose metrics are a JSON list, and one
+    with a NULL ``prob``, a text ``prob`` and a text ``label`` among its predictions."""
+    import sqlite3
+
+    from simlab.store import Store
+    db = _store_at(grid_cache[1], monkeypatch, grid_cache[0], tmp_path)
+    bad_json, json_list, bad_preds, fine = [r.id for r in Store(db).list_runs()]
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE runs SET metrics = '{\"accuracy\": 0.9,' WHERE id = ?", [bad_json])
+        con.execute("UPDATE runs SET metrics = '[0.9, 0.8]' WHERE id = ?", [json_list])
+        rows = [r for (r,) in con.execute("SELECT rowid FROM predictions WHERE run_id = ? ORDER BY rowid LIMIT 3",
+                                          [bad_preds])]
+        con.execute("UPDATE predictions SET prob = NULL WHERE rowid = ?", [rows[0]])
+        con.execute("UPDATE predictions SET prob = 'high' WHERE rowid = ?", [rows[1]])
+        con.execute("UPDATE predictions SET label = 'same' WHERE rowid = ?", [rows[2]])
+    con.close()
+    return {"db": db, "bad_json": bad_json, "json_list": json_list, "bad_preds": bad_preds, "fine": fine}
+
+
+def _open(page: str, query: dict | None = None):
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.switch_page(page)
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    at.run()
+    assert not at.exception, (page, [e.value for e in at.exception])
+    return at
+
+
+def _said(at) -> str:
+    return "\n".join(str(e.value) for kind in ("markdown", "caption", "info", "warning", "error", "success", "title",
+                                               "subheader") for e in getattr(at, kind))
+
+
+@pytest.mark.parametrize("page", STORE_PAGES)
+def test_every_page_works_with_corrupt_runs_and_names_them(poisoned, page):
+    at = _open(page)
+    said = _said(at)
+    assert f"corrupt run {poisoned['bad_json']}: metrics is not valid JSON" in said
+    assert f"corrupt run {poisoned['json_list']}: metrics is a JSON list, not a JSON object" in said
+    assert "Traceback" not in said
+
+
+def test_inspect_leaves_out_unreadable_predictions_and_names_them(poisoned):
+    at = _open("pages/inspect.py", {"run": poisoned["bad_preds"]})
+    assert at.selectbox(key="inspect_select").value == poisoned["bad_preds"]
+    notes = [w.value for w in at.warning if f"corrupt run {poisoned['bad_preds']}" in w.value]
+    assert len(notes) == 1 and "3 of" in notes[0] and "prob is NULL" in notes[0]
+    assert "label is text 'same', not 0 or 1" in notes[0]
+    assert at.metric  # the run's pairs are drawn, the unreadable three left out
+
+
+def test_a_corrupt_run_is_deleted_from_the_runs_page(poisoned):
+    from simlab.store import Store
+    at = _open("pages/runs.py")
+    at.button(key=f"delete_corrupt_{poisoned['bad_json']}").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [c.run_id for c in Store(poisoned["db"]).corrupt_runs()] == [poisoned["json_list"]]
+    assert f"corrupt run {poisoned['bad_json']}" not in _said(at)
+    assert len(Store(poisoned["db"]).list_runs()) == 2  # the readable runs are all there
+
+
+@pytest.mark.parametrize("damage, line", [
+    ("newer", "has schema version 99; this simlab knows up to"),
+    ("damaged", "the store is damaged (file is not a database)"),
+])
+def test_a_store_this_simlab_cannot_open_is_one_line_on_every_page(grid_cache, monkeypatch, tmp_path, damage, line):
+    import sqlite3
+    db = _store_at(grid_cache[1], monkeypatch, grid_cache[0], tmp_path)
+    if damage == "newer":
+        with sqlite3.connect(db) as con:
+            con.execute("PRAGMA user_version = 99")
+        con.close()
+    else:
+        for extra in db.parent.glob("simlab.db-*"):
+            extra.unlink()
+        db.write_bytes(b"not an SQLite file at all " * 400)
+    for page in STORE_PAGES:
+        at = _open(page)
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1 and line in errors[0] and "\n" not in errors[0], (page, errors)
