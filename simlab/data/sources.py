@@ -334,7 +334,10 @@ def _csv_row(row: list[str], ip: int, ig: int, lineno: int, f: Path, out: Listin
 
 
 def list_demo(arg: str = "") -> Listing:
-    """The built-in demo: generated once into the cache, then read as a Holidays folder."""
-    from simlab.data.demo import ensure_demo
+    """The built-in demo: generated once into the cache, then read as a Holidays folder (its manifest.csv,
+    where each view was cut from, is not an image)."""
+    from simlab.data.demo import MANIFEST, ensure_demo
 
-    return list_holidays(str(ensure_demo()))
+    out = list_holidays(str(ensure_demo()))
+    out.problems = [p for p in out.problems if Path(p.path).name != MANIFEST]
+    return out
