@@ -25,7 +25,7 @@ from conftest import make_folder
 from helpers import simlab_cache_at
 from simlab.data import load_dataset
 from simlab.progress import Cancelled
-from simlab.vectors import DiskFull, cached_sets, vectorize
+from simlab.vectors import DiskFull, VectorCache, cached_sets, vectorize
 
 BACKBONE, BATCH, IMAGES = "efficientnet_lite0", 8, 60
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,3 +196,29 @@ def test_a_full_disk_keeps_what_was_written(dataset_root, clean, tmp_path, monke
         assert again.computed == IMAGES - kept
         assert np.array_equal(again.vectors, clean)
         assert parts(cache) == []
+
+
+@pytest.mark.parametrize("poison", ["narrow", "nan"])
+def test_a_cached_set_that_is_not_the_backbones_vectors_is_recomputed_with_a_warning(poison, tmp_path, monkeypatch,
+                                                                                      caplog):
+    """A set of 10-d vectors under the 1280-d backbone's key, or one holding NaN, is computed again (its file
+    named in a warning), never handed on as that backbone's vectors."""
+    monkeypatch.setenv("SIMLAB_CACHE", str(tmp_path / "cache"))
+    make_folder(tmp_path / "ds", [2, 2, 2])
+    ds = load_dataset(f"folder:{tmp_path / 'ds'}")
+    rng = np.random.default_rng(0)
+    if poison == "narrow":
+        bad = rng.normal(size=(ds.n_images, 10)).astype(np.float32)
+    else:
+        bad = rng.normal(size=(ds.n_images, 1280)).astype(np.float32)
+        bad[3, 7] = np.nan
+    cache = VectorCache(BACKBONE, "random")
+    path = cache.write(ds.fingerprint, bad, ds.digests)
+    with caplog.at_level("WARNING", logger="simlab"):
+        vs = vectorize(ds, BACKBONE, "random")
+    assert vs.vectors.shape == (ds.n_images, 1280) and np.isfinite(vs.vectors).all()
+    assert vs.computed == ds.n_images
+    why = "10-d, the backbone's are 1280-d" if poison == "narrow" else "1 of 6 vectors hold non-finite values"
+    assert any(str(path) in r.getMessage() and why in r.getMessage() for r in caplog.records), caplog.text
+    again = vectorize(ds, BACKBONE, "random")  # the set written back is the backbone's: a plain hit
+    assert again.computed == 0 and np.array_equal(again.vectors, vs.vectors)
