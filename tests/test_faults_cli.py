@@ -227,3 +227,38 @@ def test_fuzzed_numeric_flags_work_or_exit_2_with_one_line_and_store_nothing(six
         assert any(name in lines[0] for name in ("negative_ratio", "test_size", "seed", "--negative-ratio",
                                                  "--test-size", "--seed")), lines
         assert after == before  # nothing stored
+
+
+# --------------------------------------------------------------------------- untrusted names, long problem lists
+
+ESCAPES = "\x1b]0;pwned\x07\x1b[31mred\u202e"  # sets the terminal's title, colours, reverses the line
+
+
+def test_skipped_files_are_summarised_and_their_names_escaped(tmp_path):
+    """300 missing files are a few lines (counts, the first few), not 300; a name's escape codes are
+    printed as text, never sent to the terminal."""
+    make_holidays(tmp_path / "imgs", [2, 2])
+    odd = tmp_path / "imgs" / f"odd{ESCAPES}.jpg"
+    odd.write_bytes(b"not an image")
+    rows = [f"{p.name},{p.name[:4]}" for p in sorted((tmp_path / "imgs").glob("1*.jpg"))]
+    rows += [f"missing{i}.jpg,g{i % 5}" for i in range(300)] + [f"{odd.name},odd"]
+    csv = tmp_path / "imgs" / "list.csv"
+    csv.write_text("path,group\n" + "\n".join(rows) + "\n")
+    res = simlab("vectorize", "--dataset", f"csv:{csv}", "--weights", "random", cache=tmp_path / "cache")
+    assert res.returncode == 0, res.stderr[-3000:]
+    said = [line.split("\r")[-1] for line in error_lines(res.stderr) if not line.startswith("\r[")]
+    said = [line for line in said if not line.startswith("[")]  # the progress bar's last line
+    assert said[0] == "skipped 301 file(s): file not found 300, not an image 1", said
+    assert len(said) <= 12 and said[-1] == "  ... and 291 more (the app's Data page lists them all)", said
+    assert "\x1b" not in res.stderr + res.stdout and "\x07" not in res.stderr and "\u202e" not in res.stderr
+    assert "odd\\x1b]0;pwned\\x07\\x1b[31mred\\u202e.jpg: not an image" in res.stderr
+    assert res.stdout.startswith("4 vectors of 1280")
+
+
+def test_an_error_naming_a_hostile_path_is_escaped():
+    missing = f"/nonexistent/{ESCAPES}"
+    res = simlab("vectorize", "--dataset", f"folder:{missing}", "--weights", "random", cache=Path("/tmp/none"))
+    assert res.returncode == 2
+    assert "\x1b" not in res.stderr and "\x07" not in res.stderr
+    line, = [x for x in error_lines(res.stderr) if x.startswith("error:")]
+    assert line.startswith("error: Folder not found: /nonexistent/\\x1b]0;pwned\\x07\\x1b[31mred\\u202e.")

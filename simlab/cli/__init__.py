@@ -28,6 +28,7 @@ from simlab.cli.guard import (
     report_unexpected,
     sigterm_raises,
 )
+from simlab.cli.output import escaped_output
 from simlab.progress import Cancelled
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,11 @@ def configure_logging(debug: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with escaped_output():  # a file name's escape codes are shown, never run by the terminal
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.debug)
     with sigterm_raises():

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from simlab.cli.output import printable, raw_stream
+
 Describe = Callable[[str, dict], str]  # (message, fields) -> the text after the counts
 
 
@@ -27,7 +29,8 @@ class ProgressBar:
     """
 
     def __init__(self, stream: TextIO | None = None, describe: Describe = show_message):
-        self.stream, self.describe, self.last = stream or sys.stderr, describe, 0.0
+        # its own carriage returns go through; the text it is given is escaped (a message may name a file)
+        self.stream, self.describe, self.last = raw_stream(stream or sys.stderr), describe, 0.0
 
     def __call__(self, done: int, total: int, message: str = "", **fields: Any) -> None:
         now = time.monotonic()
@@ -36,7 +39,7 @@ class ProgressBar:
         self.last = now
         width = 30
         filled = int(width * done / total) if total else width
-        text = self.describe(message, fields)
+        text = printable(self.describe(message, fields))
         self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {text[:80]:<80}")
         if done >= total:
             self.stream.write("\n")

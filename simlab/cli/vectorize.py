@@ -9,6 +9,7 @@ from pathlib import Path
 from simlab.backbones import DEFAULT_BACKBONE, get_backbone
 from simlab.cli.args import RAY_HELP
 from simlab.cli.guard import backbone_flag
+from simlab.cli.output import print_problems
 from simlab.cli.progress_bar import ProgressBar, show_speed
 from simlab.data import load_dataset
 from simlab.vectors import choose_decoder, vectorize_many
@@ -62,8 +63,7 @@ def cmd_vectorize(args) -> int:
     sets = vectorize_many(dataset, backbones, args.weights, fit=args.fit, ray=args.ray,
                           progress_for=_one_bar(ProgressBar(describe=show_speed)), stats=stats)
     vs0 = sets[backbones[0]]
-    for p in [*dataset.problems, *vs0.problems]:  # a decoding problem is the same for every backbone
-        print(f"skipped {p.path}: {p.reason}", file=sys.stderr)
+    print_problems([*dataset.problems, *vs0.problems], sys.stderr)  # a decoding problem is the same for all
     summaries = []
     for name in backbones:
         vs, out = sets[name], _out(args.out, name, several)
