@@ -16,6 +16,7 @@ from pages._ui.formatting import classifier_name, escape_md, short_path
 from pages._ui.job_panel import job_panel, latest_job, start_job, wait_for_job
 from pages._ui.links import page_link
 from pages._ui.store import cached_runs
+from pages._ui.store_guard import store_guard
 from pages._ui.thumbs import WRAP_CSS, breakable, thumb_path, thumb_uri
 from pages._ui.vector_sets import align, read_set, vector_sets
 from simlab.backbones import DEFAULT_BACKBONE
@@ -184,6 +185,7 @@ def search_job(dataset_spec: str, s: dict, query: str, k: int, kind: str, rerank
 
 # --------------------------------------------------------------------------- page
 
+store_guard()  # a store that cannot be opened: one line; corrupt runs named
 st.title("Search")
 st.caption("Pick an image and see the images whose vectors are nearest (cosine similarity, FAISS index). "
            "A trained pair classifier can re-rank them by its probability that they show the same scene.")
@@ -321,6 +323,11 @@ if query_group is not None:
     others = sum(1 for i in index_of if str(dataset.groups[i]) == query_group) - 1
     summary += f" · {same} of the {others} other image(s) of the query's group found"
 st.markdown(summary)
+if answer.get("close_match") is False:
+    st.warning("**No close match.** The best of these looks less alike than 95% of the same-scene pairs this run "
+               "was validated on (by its P(same) and by vector similarity): the query probably shows a scene that "
+               "is not in the dataset. The P(same) below are the classifier's reading of images unlike any it "
+               "was trained on; do not trust them.", icon=":material/help:")
 order = ("ordered by the run's probability that the pair shows the same scene, P(same)" if rerank
          else "ordered by cosine similarity")
 if query_group is not None:

@@ -26,13 +26,13 @@ import joblib
 import numpy as np
 
 from simlab.backbones import DEFAULT_BACKBONE
-from simlab.classifiers import make_classifier
 from simlab.data import file_digest, load_dataset
-from simlab.merge import merge_pairs
+from simlab.fitting import FittedCell, cosines, fit_run
 from simlab.pairs import group_codes, normalised
 from simlab.paths import atomic_path, cache_dir
 from simlab.progress import Progress, ShouldStop, silent
 from simlab.protocol import Protocol
+from simlab.runspec import RunSpec, is_fused
 from simlab.store import Store
 from simlab.vectors import compute_vectors, vectorize
 
@@ -236,73 +236,56 @@ def run_model_path(run_id: str) -> Path:
     return cache_dir("runs", run_id) / "model.joblib"
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """What re-ranking needs of a finished grid run: where its vectors come from, its merge and classifier,
-    and the protocol that built its training pairs."""
-
-    run_id: str
-    dataset: str
-    backbone: str
-    merge: str
-    classifier: str
-    protocol: Protocol
-
-    @property
-    def weights(self) -> str:
-        return self.protocol.weights
-
-
-def run_settings(run_id: str, store=None) -> RunSettings:
-    """The settings of a finished pair run needed to refit its classifier (backbone, merge, ...)."""
+def run_spec(run_id: str, store=None) -> RunSpec:
+    """The spec of a finished grid run on one backbone, as it was fitted (to refit its classifier)."""
     run = (store or Store()).get(run_id)
     if run is None:
         raise ValueError(f"No run {run_id!r} in the store. List runs with: python -m simlab runs")
     if not (run.done and run.is_grid):
         raise ValueError(f"Run {run_id} is not a finished pair-classifier run (status {run.status}, "
                          f"kind {run.kind}); pick another with: python -m simlab runs")
-    if "+" in (run.backbone or ""):
+    if is_fused(run.backbone):
         raise ValueError(f"Run {run_id} uses fused backbones ({run.backbone}); re-ranking needs a run "
                          "on one backbone.")
     try:
         protocol = Protocol(**run.protocol.to_dict())  # a stored protocol now out of bounds cannot build pairs
     except ValueError as exc:
         raise ValueError(f"Run {run_id} cannot be refitted: {exc}") from None
-    return RunSettings(run_id, run.config.get("dataset") or run.dataset, run.backbone, run.merge, run.classifier,
-                       protocol)
+    spec = RunSpec.from_dict(run.config, backbone=run.backbone, merge=run.merge, classifier=run.classifier,
+                             dataset=run.dataset)
+    return spec.replace(protocol=protocol)
 
 
-def run_classifier(run_id: str, store=None, progress: Progress = silent):
-    """The run's fitted classifier: refitted once on the run's training pairs, then cached with joblib
+def run_classifier(run_id: str, store=None, progress: Progress = silent) -> FittedCell:
+    """The run's fitted classifier, calibration and threshold (:func:`simlab.fitting.fit_run`, the grid's own
+    fit: same pairs, validation pairs, library settings and seed), refitted once, then cached with joblib
     under ``cache/runs/<run_id>/model.joblib`` (classifiers are not stored with runs)."""
     path = run_model_path(run_id)
     if path.exists():
         try:
-            return joblib.load(path)
+            cell = joblib.load(path)
+            if isinstance(cell, FittedCell):
+                return cell
         except Exception:  # unreadable or from another library version: refit below
             log.warning("Refitting run %s's classifier: %s could not be loaded", run_id, path, exc_info=True)
-    settings = run_settings(run_id, store)
-    progress(0, 1, f"Refitting run {run_id}'s classifier ({settings.classifier}) on its training pairs",
+    spec = run_spec(run_id, store)
+    progress(0, 1, f"Refitting run {run_id}'s classifier ({spec.classifier}) on its training pairs",
              stage="refit")
-    dataset = load_dataset(settings.dataset)
-    vs = vectorize(dataset, settings.backbone, settings.weights)
-    protocol = settings.protocol
-    index = build_index(vs.vectors) if protocol.needs_vectors else None
-    pairs, train, _ = protocol.pairs(vs.groups, vs.vectors, index=index)
-    X = merge_pairs(vs.vectors, pairs.left[train], pairs.right[train], settings.merge)
-    model = make_classifier(settings.classifier, random_state=protocol.seed).fit(X, pairs.label[train])
+    dataset = load_dataset(spec.dataset)
+    vs = vectorize(dataset, spec.backbone, spec.protocol.weights)
+    index = build_index(vs.vectors) if spec.protocol.needs_vectors else None
+    cell = fit_run(spec, vs.vectors, vs.groups, index=index)
     with atomic_path(path, suffix=".joblib") as tmp:
-        joblib.dump(model, tmp)
-    return model
+        joblib.dump(cell, tmp)
+    return cell
 
 
-def pair_probabilities(model, merge: str, query_vector, candidate_vectors) -> np.ndarray:
-    """P(same scene) of (query, candidate) for each candidate, by a fitted pair classifier."""
+def pair_probabilities(cell: FittedCell, query_vector, candidate_vectors) -> np.ndarray:
+    """Calibrated P(same scene) of (query, candidate) for each candidate, by a run's fitted classifier."""
     vectors = np.vstack([np.asarray(query_vector, np.float32).reshape(1, -1),
                          np.asarray(candidate_vectors, np.float32)])
     m = len(vectors) - 1
-    X = merge_pairs(vectors, np.zeros(m, np.int64), np.arange(1, m + 1), merge)
-    return model.predict_proba(X)[:, 1]
+    return cell.predict(vectors, np.zeros(m, np.int64), np.arange(1, m + 1))
 
 
 # --------------------------------------------------------------------------- searching a dataset
@@ -318,11 +301,14 @@ class SearchResult:
     results: list[dict]  # rank, index, path, group, score, same_file (the query's own bytes) [, prob]
     rerank: str | None = None
     seconds: float = 0.0
+    #: Re-ranked only: whether the best result looks like the run's validation positives (None: unknown).
+    #: False means "no close match": the P(same) shown are the classifier's reading of strangers.
+    close_match: bool | None = None
 
     def to_dict(self) -> dict:
         return {"query": self.query, "query_group": self.query_group, "backbone": self.backbone,
                 "weights": self.weights, "index": self.kind, "rerank": self.rerank, "k": len(self.results),
-                "seconds": round(self.seconds, 3), "results": self.results}
+                "seconds": round(self.seconds, 3), "close_match": self.close_match, "results": self.results}
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -392,15 +378,15 @@ def search_dataset(dataset, query: str, backbone: str | None = None, weights: st
     steps = len(SEARCH_STAGES) if rerank else SEARCH_STAGES.index("search") + 1
     step = functools.partial(_step, progress, steps=steps)
     t0 = time.perf_counter()
-    settings = run_settings(rerank, store) if rerank else None
+    settings = run_spec(rerank, store) if rerank else None
     if settings:
         if backbone and backbone != settings.backbone:
             raise ValueError(f"Run {rerank} was trained on {settings.backbone} vectors; search with "
                              f"--backbone {settings.backbone} (or leave --backbone out).")
-        if weights and weights != settings.weights:
-            raise ValueError(f"Run {rerank} was trained on {settings.weights} weights; search with "
-                             f"--weights {settings.weights} (or leave --weights out).")
-        backbone, weights = settings.backbone, settings.weights
+        if weights and weights != settings.protocol.weights:
+            raise ValueError(f"Run {rerank} was trained on {settings.protocol.weights} weights; search with "
+                             f"--weights {settings.protocol.weights} (or leave --weights out).")
+        backbone, weights = settings.backbone, settings.protocol.weights
     backbone = backbone or DEFAULT_BACKBONE
     if not os.path.isfile(query):  # before any vectorising
         raise FileNotFoundError(f"Query image not found: {query}")
@@ -430,13 +416,17 @@ def search_dataset(dataset, query: str, backbone: str | None = None, weights: st
     scores, ids = index.search(query_vector, depth)
     keep = ids[0] >= 0
     ids, scores = ids[0][keep], scores[0][keep]
-    probs = None
+    probs, close = None, None
     if settings:
-        model = run_classifier(rerank, store, progress=step("refit"))
+        cell = run_classifier(rerank, store, progress=step("refit"))
         step("rerank")(0, 1, f"Re-ranking {len(ids)} neighbours with run {rerank}")
-        probs = pair_probabilities(model, settings.merge, query_vector, vs.vectors[ids])
+        probs = pair_probabilities(cell, query_vector, vs.vectors[ids])
         order = np.lexsort((-scores, -probs))  # by probability, then similarity
         ids, scores, probs = ids[order][:k], scores[order][:k], probs[order][:k]
+        if len(ids):
+            both = np.vstack([query_vector, vs.vectors[ids]])
+            cos = cosines(both, np.zeros(len(ids), int), np.arange(1, len(ids) + 1))
+            close = cell.close_match(float(probs.max()), float(cos.max()))
     results = []
     for rank, (i, s) in enumerate(zip(ids, scores), 1):
         row = {"rank": rank, "index": int(i), "path": vs.paths[i], "group": str(vs.groups[i]), "score": float(s),
@@ -446,4 +436,4 @@ def search_dataset(dataset, query: str, backbone: str | None = None, weights: st
         results.append(row)
     return SearchResult(query=str(query), query_group=str(vs.groups[position]) if position is not None else None,
                         backbone=backbone, weights=vs.weights, kind=index.kind, results=results, rerank=rerank,
-                        seconds=time.perf_counter() - t0)
+                        seconds=time.perf_counter() - t0, close_match=close)

@@ -75,6 +75,9 @@ def print_result(result: SearchResult, query: str, root) -> None:
         print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) + same)
     if result.query_group is not None:
         print("* same group as the query")
+    if result.close_match is False:
+        print(f"no close match: the best result looks less alike than 95% of run {result.rerank}'s validation "
+              "same-scene pairs; its P(same) values are not to be trusted")
 
 
 def _relative(path: str, root) -> str:
