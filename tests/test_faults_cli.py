@@ -262,3 +262,124 @@ def test_an_error_naming_a_hostile_path_is_escaped():
     assert "\x1b" not in res.stderr and "\x07" not in res.stderr
     line, = [x for x in error_lines(res.stderr) if x.startswith("error:")]
     assert line.startswith("error: Folder not found: /nonexistent/\\x1b]0;pwned\\x07\\x1b[31mred\\u202e.")
+
+
+# --------------------------------------------------------------------------- a store that degrades row by row
+
+
+@pytest.fixture(scope="module")
+def grid_store(tmp_path_factory, six_groups) -> Path:
+    """A cache whose store holds four finished grid runs (random weights)."""
+    from helpers import simlab_cache_at
+    from simlab.experiment import GridConfig, run_grid
+    cache = tmp_path_factory.mktemp("grid_store")
+    with simlab_cache_at(cache):
+        config = GridConfig(dataset=six_groups, merges=["dot", "l1"], classifiers=["cosine", "logreg"],
+                            weights="random")
+        assert len(list(run_grid(config, Store()))) == 4
+    return cache
+
+
+def copy_of(cache: Path, tmp_path: Path) -> Path:
+    import shutil
+    shutil.copytree(cache, tmp_path / "cache")
+    return tmp_path / "cache"
+
+
+def test_runs_and_report_read_past_corrupt_rows_and_runs_delete_removes_them(grid_store, six_groups, tmp_path):
+    cache = copy_of(grid_store, tmp_path)
+    bad_json, json_list, bad_preds, fine = [r.id for r in Store(cache / "simlab.db").list_runs()]
+    with contextlib.closing(sqlite3.connect(cache / "simlab.db")) as con, con:
+        con.execute("UPDATE runs SET metrics = '{\"accuracy\": 0.9,' WHERE id = ?", [bad_json])
+        con.execute("UPDATE runs SET metrics = '[0.9]' WHERE id = ?", [json_list])
+        first = con.execute("SELECT min(rowid) FROM predictions WHERE run_id = ?", [bad_preds]).fetchone()[0]
+        con.execute("UPDATE predictions SET prob = NULL WHERE rowid = ?", [first])
+        con.execute("UPDATE predictions SET label = 'same' WHERE rowid = ?", [first + 1])
+    listed = simlab("runs", cache=cache)
+    assert listed.returncode == 0, listed.stderr
+    assert {bad_preds, fine} <= set(listed.stdout.split()) and bad_json not in listed.stdout
+    said = "\n".join(error_lines(listed.stderr))
+    assert f"corrupt run {bad_json}: metrics is not valid JSON" in said
+    assert f"corrupt run {json_list}: metrics is a JSON list, not a JSON object" in said
+    assert f"python -m simlab runs --delete {bad_json}" in said and "Traceback" not in said
+
+    out = tmp_path / "report.html"
+    report = simlab("report", "--dataset", six_groups, "--run", bad_preds, fine, "--out", str(out), cache=cache)
+    assert report.returncode == 0, report.stderr
+    assert "invalid literal" not in report.stderr and "Traceback" not in report.stderr
+    assert f"corrupt run {bad_preds}: 2 of " in out.read_text()  # the unreadable pairs named in the report
+
+    deleted = simlab("runs", "--delete", bad_json, json_list, cache=cache)
+    assert deleted.returncode == 0 and deleted.stdout.split("\n")[:2] == [f"deleted run {bad_json}",
+                                                                         f"deleted run {json_list}"]
+    assert Store(cache / "simlab.db").corrupt_runs() == []
+    missing = simlab("runs", "--delete", "r-no-such-run", cache=cache)
+    assert missing.returncode == 2 and error_lines(missing.stderr) == [
+        f"error: no run r-no-such-run in {cache / 'simlab.db'} (see python -m simlab runs)"]
+
+
+@pytest.mark.parametrize("damage, line", [
+    ("newer", r"error: \S+simlab\.db has schema version 99; this simlab knows up to \d+\. Update simlab, or set "
+              r"SIMLAB_CACHE to another folder\."),
+    ("damaged", r"error: \S+simlab\.db: the store is damaged \(file is not a database\), so no run in it can be "
+                r"read\. Move the file aside .*"),
+])
+def test_every_command_on_a_store_it_cannot_open_says_so_in_one_line(grid_store, six_groups, tmp_path, damage,
+                                                                     line):
+    cache = copy_of(grid_store, tmp_path)
+    db = cache / "simlab.db"
+    if damage == "newer":
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            con.execute("PRAGMA user_version = 99")
+    else:
+        for extra in cache.glob("simlab.db-*"):
+            extra.unlink()
+        db.write_bytes(b"not an SQLite file at all " * 400)
+    before = db.read_bytes()
+    for args in (["runs"], ["report", "--dataset", six_groups, "--out", str(tmp_path / "r.html")],
+                 ["run", "--dataset", six_groups, *FAST]):
+        res = simlab(*args, cache=cache)
+        said = error_lines(res.stderr)
+        assert res.returncode == 2 and len(said) == 1 and re.fullmatch(line, said[0]), (args, res.stderr)
+        assert "writable" not in said[0]  # a damaged store is not a permissions problem
+    assert db.read_bytes() == before and not (tmp_path / "r.html").exists()
+
+
+# --------------------------------------------------------------------------- the CLI beside the app's job
+
+
+def test_vectorize_attaches_to_the_apps_job_for_the_same_dataset_and_computes_nothing(tmp_path):
+    """The app has queued a vectorisation of ``folder:X/``; ``vectorize --dataset folder:X`` (the same
+    dataset, written otherwise) waits for that job and then reads its vectors: 0 computed here."""
+    from conftest import make_folder
+
+    from simlab.jobs.request import request_params
+
+    make_folder(tmp_path / "ds", [3, 3, 3])
+    cache = tmp_path / "cache"
+    env = os.environ | {"SIMLAB_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    store = Store(cache / "simlab.db")
+    params = request_params({"dataset": f"folder:{tmp_path / 'ds'}/", "backbones": ["efficientnet_lite0"],
+                             "weights": "random"})
+    job_id, _ = store.add_job_once("vectorize", params)  # as the app records it, its worker not started yet
+    store.update_job(job_id, heartbeat=time.time())
+    cli_proc = subprocess.Popen([sys.executable, "-m", "simlab", "vectorize", "--dataset", f"folder:{tmp_path}/ds",
+                                 "--weights", "random"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    said = []
+    try:
+        for line in cli_proc.stderr:
+            said.append(line)
+            if "attached to job" in line:
+                break
+        assert said and said[-1].strip() == f"attached to job {job_id}, which vectorises this dataset in the app: " \
+                                            "waiting for it", "".join(said)[-3000:]
+        worker = subprocess.run([sys.executable, "-m", "simlab.jobs", job_id, str(store.path)], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)
+        assert worker.returncode == 0 and store.get_job(job_id)["status"] == "done", worker.stderr[-3000:]
+        out, err = cli_proc.communicate(timeout=300)
+    finally:
+        cli_proc.kill()
+    assert cli_proc.returncode == 0, err[-3000:]
+    assert out.startswith("9 vectors of 1280 (0 computed, the rest cached)"), out + err[-2000:]
+    assert "computing what is missing here" not in err

@@ -1,5 +1,5 @@
 """Processes that end, pids that are reused, requests made twice, a store on a full or read-only disk:
-real processes, real signals and real (tmpfs) disks; no worker here loads TensorFlow."""
+real processes, real signals and real (tmpfs) disks; no worker here gets to load TensorFlow."""
 
 from __future__ import annotations
 
@@ -298,3 +298,95 @@ def test_a_read_only_store_is_refused_before_any_work(small_disk, monkeypatch):
     with pytest.raises(StoreError):
         jobs.start_job("search", QUICK, store_path=path)
     assert not [p for p in psutil.Process().children(recursive=True) if "simlab.jobs" in p.cmdline()]
+
+
+# --------------------------------------------------------------------------- a cancel while a job loads
+
+
+def test_loading_a_grid_stops_at_the_first_check_after_a_cancel(tmp_path, monkeypatch):
+    """Each loading step is behind a cancel check: a job cancelled from the start loads nothing, and a step
+    that is running (an import, a dataset being hashed) is given up at the next check, left to end alone."""
+    import threading
+
+    from conftest import make_folder
+
+    from simlab.jobs.kinds import prepare
+    from simlab.jobs.worker import until_stopped
+    from simlab.progress import Cancelled
+
+    monkeypatch.setenv("SIMLAB_CACHE", str(tmp_path / "cache"))
+    make_folder(tmp_path / "ds", [2, 2])
+    heard = []
+    with pytest.raises(Cancelled, match="before loading the dataset"):
+        prepare(f"folder:{tmp_path / 'ds'}", ["efficientnet_lite0"], "random",
+                lambda done, total, message="", **f: heard.append(message), 1000, 0.1, should_stop=lambda: True)
+    assert not any("TensorFlow" in m or "backbone" in m for m in heard), heard
+    assert not (tmp_path / "cache" / "datasets" / "files.sqlite").exists()  # not one file was checked
+
+    never, asked = threading.Event(), []
+    with pytest.raises(Cancelled, match="while importing"):  # a step that would never end by itself
+        until_stopped(never.wait, lambda: asked.append(1) or len(asked) > 3, "importing")
+    assert len(asked) == 4
+
+
+def test_a_grid_cancelled_while_it_loads_ends_cancelled_with_no_run(store, tmp_path):
+    """The probe: a cancel in the first seconds of a grid job (the worker importing its libraries, loading
+    the dataset or TensorFlow) ends the job "cancelled" and stores no run at all."""
+    from conftest import make_folder
+
+    make_folder(tmp_path / "ds", [3, 3, 3, 3])
+    params = {"dataset": f"folder:{tmp_path / 'ds'}", "backbones": ["efficientnet_lite0"], "merges": ["dot", "l1"],
+              "classifiers": ["cosine", "logreg"], "weights": "random"}
+    job_id = jobs.start_job("grid", params, store_path=store.path)
+    wait_for(lambda: store.get_job(job_id)["status"] != "queued", 120, "the worker to start")
+    jobs.cancel_job(job_id, store.path)
+    wait_for(lambda: store.get_job(job_id)["status"] in jobs.FINISHED, 120, "the job to end")
+    job = store.get_job(job_id)
+    assert job["status"] == "cancelled" and job["message"] == "Stopped on request."
+    assert (job["done"] or 0) <= 100  # on the bar, loading is the first tenth: it never got past it
+    assert store.runs() == []
+    wait_for(lambda: not workers_of(job_id), 60, "the worker to exit")
+
+
+def _finishes_then_sees_a_cancel(params, store, progress, should_stop) -> dict:
+    """A kind whose work is all done when it first notices the cancel (a grid whose last runs just landed)."""
+    progress(3, 4, "3 of 4 runs done")
+    jobs.cancel_job(params["job_id"], store.path)
+    wait_for(should_stop, 10, "the cancel to be seen")
+    progress(4, 4, "4 runs done")
+    return {"runs": 4}
+
+
+def test_a_job_that_finished_its_work_before_seeing_the_cancel_reads_done(store, monkeypatch):
+    """Never "cancelled at 75%" beside four runs stored done: a job that did all its work is done."""
+    from simlab.jobs.worker import run_worker
+
+    monkeypatch.setitem(jobs.JOB_KINDS, "finishes", _finishes_then_sees_a_cancel)
+    job_id = store.add_job("finishes", {})
+    store.update_job(job_id, params={"job_id": job_id})
+    assert run_worker(job_id, store.path) == 0
+    job = store.get_job(job_id)
+    assert job["status"] == "done" and (job["done"], job["total"]) == (4, 4)
+    assert job["message"] == "Done: the cancel came after the work was finished."
+    assert job["result"] == {"runs": 4}
+
+
+# --------------------------------------------------------------------------- one request, however it is written
+
+
+def test_one_dataset_written_three_ways_is_one_request_and_one_job(store, tmp_path, monkeypatch):
+    from conftest import make_folder
+
+    make_folder(tmp_path / "ds", [2, 2])
+    monkeypatch.chdir(tmp_path)
+    params = {"backbones": ["efficientnet_lite0"], "weights": "random"}
+    first = jobs.start_job("vectorize", {"dataset": f"folder:{tmp_path / 'ds'}/", **params}, store_path=store.path)
+    try:
+        assert jobs.start_job("vectorize", {"dataset": f"folder:{tmp_path / 'ds'}", **params},
+                              store_path=store.path) == first
+        assert jobs.start_job("vectorize", {"dataset": "folder:./ds", **params}, store_path=store.path) == first
+        assert jobs.start_job("vectorize", {"dataset": str(tmp_path / "ds"), **params}, store_path=store.path) == first
+        assert [j["id"] for j in store.jobs()] == [first] and len(workers_of(first)) <= 1
+        assert store.get_job(first)["params"]["dataset"] == f"folder:{tmp_path / 'ds'}"
+    finally:
+        end_job(store, first)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from simlab.backbones import DEFAULT_BACKBONE, get_backbone
+from simlab.cli import attach
 from simlab.cli.args import RAY_HELP
 from simlab.cli.guard import backbone_flag
 from simlab.cli.output import print_problems
@@ -59,6 +60,8 @@ def cmd_vectorize(args) -> int:
     dataset = load_dataset(args.dataset)
     backbones = list(dict.fromkeys(args.backbone))
     several = len(backbones) > 1
+    if not args.ray and args.fit == "crop":  # the app's jobs vectorise with these settings
+        attach.wait_for(attach.vectorize_jobs(dataset.spec, backbones, args.weights))
     stats: list = []
     sets = vectorize_many(dataset, backbones, args.weights, fit=args.fit, ray=args.ray,
                           progress_for=_one_bar(ProgressBar(describe=show_speed)), stats=stats)

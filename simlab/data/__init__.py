@@ -43,6 +43,7 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "Problem",
+    "canonical_spec",
     "load_dataset",
     "parse_spec",
     "file_digest",
@@ -295,8 +296,7 @@ def _loader(kind: str, lister: Callable[[str], Listing]) -> Callable[[str], Data
     def load(arg: str = "") -> Dataset:
         arg = (arg or "").strip()
         listing = lister(arg)
-        spec = "demo" if kind == "demo" else f"{kind}:{Path(arg).expanduser().resolve()}"
-        return _build(spec, listing)
+        return _build(_canonical(kind, arg), listing)
 
     load.__name__ = f"load_{kind}"
     return load
@@ -342,6 +342,26 @@ def parse_spec(spec: str) -> tuple[str, str]:
     examples = "; ".join(v.example for v in DATASET_KINDS.values())
     raise DatasetError(f"Unknown dataset spec {spec!r}: it should start with one of {kinds} followed by ':' "
                        f"and a path (e.g. {examples}), or be an existing folder or .csv file.")
+
+
+def _canonical(kind: str, arg: str) -> str:
+    return "demo" if kind == "demo" else f"{kind}:{Path(arg.strip()).expanduser().resolve()}"
+
+
+def canonical_spec(spec: str) -> str:
+    """The name :func:`load_dataset` gives the dataset of ``spec``, found without reading a file:
+    ``folder:X/``, ``folder:./X`` and ``X`` (an existing folder) all become ``folder:/abs/X``, so one
+    dataset makes one request. A spec that names nothing usable is returned as given (loading says why)."""
+    try:
+        kind, arg = parse_spec(spec)
+    except DatasetError:
+        return spec
+    if kind != "demo" and not arg.strip():
+        return spec
+    try:
+        return _canonical(kind, arg)
+    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL byte: loading says why
+        return spec
 
 
 def load_dataset(spec: str = "demo") -> Dataset:

@@ -15,10 +15,12 @@ import threading
 import time
 from dataclasses import fields as dataclass_fields
 
+import simlab.finetune  # noqa: F401  (registers the siamese-<run id> backbones a job may name)
 from simlab.backbones import DEFAULT_BACKBONE
 from simlab.data import Dataset, load_dataset, parse_spec
 from simlab.data.demo import demo_dir, ensure_demo
 from simlab.experiment import GridConfig, run_grid
+from simlab.jobs.worker import until_stopped
 from simlab.progress import Cancelled, Progress, ShouldStop
 from simlab.search import search_dataset
 from simlab.store import Store
@@ -124,17 +126,24 @@ def prepare(spec: str, backbones: list[str], weights: str | None, progress: Prog
         loading.say("data", "Generating the demo images (first time only)")
         child = _demo_in_a_child(loading)
         cores = os.cpu_count() or 1
-        _load_models(backbones, weights, loading, before_models=child.wait if cores - min(4, cores) < 2 else None)
-        if child.wait() != 0:  # generated here instead, where a failure says what went wrong
-            log.warning("Generating the demo in a child process failed (exit %s)", child.returncode)
-        ensure_demo()
+        try:
+            until_stopped(lambda: _load_models(backbones, weights, loading,
+                                               before_models=child.wait if cores - min(4, cores) < 2 else None),
+                          should_stop, "loading TensorFlow")
+            if until_stopped(child.wait, should_stop, "generating the demo images") != 0:
+                # generated here instead, where a failure says what went wrong
+                log.warning("Generating the demo in a child process failed (exit %s)", child.returncode)
+        except Cancelled:
+            child.kill()
+            raise
+        until_stopped(ensure_demo, should_stop, "generating the demo images")
     loading.say("data", f"Loading the dataset {spec}", 0.95 if first_demo else 0.0)
-    dataset = load_dataset(spec)
+    dataset = until_stopped(lambda: load_dataset(spec), should_stop, "loading the dataset")
     loading.done("data")
     if not first_demo:
         missing = [b for b in backbones if not VectorCache(b, weights or default_weights(b)).has(dataset.fingerprint)]
         if missing:
-            _load_models(missing, weights, loading)
+            until_stopped(lambda: _load_models(missing, weights, loading), should_stop, "loading the models")
         else:
             loading.done("models")
     if should_stop is not None and should_stop():

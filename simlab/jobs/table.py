@@ -13,6 +13,7 @@ from pathlib import Path
 from simlab.jobs.base import ACTIVE, log_path, open_store
 from simlab.jobs.reaper import reap_stale
 from simlab.jobs.registry import check_kind
+from simlab.jobs.request import request_params
 from simlab.paths import REPO_ROOT
 from simlab.store import HOST, process_started
 
@@ -27,7 +28,7 @@ def start_job(kind: str, params: dict | None = None, store_path: str | Path | No
     it. A store that cannot be written raises :class:`simlab.store.StoreError` before anything starts.
     """
     check_kind(kind)
-    params = dict(params or {})
+    params = request_params(params)  # folder:X/ and folder:X are one request
     store = open_store(store_path)
     store.check_writable()
     reap_stale(store)  # a request whose job has died starts again

@@ -2,8 +2,11 @@
 
 It runs the job's function (:mod:`simlab.jobs.registry`), writes progress, result or error to the
 store's ``jobs`` table, beats a heartbeat the reaper watches, and checks the cancel flag between
-batches. Its ``logging`` records go to the job's log file (:func:`simlab.jobs.base.log_path`), which
-the Runs page shows.
+batches. Steps that cannot check it themselves (importing the job's libraries, loading a dataset or
+TensorFlow) run under :func:`until_stopped`, so a cancel is honoured within a fraction of a second
+from the job's first moment. The final state tells the truth: "cancelled" for a job that stopped
+early, "done" for one that finished its work before it saw the cancel. Its ``logging`` records go to
+the job's log file (:func:`simlab.jobs.base.log_path`), which the Runs page shows.
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from simlab.jobs.base import log_path
 from simlab.jobs.registry import job_function
-from simlab.progress import Cancelled
+from simlab.progress import Cancelled, ShouldStop
 from simlab.store import HOST, Store, StoreError, process_started
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,39 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL = 0.3  # seconds between progress writes (the first and the last always go through)
 HEARTBEAT_INTERVAL = 2.0  # seconds between the worker's "still alive" writes
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+STOP_POLL = 0.2  # seconds between cancel checks while a step that cannot check runs
+LOADING_THREAD = "simlab-loading"  # the threads of until_stopped (left behind on a cancel)
+
+T = TypeVar("T")
+
+
+def until_stopped(work: Callable[[], T], should_stop: ShouldStop | None, what: str) -> T:
+    """``work()``, with ``should_stop`` asked every STOP_POLL seconds meanwhile: a step that cannot check
+    the cancel itself (an import, TensorFlow, a dataset being hashed) never holds a cancel back.
+
+    On a cancel it raises :class:`Cancelled` at once and leaves ``work`` running in its (daemon) thread;
+    the worker process then ends without waiting for it (:func:`main`)."""
+    if should_stop is None:
+        return work()
+    if should_stop():
+        raise Cancelled(f"Stopped on request before {what}.")
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"{LOADING_THREAD}: {what}", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(STOP_POLL)
+        if thread.is_alive() and should_stop():
+            raise Cancelled(f"Stopped on request while {what}.")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 class Reporter:
@@ -50,10 +86,13 @@ class Reporter:
         self.latest: tuple[int, int, str] = (0, 0, "")  # the newest progress reported, written or not
         self.stopped_at: tuple[int, int, str] | None = None  # the progress when the cancel was first seen
         self.lock = threading.Lock()
+        self.closed = False  # the job's end is being written: later progress (a step left running) is dropped
         self.with_fields = "fields" in (store.get_job(job_id) or {})
 
     def progress(self, done: int, total: int, message: str = "", **fields: Any) -> None:
         with self.lock:
+            if self.closed:
+                return
             self.pending = (int(done), int(total), str(message)[:300], fields)
             self.latest = self.pending[:3]
             due = time.monotonic() - self.last_write >= PROGRESS_INTERVAL or (total and done >= total)
@@ -64,7 +103,7 @@ class Reporter:
         """Write the latest progress now (also called by the heartbeat, so a held-back one shows soon)."""
         with self.lock:
             pending, self.pending = self.pending, None
-            if pending is None:
+            if pending is None or self.closed:
                 return
             self.last_write = time.monotonic()
             done, total, message, fields = pending
@@ -169,10 +208,10 @@ def _run(store: Store, job: dict) -> int:
     beat.start()
     log.info("Job %s (%s) started, pid %d", job_id, job["kind"], os.getpid())
     try:
-        fn = job_function(job["kind"])
+        fn = until_stopped(lambda: job_function(job["kind"]), reporter.should_stop, "loading libraries")
         kwargs = {"job_id": job_id} if "job_id" in inspect.signature(fn).parameters else {}
         result = fn(job["params"] or {}, store, reporter.progress, reporter.should_stop, **kwargs)
-        if reporter.should_stop():
+        if reporter.should_stop() and stopped_early(result):
             raise Cancelled("Stopped on request.")
     except (Cancelled, KeyboardInterrupt) as exc:
         _flush(reporter)
@@ -200,10 +239,13 @@ def _run(store: Store, job: dict) -> int:
 
 
 def _flush(reporter: Reporter) -> None:
+    """Write the last progress, then take no more: the job's end is written next."""
     try:
         reporter.flush()
     except StoreError as exc:
         log.error("Last progress of job %s not written: %s", reporter.job_id, exc)
+    with reporter.lock:
+        reporter.closed = True
 
 
 def _interrupt_runs(store: Store, reason: str) -> None:
@@ -215,11 +257,20 @@ def _interrupt_runs(store: Store, reason: str) -> None:
         log.error("Runs of this worker not marked failed (readers will): %s", exc)
 
 
+def stopped_early(result) -> bool:
+    """Whether a job function that returned (rather than raise :class:`Cancelled`) says it stopped short of
+    its work: ``{"stopped": True}`` or ``{"status": "cancelled"}`` (a fine-tune scores its checkpoint and
+    returns). One that did all its work is "done", even if a cancel came meanwhile: its runs are done too."""
+    return isinstance(result, dict) and (bool(result.get("stopped")) or result.get("status") == "cancelled")
+
+
 def _finish(store: Store, job_id: str, reporter: Reporter, result) -> None:
     reporter.flush()
     job = store.get_job(job_id)
     total = max(job.get("total") or 0, 1)
-    store.update_job(job_id, status="done", finished=time.time(), result=jsonable(result), done=total, total=total)
+    late = {"message": "Done: the cancel came after the work was finished."} if reporter.cancelled else {}
+    store.update_job(job_id, status="done", finished=time.time(), result=jsonable(result), done=total, total=total,
+                     **late)
     log.info("Job %s done", job_id)
 
 
@@ -246,7 +297,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     signal.signal(signal.SIGTERM, _terminated)  # a polite kill ends the job as cancelled, not as a crash
-    return run_worker(argv[0], argv[1])
+    code = run_worker(argv[0], argv[1])
+    if any(t.name.startswith(LOADING_THREAD) and t.is_alive() for t in threading.enumerate()):
+        # a step left running by a cancel (TensorFlow's import, a dataset being hashed): the job's end is
+        # written, so end now rather than wait for it (its thread pools would be joined at exit)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _terminated(signum, frame):
