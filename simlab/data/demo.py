@@ -49,7 +49,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from simlab.paths import cache_dir
 
-GENERATOR_VERSION = "4"
+GENERATOR_VERSION = "5"
 SEED = 20170
 MARKER = ".simlab-demo.json"
 MANIFEST = "manifest.csv"
@@ -71,7 +71,7 @@ PHOTOS: dict[str, tuple[str, str, Scenes]] = {
         ("head and camera", (150, 55, 330, 190)), ("skyline", (340, 100, 512, 240)),
         ("hands on the tripod", (160, 196, 335, 300)), ("tripod legs", (220, 306, 420, 512)))),
     "chelsea": ("skimage", "data/chelsea.png", (
-        ("eye", (115, 65, 215, 165)), ("nose", (210, 195, 320, 285)), ("whiskers", (0, 175, 130, 300)))),
+        ("eye", (115, 65, 215, 165)), ("nose", (210, 195, 320, 285)))),
     "china": ("sklearn", "datasets/images/china.jpg", (
         ("pagoda roof", (90, 25, 325, 150)), ("pagoda base", (64, 252, 370, 400)),
         ("lake and island", (380, 200, 550, 290)), ("tall tree", (555, 130, 640, 420)),
@@ -82,8 +82,8 @@ PHOTOS: dict[str, tuple[str, str, Scenes]] = {
     "flower": ("sklearn", "datasets/images/flower.jpg", (("dahlia", (165, 85, 450, 365)),)),
     "motorcycle": ("skimage", "data/motorcycle_left.png", (
         ("engine", (330, 240, 480, 380)), ("front wheel", (500, 280, 690, 460)), ("headlight", (470, 100, 600, 200)),
-        ("top shelf", (520, 0, 741, 95)), ("seat and bench", (40, 100, 290, 240)),
-        ("cans on a shelf", (340, 0, 460, 140)), ("boxes", (610, 170, 741, 270)), ("wooden wall", (0, 0, 170, 95)))),
+        ("seat and bench", (40, 100, 290, 240)), ("cans on a shelf", (340, 0, 460, 140)),
+        ("boxes", (610, 170, 741, 270)), ("wooden wall", (0, 0, 170, 95)))),
     "rocket": ("skimage", "data/rocket.jpg", (
         ("rocket nose", (270, 110, 365, 260)), ("launch pad lights", (280, 300, 480, 427)),
         ("launch tower", (0, 0, 95, 300)))),
@@ -351,6 +351,15 @@ def grey_std(view: Image.Image) -> float:
     return float(np.asarray(view.convert("L"), dtype=np.float32).std())
 
 
+def well_exposed(view: Image.Image, white: float = 0.0, black: float = 0.0) -> bool:
+    """Contrast (grey-level std a margin over :data:`MIN_GREY_STD`, whatever the decoder) and little of the view
+    blown out to white or crushed to black: at most a fifth more than the scene itself has (``white``,
+    ``black``: its own shares), so a person can still see the scene in it."""
+    grey = np.asarray(view.convert("L"), dtype=np.float32)
+    return (float(grey.std()) >= MIN_GREY_STD + 1.0 and float((grey >= 250).mean()) <= white + 0.2
+            and float((grey <= 5).mean()) <= black + 0.2)
+
+
 def _encode(view: Image.Image, rng: np.random.Generator, cfg: Config) -> bytes:
     buf = io.BytesIO()
     q = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
@@ -360,8 +369,12 @@ def _encode(view: Image.Image, rng: np.random.Generator, cfg: Config) -> bytes:
 
 def _render_scene(scene: dict, photos: dict, cfg: Config) -> list[tuple[str, bytes, tuple]]:
     """All views of one scene as (file name, JPEG bytes, box read); each view has its own random stream.
-    A view that comes out near-blank (after blur, exposure, an occluder) is shot again from its stream."""
+    A view that comes out near-blank or blown out (after blur, exposure, an occluder) is shot again from its
+    stream (:func:`well_exposed`)."""
     img = photos[scene["photo"]][0]
+    x, y, w, h = scene["box"]
+    grey = _grey(img[y:y + h, x:x + w])
+    white, black = float((grey >= 250).mean()), float((grey <= 5).mean())
     out = []
     for v in range(scene["n_views"]):
         rng = np.random.default_rng([SEED, 4, scene["group"], v])
@@ -369,7 +382,7 @@ def _render_scene(scene: dict, photos: dict, cfg: Config) -> list[tuple[str, byt
             view, read = render_view(img, scene["box"], rng, cfg, first=v == 0 or attempt >= 10)
             data = _encode(view, rng, cfg)
             with Image.open(io.BytesIO(data)) as written:
-                if grey_std(written) >= MIN_GREY_STD + 1.0:  # a margin over the bar, whatever the decoder
+                if well_exposed(written, white, black):
                     break
         else:
             raise RuntimeError(f"demo scene {scene['group']} of {scene['photo']}: no view with contrast")
