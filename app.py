@@ -11,6 +11,7 @@ import streamlit as st
 from pages._ui.auth import require_access
 from pages._ui.device import device_badge
 from pages._ui.state import current_dataset_spec, known_dataset_specs, set_dataset_spec
+from pages._ui.store_guard import store_guard
 from pages._ui.url_state import forget_cleared
 
 HOME = "pages/home.py"
@@ -56,5 +57,6 @@ st.set_page_config(page_title="simlab", page_icon="🔍", layout="wide")
 require_access()
 forget_cleared()
 page = navigation()
+store_guard(name_corrupt=False)  # a store this simlab cannot open stops here, in one line
 sidebar()
 page.run()

@@ -14,6 +14,7 @@ from pages._ui.formatting import STATUS_ICONS, classifier_name, escape_md, map_c
 from pages._ui.links import no_runs_yet, open_on_inspect, page_link
 from pages._ui.state import current_dataset_spec
 from pages._ui.store import cached_runs
+from pages._ui.store_guard import store_guard
 from pages._ui.url_state import bind
 from simlab.classifiers import CLASSIFIERS
 from simlab.merge import MERGES
@@ -401,6 +402,7 @@ def two_runs(frame: pd.DataFrame, metric: str) -> None:
 
 def main() -> None:
     open_inspect_if_asked()
+    store_guard()  # a store that cannot be opened: one line; corrupt runs named
     st.title("Compare")
     try:
         all_runs = runs_table(cached_runs())

@@ -15,6 +15,7 @@ from pages._ui.formatting import escape_md
 from pages._ui.links import no_runs_yet, page_link
 from pages._ui.run_names import run_choice, run_title
 from pages._ui.store import cached_runs, store_path
+from pages._ui.store_guard import predictions_note, store_guard
 from pages._ui.thumbs import tiles_html
 from simlab.evaluate import DifferentTestPairs, pair_diff
 from simlab.store import Run, Store
@@ -74,6 +75,7 @@ def pair_card(row) -> None:
 
 
 def main() -> None:
+    store_guard()  # a store that cannot be opened: one line; corrupt runs named
     st.title("Two runs")
     st.caption("Two runs scored on the same test pairs, pair by pair: which pairs run B gets right that run A got "
                "wrong (fixed), which it gets wrong that A got right (broken), and which both miss. Each run decides "
@@ -101,9 +103,11 @@ def main() -> None:
         others = [r for r in comparable if r.id != run_a.id and keys[r.id] == keys[run_a.id]]
         run_b = pick("Run B (compared with A)", others, "b", "diff_b",
                      "Only runs scored on the same test pairs as run A are listed.")
+    preds_a, preds_b = load_predictions(db, run_a.id), load_predictions(db, run_b.id)
+    for preds in (preds_a, preds_b):
+        predictions_note(preds)  # stored predictions that could not be read, left out
     try:
-        diff = pair_diff(load_predictions(db, run_a.id), load_predictions(db, run_b.id),
-                         run_a.threshold, run_b.threshold)
+        diff = pair_diff(preds_a, preds_b, run_a.threshold, run_b.threshold)
     except DifferentTestPairs as exc:
         st.error(str(exc), icon=":material/error:")
         return

@@ -17,6 +17,7 @@ from pages._ui.job_panel import get_job, job_panel, latest_job, start_job
 from pages._ui.links import page_link
 from pages._ui.options import widget_choices, widget_range
 from pages._ui.store import store
+from pages._ui.store_guard import store_guard
 from simlab import jobs
 from simlab.backbones import list_backbones, weights_status
 from simlab.experiment import GridConfig
@@ -375,6 +376,7 @@ def results(runs: list[Run]) -> None:
 # --------------------------------------------------------------------------- page
 
 
+store_guard()  # a store that cannot be opened: one line; corrupt runs named
 st.title("Fine-tune")
 st.caption("Train on image pairs and watch it learn. **Neural head**: the 2017 study's fine-tune (it reached "
            "only 88%). **Siamese network**: one shared tower learns the image-to-vector function itself, pulling "

@@ -10,10 +10,12 @@ from pages._ui.job_panel import job_panel, latest_job, start_job
 from pages._ui.links import page_link
 from pages._ui.state import current_dataset_spec
 from pages._ui.store import cached_runs, runs_frame
+from pages._ui.store_guard import store_guard
 from simlab.jobs import ACTIVE
 
 WEIGHT_LABELS = {"imagenet": "ImageNet", "random": "random (for tests only)"}
 
+store_guard()  # a store that cannot be opened: one line; corrupt runs named
 st.title("simlab")
 st.markdown(
     "Do two photos show **the same scene**? simlab turns each image into a vector with a pretrained "

@@ -21,6 +21,7 @@ from pages._ui.datasets import load_dataset_cached
 from pages._ui.formatting import STATUS_ICONS, classifier_name, escape_md, fmt_when
 from pages._ui.links import no_runs_yet, page_link
 from pages._ui.store import cached_runs, store_path
+from pages._ui.store_guard import predictions_note, store_guard
 from pages._ui.thumbs import WRAP_CSS, breakable, thumb_path, thumb_uri
 from pages._ui.url_state import bind, dump_float, dump_range, parse_float, parse_range, set_url, url_value
 from pages._ui.vector_sets import vectors_cached
@@ -606,6 +607,7 @@ def threshold_slider(run: Run) -> tuple[float, float]:
 
 
 def main() -> None:
+    store_guard()  # a store that cannot be opened: one line; corrupt runs named
     st.title("Inspect")
     try:
         runs = [r for r in cached_runs() if scored_run(r)]
@@ -618,6 +620,7 @@ def main() -> None:
     run = pick_run(runs)
     run_caption(run)
     preds = load_predictions(str(store_path()), run.id)
+    predictions_note(preds)  # stored predictions that could not be read, left out
     if preds.empty:
         st.info("This run stored no per-pair predictions, so there is nothing to inspect. Pick another run.")
         return

@@ -13,6 +13,7 @@ from pages._ui.job_panel import job_panel, show_job_error, start_job
 from pages._ui.links import page_link
 from pages._ui.run_names import run_title, run_title_when
 from pages._ui.store import cached_runs, clear_runs_cache, store, store_path
+from pages._ui.store_guard import corrupt_runs_panel, store_guard
 from simlab import jobs
 from simlab.store import Run
 
@@ -27,6 +28,7 @@ def kind_label(run: Run) -> str:
     return KIND_LABELS.get(run.kind, run.kind or "")
 
 
+store_guard(name_corrupt=False)  # a store that cannot be opened: one line (corrupt runs: the panel below)
 st.title("Runs")
 st.caption("Everything simlab has computed: background jobs (vectorising, grids, fine-tuning) and the runs "
            "they produced. Jobs keep going when you close the page.")
@@ -79,6 +81,7 @@ else:
 # --------------------------------------------------------------------------- runs
 
 st.subheader("Runs")
+corrupt_runs_panel()  # rows that cannot be read: what is wrong, and a Delete button
 runs = cached_runs()
 if not runs:
     st.info("No runs yet. Run the demo on the Home page, or set up a grid on the Train page.",

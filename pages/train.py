@@ -14,6 +14,7 @@ from pages._ui.links import open_on_inspect, page_link
 from pages._ui.options import default, widget_choices, widget_range
 from pages._ui.state import current_dataset_spec
 from pages._ui.store import store
+from pages._ui.store_guard import store_guard
 from pages._ui.vector_sets import vectors_cached
 from simlab.backbones import DEFAULT_BACKBONE, get_backbone, list_backbones, weights_status
 from simlab.classifiers import CLASSIFIERS
@@ -287,6 +288,7 @@ def summary(config: GridConfig, dataset) -> bool:
 
 def main() -> None:
     open_inspect_if_asked()
+    store_guard()  # a store that cannot be opened: one line; corrupt runs named
     st.title("Train")
     st.markdown("A grid of runs on the current dataset: every **backbone × merge × classifier**, trained in a "
                 "background job (leave the page, it keeps going). Each run's test pairs land in the store for "

@@ -12,6 +12,7 @@ from pages._ui.datasets import require_dataset
 from pages._ui.embedding_map import embedding_map
 from pages._ui.job_panel import job_panel, latest_job, start_job
 from pages._ui.state import current_dataset_spec
+from pages._ui.store_guard import store_guard
 from pages._ui.vector_sets import align, dataset_names, read_set, set_key
 from simlab.backbones import list_backbones, weights_status
 from simlab.jobs import ACTIVE
@@ -59,6 +60,7 @@ def weights_state(name: str) -> str:
     return "offline" if status == "download" and not online(host) else status
 
 
+store_guard()  # a store that cannot be opened: one line; corrupt runs named
 st.title("Vectorize")
 st.caption("A pretrained network turns each image into one vector. Vectors are cached on disk, keyed by the "
            "images' content and the backbone: computing them again is instant.")

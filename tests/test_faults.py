@@ -387,9 +387,15 @@ def _open(page: str, query: dict | None = None):
     return at
 
 
+def _plain(markdown: str) -> str:
+    """Markdown as read: its backslash escapes removed."""
+    import re
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
 def _said(at) -> str:
-    return "\n".join(str(e.value) for kind in ("markdown", "caption", "info", "warning", "error", "success", "title",
-                                               "subheader") for e in getattr(at, kind))
+    return _plain("\n".join(str(e.value) for kind in ("markdown", "caption", "info", "warning", "error", "success",
+                                                      "title", "subheader") for e in getattr(at, kind)))
 
 
 @pytest.mark.parametrize("page", STORE_PAGES)
@@ -404,7 +410,7 @@ def test_every_page_works_with_corrupt_runs_and_names_them(poisoned, page):
 def test_inspect_leaves_out_unreadable_predictions_and_names_them(poisoned):
     at = _open("pages/inspect.py", {"run": poisoned["bad_preds"]})
     assert at.selectbox(key="inspect_select").value == poisoned["bad_preds"]
-    notes = [w.value for w in at.warning if f"corrupt run {poisoned['bad_preds']}" in w.value]
+    notes = [_plain(w.value) for w in at.warning if f"corrupt run {poisoned['bad_preds']}" in w.value]
     assert len(notes) == 1 and "3 of" in notes[0] and "prob is NULL" in notes[0]
     assert "label is text 'same', not 0 or 1" in notes[0]
     assert at.metric  # the run's pairs are drawn, the unreadable three left out
@@ -437,5 +443,5 @@ def test_a_store_this_simlab_cannot_open_is_one_line_on_every_page(grid_cache, m
         db.write_bytes(b"not an SQLite file at all " * 400)
     for page in STORE_PAGES:
         at = _open(page)
-        errors = [e.value for e in at.error]
+        errors = [_plain(e.value) for e in at.error]
         assert len(errors) == 1 and line in errors[0] and "\n" not in errors[0], (page, errors)
