@@ -1,3 +1,4 @@
+import argparse
 import ast
 import json
 import shutil
@@ -8,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simlab.backbones import get_backbone, keras_apps, list_backbones, weights_status
+import simlab.finetune  # noqa: F401  (registers the siamese-<run id> scheme, as the CLI, jobs and pages do)
+from simlab import options
+from simlab.backbones import get_backbone, keras_apps, list_backbones, register_scheme, weights_status
 
 
 def test_registry_lists_the_study_backbones_with_their_sizes():
@@ -81,14 +84,64 @@ def test_trained_towers_resolve_by_name_from_the_current_cache(tmp_path, monkeyp
     assert not [b for b in list_backbones() if b.options.get("tuned")]
 
 
-def test_the_registry_names_its_providers_and_imports_none_of_them():
+def test_the_registry_imports_none_of_its_users():
     import simlab.backbones as registry
 
     tree = ast.parse(Path(registry.__file__).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not {m for m in imported if m and m.startswith("simlab.") and m != "simlab.paths"}
-    assert "simlab.finetune.towers" in registry.PROVIDERS
+    named = [f.name for f in Path(registry.__file__).parent.glob("*.py") if "simlab.finetune" in f.read_text()]
+    assert not named  # not even as a dotted path imported at run time
+
+
+def run_fresh(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          check=True, cwd=Path(__file__).resolve().parent.parent).stdout.strip()
+
+
+def test_towers_resolve_once_their_layer_is_imported_and_every_entry_point_imports_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIMLAB_CACHE", str(tmp_path))
+    write_tower(tmp_path, "f1")
+    resolve = ("from simlab.backbones import get_backbone\n"
+               "try:\n    print(get_backbone('siamese-f1').dim)\nexcept ValueError as e:\n    print(str(e)[:29])")
+    assert run_fresh(resolve) == "Unknown backbone 'siamese-f1'"  # the registry alone knows no towers
+    for entry in ("simlab.finetune", "simlab.finetune.towers", "simlab.cli", "simlab.jobs.kinds", "pages._ui"):
+        assert run_fresh(f"import {entry}\n{resolve}") == "16", entry
+
+
+def test_a_scheme_routes_names_by_the_longest_prefix(monkeypatch):
+    import simlab.backbones as registry
+
+    monkeypatch.setattr(registry, "SCHEMES", dict(registry.SCHEMES))
+    lite0 = get_backbone("efficientnet_lite0")
+    register_scheme("x-", lambda name: None)
+    register_scheme("x-y-", lambda name: lite0 if name == "x-y-1" else None, lambda: [lite0])
+    assert get_backbone("x-y-1") is lite0
+    with pytest.raises(ValueError, match="Unknown backbone 'x-y-2'"):
+        get_backbone("x-y-2")
+    with pytest.raises(ValueError, match="Unknown backbone 'x-1'"):
+        get_backbone("x-1")
+    assert [b.name for b in list_backbones()].count("efficientnet_lite0") == 1  # a registered name listed once
+    with pytest.raises(ValueError, match="prefix"):
+        register_scheme("", lambda name: None)
+
+
+def test_backbone_names_are_the_choices_of_option_backbone(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIMLAB_CACHE", str(tmp_path))
+    assert options.validate("backbone", "efficientnet_lite0") == "efficientnet_lite0"
+    assert options.validate("backbones", ["vgg16", "inceptionv3"]) == ["vgg16", "inceptionv3"]
+    with pytest.raises(ValueError, match="backbone must be one of efficientnet_lite0.*, not 'alexnet'"):
+        options.validate("backbone", "alexnet")
+    write_tower(tmp_path, "f1")  # towers trained here are choices too, while the current cache holds them
+    assert options.validate("backbone", "siamese-f1") == "siamese-f1"
+    names = [b.name for b in list_backbones()]
+    assert options.widget_options("backbone")["options"] == names
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    parser.add_argument("--backbone", **options.argparse_kwargs("backbone"))
+    assert parser.parse_args(["--backbone", "siamese-f1"]).backbone == "siamese-f1"
+    with pytest.raises(argparse.ArgumentError, match="invalid choice"):
+        parser.parse_args(["--backbone", "alexnet"])
 
 
 def test_listing_backbones_loads_no_keras():

@@ -19,6 +19,7 @@
 Nothing here holds a model; slow reads are cached.
 """
 
+import simlab.finetune  # noqa: F401  (registers the siamese-<run id> backbones every page may list or open)
 from pages._ui.legacy_pages import leave_legacy_multipage_mode
 
 leave_legacy_multipage_mode()

@@ -3,12 +3,17 @@
 A backbone maps a batch of RGB images (float32, 0..255, ``size x size``) to one vector per
 image. Its ``preprocess`` runs inside the input pipeline, its model only does the forward pass.
 
-Backbones come from providers, imported by name once, on first use (the registry imports no
-provider itself): every module of this folder, then the modules named by dotted path in
-:data:`PROVIDERS`. A new backbone is one module here that calls :func:`register`. A provider registers fixed
-entries with :func:`register` when imported; one whose entries come and go (towers trained here)
-also defines ``find_backbone(name) -> Backbone | None``, asked for names not registered, and
-``discover_backbones() -> list[Backbone]``, asked when backbones are listed.
+Backbones come from the modules of this folder, imported by name once, on first use: each registers
+its fixed entries with :func:`register`. A new backbone is one module here that calls :func:`register`.
+
+Backbones whose entries come and go (towers trained by a higher layer) are routed by name prefix, as
+timm routes names by scheme: the layer that owns them calls :func:`register_scheme` when it is
+imported, with ``find(name) -> Backbone | None`` (asked for names with that prefix that are not
+registered) and ``discover() -> list[Backbone]`` (asked when backbones are listed). The registry never
+imports such a layer: whoever may meet its names (the CLI, the job worker, the pages) imports it first.
+
+The names are handed to :mod:`simlab.options` (option ``backbone``), so they are validated and offered
+like every other choice.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 
+from simlab import options
 from simlab.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -28,16 +34,11 @@ log = logging.getLogger(__name__)
 WEIGHTS_CHOICES = ("imagenet", "random")
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
-#: Providers that live outside this folder, by dotted path.
-PROVIDERS = (
-    "simlab.finetune.towers",  # Siamese towers trained here: siamese-<run id>, from cache/runs/<id>/tower.json
-)
-
 
 def provider_paths() -> list[str]:
-    """Every module of this folder (in name order), then :data:`PROVIDERS`."""
+    """Every module of this folder, in name order."""
     here = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
-    return [f"{__name__}.{name}" for name in here] + list(PROVIDERS)
+    return [f"{__name__}.{name}" for name in here]
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,17 @@ class Backbone:
     weights_present: Callable[[], bool] | None = None
 
 
+@dataclass(frozen=True)
+class Scheme:
+    """Backbones named ``<prefix>...`` that a higher layer owns and resolves (see :func:`register_scheme`)."""
+
+    prefix: str
+    find: Callable[[str], Backbone | None]
+    discover: Callable[[], list[Backbone]] | None = None
+
+
 BACKBONES: dict[str, Backbone] = {}
+SCHEMES: dict[str, Scheme] = {}
 _providers: list[ModuleType] = []
 _lock = threading.RLock()
 
@@ -66,34 +77,67 @@ def register(backbone: Backbone) -> Backbone:
     return backbone
 
 
+def register_scheme(prefix: str, find: Callable[[str], Backbone | None],
+                    discover: Callable[[], list[Backbone]] | None = None) -> Scheme:
+    """Route names starting with ``prefix`` to ``find(name) -> Backbone | None``; ``discover()`` lists
+    those that exist now. Called by the module that owns such backbones, when it is imported (again: the
+    newer functions win)."""
+    if not prefix:
+        raise ValueError("A backbone scheme needs a non-empty name prefix.")
+    scheme = Scheme(prefix, find, discover)
+    with _lock:
+        SCHEMES[prefix] = scheme
+    return scheme
+
+
+def scheme_modules() -> list[str]:
+    """The modules that registered the schemes in use, by dotted path: a fresh process (a Ray worker)
+    imports them to resolve the same names as this one."""
+    with _lock:
+        return sorted({s.find.__module__ for s in SCHEMES.values()})
+
+
 def providers() -> list[ModuleType]:
-    """The provider modules, imported by name on the first call."""
+    """The modules of this folder, imported by name on the first call."""
     with _lock:
         if not _providers:
             _providers.extend([importlib.import_module(path) for path in provider_paths()])
     return list(_providers)
 
 
+def _scheme_of(name: str) -> Scheme | None:
+    """The scheme of the longest prefix ``name`` starts with."""
+    with _lock:
+        matches = [s for prefix, s in SCHEMES.items() if name.startswith(prefix)]
+    return max(matches, key=lambda s: len(s.prefix), default=None)
+
+
 def list_backbones() -> list[Backbone]:
-    """Every backbone: the registered ones, then those providers discover; bundled ones first."""
-    loaded = providers()
+    """Every backbone: the registered ones, then those the schemes discover; bundled ones first."""
+    providers()
     found = list(BACKBONES.values())
-    for provider in loaded:
-        if discover := getattr(provider, "discover_backbones", None):
-            found += [b for b in discover() if b.name not in BACKBONES]
+    with _lock:
+        schemes = list(SCHEMES.values())
+    for scheme in schemes:
+        if scheme.discover is not None:
+            found += [b for b in scheme.discover() if b.name not in BACKBONES]
     return sorted(found, key=lambda b: not b.bundled)
 
 
+def backbone_names() -> list[str]:
+    """The names of :func:`list_backbones`: the choices of option ``backbone``."""
+    return [b.name for b in list_backbones()]
+
+
 def get_backbone(name: str) -> Backbone:
-    """The backbone called ``name``: a registered one, else one a provider finds."""
-    loaded = providers()
+    """The backbone called ``name``: a registered one, else the one its name's scheme finds."""
+    providers()
     if name in BACKBONES:
         return BACKBONES[name]
-    for provider in loaded:
-        find = getattr(provider, "find_backbone", None)
-        if find is not None and (found := find(name)) is not None:
-            return found
-    names = ", ".join(b.name for b in list_backbones())
+    scheme = _scheme_of(name)
+    if scheme is not None and (found := scheme.find(name)) is not None:
+        return found
+    names = ", ".join(backbone_names())
     raise ValueError(f"Unknown backbone {name!r}. Choose one of: {names}")
 
 
@@ -107,3 +151,6 @@ def weights_status(name: str) -> str:
     else:
         present = bool(bb.weights_file) and (cache_dir("weights") / bb.weights_file).exists()
     return "cached" if present else "download"
+
+
+options.register_choices("backbone", backbone_names)

@@ -16,6 +16,7 @@ import logging
 import sys
 import traceback
 
+import simlab.finetune  # noqa: F401  (registers the siamese-<run id> backbones before any command)
 from simlab.cli import backbones, finetune, report, runs, search, vectorize
 from simlab.cli.args import data_args
 from simlab.cli.guard import (

@@ -22,7 +22,7 @@ carved out of the training groups (never from test).
 The package, top to bottom:
 
 ``config``   :class:`FinetuneConfig` and its choices (light: no Keras)
-``towers``   trained towers as the backbone provider of ``siamese-<run id>`` names (light)
+``towers``   trained towers as the backbone scheme of ``siamese-<run id>`` names (light; registered on import)
 ``data``     :class:`PairData`: images, frozen vectors, train / validation / test pairs
 ``layers``   Keras layers, losses, metrics, batches and callbacks, each usable alone
 ``models``   the head and Siamese models (``BUILDERS``), learned whitening
@@ -33,6 +33,7 @@ This module stays light: importing it does not import Keras or TensorFlow.
 
 from __future__ import annotations
 
+from simlab.finetune import towers  # noqa: F401  (registers the backbone scheme of siamese-<run id> names)
 from simlab.finetune.config import DEFAULT_RATES, INITS, LOSSES, MODES, SELECTIONS, TOWERS, FinetuneConfig
 
 __all__ = ["DEFAULT_RATES", "INITS", "LOSSES", "MODES", "SELECTIONS", "TOWERS", "FinetuneConfig"]

@@ -1,9 +1,10 @@
-"""Trained Siamese towers as backbones: the provider behind every ``siamese-<run id>`` name.
+"""Trained Siamese towers as backbones: the scheme behind every ``siamese-<run id>`` name.
 
-:mod:`simlab.backbones` imports this module by its dotted path (see ``PROVIDERS`` there). A tower is
-resolved lazily: ``cache/runs/<run id>/tower.json`` is read only when such a name is asked for,
-and the folder is scanned only when backbones are listed. Light on purpose: Keras loads only when a
-tower is built.
+Importing this module (``import simlab.finetune`` does) registers the ``siamese-`` scheme with
+:func:`simlab.backbones.register_scheme`; the registry never imports it, so whoever may meet such a
+name (the CLI, the job worker, the pages) imports :mod:`simlab.finetune` first. A tower is resolved
+lazily: ``cache/runs/<run id>/tower.json`` is read only when such a name is asked for, and the folder
+is scanned only when backbones are listed. Light on purpose: Keras loads only when a tower is built.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import threading
 from pathlib import Path
 
-from simlab.backbones import Backbone, get_backbone
+from simlab.backbones import Backbone, get_backbone, register_scheme
 from simlab.finetune.config import preprocess_fn
 from simlab.paths import cache_dir
 
@@ -72,7 +73,7 @@ def register_tuned(run_id: str) -> Backbone:
     return _known(run_folder(run_id), reread=True)
 
 
-# --------------------------------------------------------------------------- the backbone provider
+# --------------------------------------------------------------------------- the backbone scheme
 
 
 def find_backbone(name: str) -> Backbone | None:
@@ -101,3 +102,6 @@ def discover_backbones() -> list[Backbone]:
         except Exception:  # as above: skipped, never fatal
             log.warning("Skipping the unreadable tower in %s", meta.parent, exc_info=True)
     return found
+
+
+register_scheme(TUNED_PREFIX, find_backbone, discover_backbones)

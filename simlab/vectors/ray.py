@@ -10,6 +10,7 @@ address is given (``--ray ADDRESS`` or ``$SIMLAB_RAY_ADDRESS``). See docs/scalin
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ import uuid
 
 import numpy as np
 
-from simlab.backbones import get_backbone
+from simlab.backbones import get_backbone, scheme_modules
 from simlab.data.images import load_many
 from simlab.device import has_gpu
 from simlab.distributed import cluster_cpus, cluster_gpus, connect, is_local
@@ -71,7 +72,10 @@ def decode_batch(batch: dict, size: int, fit: str, crash_once: str | None = None
 class Embedder:
     """Ray Data actor: loads the backbone once, then turns image batches into vectors."""
 
-    def __init__(self, backbone: str, weights: str, batch_size: int, tracker=None, crash_once: str | None = None):
+    def __init__(self, backbone: str, weights: str, batch_size: int, tracker=None, crash_once: str | None = None,
+                 schemes: tuple[str, ...] = ()):
+        for module in schemes:  # the driver's backbone schemes (siamese-<run id>...), registered on import
+            importlib.import_module(module)
         self.batch_size = batch_size
         self.tracker = tracker
         self.crash_once = crash_once
@@ -247,7 +251,8 @@ def _pipeline(ray, paths, bb, weights, fit, batch_size, gpus, tracker, crash_onc
                               max_task_retries=ACTOR_RESTARTS,
                               fn_constructor_kwargs={"backbone": bb.name, "weights": weights,
                                                      "batch_size": batch_size, "tracker": tracker,
-                                                     "crash_once": crash_once}, **actors)
+                                                     "crash_once": crash_once,
+                                                     "schemes": tuple(scheme_modules())}, **actors)
 
 
 def gather_shards(shard_dir: str, n: int, dim: int) -> tuple[np.ndarray, list[str]]:
