@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -390,3 +392,56 @@ def test_one_dataset_written_three_ways_is_one_request_and_one_job(store, tmp_pa
         assert store.get_job(first)["params"]["dataset"] == f"folder:{tmp_path / 'ds'}"
     finally:
         end_job(store, first)
+
+
+# --------------------------------------------------------------------------- runs owned elsewhere: a heartbeat bound
+
+
+def test_a_run_on_another_machine_is_reaped_once_its_heartbeat_is_older_than_the_bound(store):
+    now = time.time()
+    bound = simlab.store.RUN_STALE_AFTER
+    silent = store.add_run(dataset="d", owner_pid=4242, owner_started=1.0, owner_host="another-machine",
+                           heartbeat=now - bound - 60)
+    beating = store.add_run(dataset="d", owner_pid=4242, owner_started=1.0, owner_host="another-machine",
+                            heartbeat=now - bound / 2)
+    status = {r.id: (r.status, r.error) for r in store.list_runs()}
+    assert status[beating] == ("running", None)
+    assert status[silent][0] == "failed"
+    assert re.fullmatch(r"interrupted \(its process on another-machine wrote no heartbeat for \d+ s\)",
+                        status[silent][1])
+
+
+def test_a_run_whose_job_still_beats_is_not_reaped_and_an_old_run_with_no_owner_is(store):
+    old = time.time() - simlab.store.RUN_STALE_AFTER - 60
+    job_id = store.add_job("grid", {})
+    store.update_job(job_id, status="running", host="another-machine", heartbeat=time.time())
+    of_job = store.add_run(dataset="d", job_id=job_id, owner_host="another-machine", heartbeat=old)
+    ownerless = store.add_run(dataset="d", owner_pid=None, owner_started=None, owner_host=None, heartbeat=None,
+                              created=old)
+    status = {r.id: r.status for r in store.list_runs()}
+    assert status == {of_job: "running", ownerless: "failed"}
+
+
+def test_the_job_reaper_reaps_silent_runs_whatever_the_host(store):
+    run_id = store.add_run(dataset="d", owner_pid=4242, owner_started=1.0, owner_host="another-machine",
+                           heartbeat=time.time() - simlab.store.RUN_STALE_AFTER - 1)
+    jobs.reap_stale(store)
+    with contextlib.closing(sqlite3.connect(store.path)) as db:  # read without a reader's own look for orphans
+        assert db.execute("SELECT status FROM runs WHERE id = ?", [run_id]).fetchone()[0] == "failed"
+
+
+BEATING_RUN = ("import sys, time; import simlab.store as s; s.RUN_BEAT_INTERVAL = 0.2; "
+               "print(s.Store(sys.argv[1]).add_run(dataset='demo'), flush=True); time.sleep(600)")
+
+
+def test_a_process_beats_the_heartbeat_of_its_open_runs(store):
+    proc = subprocess.Popen([sys.executable, "-c", BEATING_RUN, str(store.path)], stdout=subprocess.PIPE, text=True,
+                            env=ENV)
+    try:
+        run_id = proc.stdout.readline().strip()
+        first = store.get(run_id).heartbeat
+        wait_for(lambda: store.get(run_id).heartbeat > first + 0.3, 30, "the run's heartbeat to move on")
+        assert store.get(run_id).status == "running"
+    finally:
+        proc.kill()
+        proc.wait()
