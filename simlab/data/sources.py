@@ -249,8 +249,9 @@ def _csv_lines(fh, f: Path, limit: int):
 def list_csv(arg: str, max_rows: int | None = None) -> Listing:
     """A CSV with columns ``path,group``; relative paths resolve against the CSV's folder.
 
-    Read as a stream, at most ``max_rows`` rows (default :data:`MAX_CSV_ROWS`): a longer CSV is refused
-    with one line as soon as its row ``max_rows + 1`` is read. Messages never quote the file's contents."""
+    Read as a stream, at most ``max_rows`` rows (default :data:`MAX_CSV_ROWS`): a first pass only counts
+    the rows, so a longer CSV is refused in one line as soon as its row ``max_rows + 1`` is read, before a
+    single file is looked at. Messages never quote the file's contents."""
     max_rows = MAX_CSV_ROWS if max_rows is None else max_rows
     example = "csv:/data/pairs/list.csv"
     if not arg or not arg.strip():
@@ -266,8 +267,10 @@ def list_csv(arg: str, max_rows: int | None = None) -> Listing:
     reader = None
     try:
         with open(f, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(_csv_lines(fh, f, MAX_CSV_LINE))
-            _read_csv_rows(reader, f, out, max_rows)
+            for listing in (None, out):  # count the rows (cheap: no file is looked at), then list them
+                fh.seek(0)
+                reader = csv.reader(_csv_lines(fh, f, MAX_CSV_LINE))
+                _read_csv_rows(reader, f, listing, max_rows)
     except UnicodeDecodeError:
         where = f" (line {reader.line_num + 1})" if reader is not None and reader.line_num else ""
         raise DatasetError(f"{f} is not a UTF-8 text CSV file{where}.") from None
@@ -278,7 +281,8 @@ def list_csv(arg: str, max_rows: int | None = None) -> Listing:
     return out
 
 
-def _read_csv_rows(reader, f: Path, out: Listing, max_rows: int) -> None:
+def _read_csv_rows(reader, f: Path, out: Listing | None, max_rows: int) -> None:
+    """Check the header and the number of rows; with a listing, add each row to it (an image or a problem)."""
     header = None
     rows, seen = 0, set()
     for row in reader:
@@ -297,7 +301,8 @@ def _read_csv_rows(reader, f: Path, out: Listing, max_rows: int) -> None:
         if rows > max_rows:
             raise DatasetError(f"CSV file {f} lists more than {max_rows:,} images, the most one CSV may list: "
                                "split it into several datasets.")
-        _csv_row(row, ip, ig, reader.line_num, f, out, seen)
+        if out is not None:
+            _csv_row(row, ip, ig, reader.line_num, f, out, seen)
     if header is None:
         raise DatasetError(f"CSV file {f} is empty. It needs a header row 'path,group' and one row per image.")
 
