@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import shutil
 from pathlib import Path
@@ -35,6 +36,7 @@ _FC2 = {
 _DOWNLOAD_MB = {"vgg16": 59, "vgg19": 80, "vgg16_fc2": 553, "vgg19_fc2": 575, "resnet50": 95,
                 "inceptionv3": 88, "xception": 84}
 _ORIGIN = "https://storage.googleapis.com/tensorflow/keras-applications/{module}/{file}"
+RANDOM_SEED = 1234  # --weights random: the same network in every process (the vector cache keys it as one)
 
 
 class WeightsUnavailable(RuntimeError):
@@ -77,15 +79,64 @@ def _builder(module: str, cls: str, size: int, file: str, fc2: bool = False):
         app = getattr(importlib.import_module(f"keras.applications.{module}"), cls)
         if fc2:
             full = app(weights=None, include_top=True, input_shape=(size, size, 3))
-            if weights == "imagenet":
-                full.load_weights(fetch_weights(module, file))
+            load_or_seed(full, weights, module, file)
             return keras.Model(full.input, full.get_layer("fc2").output, name=f"{cls.lower()}_fc2")
         model = app(weights=None, include_top=False, pooling="avg", input_shape=(size, size, 3))
-        if weights == "imagenet":
-            model.load_weights(fetch_weights(module, file))
+        load_or_seed(model, weights, module, file)
         return model
 
     return build
+
+
+def load_or_seed(model, weights: str, module: str, file: str) -> None:
+    """ImageNet weights from their file, or every random weight drawn again with a fixed seed."""
+    if weights == "imagenet":
+        model.load_weights(fetch_weights(module, file))
+    else:
+        seed_random_weights(model)
+
+
+def seed_random_weights(model, seed: int = RANDOM_SEED) -> int:
+    """Draw every randomly initialised weight of ``model`` again from its layer's own initialiser, seeded
+    by ``seed`` and the weight's place in the model (layers in model order, initialisers in config order).
+
+    Keras' applications leave their initialisers unseeded, so each draws a seed from the process's own
+    random state: without this the same ``--weights random`` backbone is another network in every process.
+    Weights whose initialiser is not random (zeros, ones: biases, batch-norm statistics) are already the
+    same everywhere. Returns how many weights were drawn; a random initialiser whose weight cannot be
+    found is an error, never skipped.
+    """
+    import keras
+
+    seeds = itertools.count(seed)
+    drawn = 0
+    for layer in _layers(model):
+        used: set[str] = set()
+        for key, spec in layer.get_config().items():
+            if not (key.endswith("_initializer") and isinstance(spec, dict)
+                    and "seed" in (spec.get("config") or {})):
+                continue  # not an initialiser, or one that draws nothing at random
+            variable = _variable_of(layer, key.removesuffix("_initializer"), used)
+            initializer = keras.initializers.deserialize(spec | {"config": spec["config"] | {"seed": next(seeds)}})
+            if variable is not None:  # None: a weight the layer does not use (a bias with use_bias=False)
+                variable.assign(initializer(variable.shape, variable.dtype))
+                drawn += 1
+    return drawn
+
+
+def _layers(model):
+    for layer in model.layers:
+        yield from _layers(layer) if hasattr(layer, "layers") else (layer,)
+
+
+def _variable_of(layer, base: str, used: set[str]):
+    """The weight an initialiser ``<base>_initializer`` fills: ``<base>``, ``<base>_kernel``, or (a depthwise
+    convolution's) ``kernel``."""
+    for attr in (base, f"{base}_kernel", "kernel"):
+        if attr not in used and hasattr(layer, attr):
+            used.add(attr)
+            return getattr(layer, attr)
+    raise RuntimeError(f"Cannot seed {layer.name}: no weight for its {base}_initializer.")
 
 
 def _preprocessor(module: str):
