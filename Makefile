@@ -22,11 +22,17 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
+# The Host names the app accepts: the loopback names (.streamlit/config.toml), plus HOST, or for HOST=0.0.0.0
+# this machine's name and addresses, plus any names in ALLOWED_HOSTS (e.g. a proxy's: ALLOWED_HOSTS="lab.example").
 run: $(VENV)/.installed
 	@case "$(HOST)" in 127.0.0.1|localhost|::1) ;; *) [ -n "$$SIMLAB_PASSWORD" ] || { \
 	  echo "make run HOST=$(HOST) serves simlab to other machines: set SIMLAB_PASSWORD first." >&2; exit 2; } ;; esac
-	SIMLAB_DATASET=demo $(BIN)/streamlit run app.py --server.address $(HOST) --server.port $(PORT) \
-	  --browser.gatherUsageStats false
+	@case "$(HOST)" in 127.0.0.1|localhost|::1) extra="" ;; \
+	  0.0.0.0|::) extra="$$(hostname 2>/dev/null) $$(hostname -f 2>/dev/null) $$(hostname -I 2>/dev/null)" ;; \
+	  *) extra="$(HOST)" ;; esac; extra="$$extra $(ALLOWED_HOSTS)"; hosts=""; \
+	set -- $$extra; [ $$# -eq 0 ] || for h in localhost 127.0.0.1 ::1 "$$@"; do hosts="$$hosts --server.allowedHosts $$h"; done; \
+	set -x; SIMLAB_DATASET=demo exec $(BIN)/streamlit run app.py --server.address $(HOST) --server.port $(PORT) \
+	  --browser.gatherUsageStats false $$hosts
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check

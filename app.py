@@ -10,7 +10,7 @@ import streamlit as st
 
 from pages._ui.auth import require_access
 from pages._ui.device import device_badge
-from pages._ui.state import current_dataset_spec, known_dataset_specs, set_dataset_spec
+from pages._ui.state import ask_about_linked_dataset, current_dataset_spec, known_dataset_specs, open_dataset
 from pages._ui.store_guard import store_guard
 from pages._ui.url_state import forget_cleared
 
@@ -39,7 +39,7 @@ def navigation():
 
 
 def _picked() -> None:
-    set_dataset_spec(st.session_state[SIDEBAR_DATASET_KEY])
+    open_dataset(st.session_state[SIDEBAR_DATASET_KEY])
 
 
 def sidebar() -> None:
@@ -59,4 +59,5 @@ forget_cleared()
 page = navigation()
 store_guard(name_corrupt=False)  # a store this simlab cannot open stops here, in one line
 sidebar()
+ask_about_linked_dataset()  # a link that names a dataset not opened here before waits for a yes
 page.run()

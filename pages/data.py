@@ -11,7 +11,7 @@ import streamlit as st
 
 from pages._ui.datasets import clear_dataset_cache, load_dataset_cached
 from pages._ui.formatting import escape_md, short_path
-from pages._ui.state import current_dataset_spec, set_dataset_spec
+from pages._ui.state import current_dataset_spec, open_dataset
 from pages._ui.thumbs import WRAP_CSS, breakable, open_image, tile_clicks, tile_html
 from simlab.data import DATASET_KINDS, DatasetError, parse_spec
 
@@ -58,7 +58,7 @@ with st.container(border=True):
             clear_dataset_cache()
             ds = load_dataset_cached(spec)
             if ds is not None:
-                set_dataset_spec(ds.spec)
+                open_dataset(ds.spec)
                 st.session_state["data_flash"] = f"Now using {ds.n_images} images in {ds.n_groups} groups."
                 st.rerun()  # so the sidebar's picker shows the new dataset too
 if flash := st.session_state.pop("data_flash", None):

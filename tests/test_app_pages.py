@@ -21,6 +21,7 @@ from simlab import jobs
 from simlab.experiment import GridConfig, run_grid
 from simlab.paths import REPO_ROOT
 from simlab.store import Store
+from simlab.store.known_datasets import KnownDatasets
 
 APP = str(REPO_ROOT / "app.py")
 TIMEOUT = 180  # the Vectorize page loads the backbone registry (TensorFlow) on first use
@@ -307,6 +308,7 @@ def test_the_dataset_comes_from_the_url_and_goes_back_to_it(empty_cache, tmp_pat
     """A reload or a shared link (a new session with ?dataset=) opens that dataset, not the default one."""
     other = make_dataset(tmp_path / "linked", n_groups=3, per_group=2)
     spec = f"folder:{other}"
+    KnownDatasets(empty_cache / "simlab.db").add(spec)  # opened in this app before (else the link asks first)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.query_params["dataset"] = spec
     at.run()

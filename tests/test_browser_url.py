@@ -17,6 +17,7 @@ from PIL import Image
 
 from simlab.paths import REPO_ROOT
 from simlab.store import Store
+from simlab.store.known_datasets import KnownDatasets
 
 
 def make_folder(root) -> str:
@@ -43,6 +44,7 @@ def seeded(tmp_path_factory):
                    cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=600)
     runs = Store(cache / "simlab.db").list_runs()
     assert len(runs) == 2 and all(r.done for r in runs)
+    KnownDatasets(cache / "simlab.db").add(spec)  # opened in the app before: its links open without asking
     return {"cache": cache, "spec": spec, "runs": [r.id for r in runs]}
 
 

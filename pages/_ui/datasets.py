@@ -32,11 +32,11 @@ def load_dataset_cached(spec: str, show_error: bool = True):
         if show_error:
             st.error(f"Could not load the dataset **{escape_md(spec)}**: {escape_md(str(exc))}",
                      icon=":material/folder_off:")
-    except Exception as exc:  # anything else: a short message, never a raw traceback
+    except Exception as exc:  # anything else: its kind only (its text may quote the file), the details in the log
         log.warning("loading the dataset %s failed", spec, exc_info=True)
         if show_error:
-            st.error(f"Could not load the dataset {escape_md(spec)}: {escape_md(type(exc).__name__)}: "
-                     f"{escape_md(str(exc)[:300])}")
+            st.error(f"Could not load the dataset {escape_md(spec)}: {escape_md(type(exc).__name__)} "
+                     "(the details are in the server's log).")
     return None
 
 
