@@ -55,6 +55,10 @@ class Backbone:
     options: dict = field(default_factory=dict)
     # whether the weights are on disk, for backbones whose weights are not one file under cache/weights/
     weights_present: Callable[[], bool] | None = None
+    # how simlab.explain splits a pair's cosine over image regions: "pooled" (the model ends with a global
+    # average pooling: its input is the map), "tokens" (ViT patch tokens), "bit_grid" (hash bits on a grid),
+    # "bits" (hash bits, no spatial map), "" (none)
+    explain: str = ""
 
 
 @dataclass(frozen=True)

@@ -272,5 +272,6 @@ for _v in VARIANTS.values():
                         "bundled, works offline",
             bundled=True,
             weights_file=_v.weights_file,
+            explain="pooled",  # the last ReLU6 map before avg_pool
         )
     )

@@ -149,7 +149,7 @@ def _preprocessor(module: str):
 for _name, (_module, _cls, _size, _dim, _file, _desc) in _APPS.items():
     register(Backbone(name=_name, input_size=_size, dim=_dim, build=_builder(_module, _cls, _size, _file),
                       preprocess=_preprocessor(_module), description=_desc, weights_file=_file,
-                      options={"download_mb": _DOWNLOAD_MB[_name]}))
+                      options={"download_mb": _DOWNLOAD_MB[_name]}, explain="pooled"))  # pooling="avg"
 for _name, (_module, _cls, _file) in _FC2.items():
     register(Backbone(name=_name, input_size=224, dim=4096, build=_builder(_module, _cls, 224, _file, fc2=True),
                       preprocess=_preprocessor(_module), weights_file=_file,

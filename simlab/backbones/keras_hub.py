@@ -310,5 +310,6 @@ for _e in ENTRIES.values():
             weights_present=functools.partial(weights_present, _e.name),
             options={"source": "keras_hub", "preset": _e.preset, "handle": _e.handle, "embedding": _e.embedding,
                      "weights_host": "api.kaggle.com", "download_mb": _e.download_mb},
+            explain="tokens" if _e.family in ("dinov2", "clip") else "",  # SigLIP2: attention pooling, no map
         )
     )

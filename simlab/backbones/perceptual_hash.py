@@ -143,4 +143,5 @@ _DESCRIPTIONS = {
 for _kind, _description in _DESCRIPTIONS.items():
     register(Backbone(name=_kind, input_size=INPUT_SIZE, dim=HASH_SIZE * HASH_SIZE,
                       build=functools.partial(build_hash, _kind), preprocess=preprocess,
-                      description=_description, bundled=True, options={"weight_free": True}))
+                      description=_description, bundled=True, options={"weight_free": True},
+                      explain="bit_grid" if _kind == "dhash" else "bits"))  # dHash's bits lie on an 8x8 grid

@@ -17,7 +17,7 @@ import sys
 import traceback
 
 import simlab.finetune  # noqa: F401  (registers the siamese-<run id> backbones before any command)
-from simlab.cli import backbones, finetune, report, runs, search, vectorize
+from simlab.cli import backbones, explain, finetune, report, runs, search, vectorize
 from simlab.cli.args import data_args
 from simlab.cli.guard import (
     Parser,
@@ -35,7 +35,8 @@ from simlab.progress import Cancelled
 log = logging.getLogger(__name__)
 
 #: Each adds its sub-command(s) to the parser, in this order.
-COMMANDS = (backbones.add_cli, vectorize.add_cli, runs.add_cli, finetune.add_cli, search.add_cli, report.add_cli)
+COMMANDS = (backbones.add_cli, vectorize.add_cli, runs.add_cli, finetune.add_cli, search.add_cli, report.add_cli,
+            explain.add_cli)
 #: Commands that store runs (the run store must be writable) and those that write the cache folder.
 STORE_WRITERS = {"run", "finetune"}
 CACHE_WRITERS = STORE_WRITERS | {"vectorize", "search"}
