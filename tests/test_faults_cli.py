@@ -383,3 +383,29 @@ def test_vectorize_attaches_to_the_apps_job_for_the_same_dataset_and_computes_no
     assert cli_proc.returncode == 0, err[-3000:]
     assert out.startswith("9 vectors of 1280 (0 computed, the rest cached)"), out + err[-2000:]
     assert "computing what is missing here" not in err
+
+
+_REASONS = ["file not found", "not an image", "listed twice (line 12)", "listed twice (line 7)", "truncated",
+            "decompression bomb (130000000 pixels)", "same file as /a/b.jpg: read once", "corrupt image (\x1b[2J)",
+            "unreadable (permission denied)", "zero-byte file"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(problems=st.lists(st.tuples(st.text(max_size=30), st.sampled_from(_REASONS)), max_size=300),
+       first=st.integers(1, 12))
+def test_a_problem_summary_is_a_few_escaped_lines_whatever_the_list(problems, first):
+    from simlab.cli.output import problem_summary
+    from simlab.data import Problem
+
+    lines = problem_summary([Problem(p, r) for p, r in problems], first)
+    if not problems:
+        assert lines == []
+        return
+    assert len(lines) <= first + 2
+    assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for line in lines for c in line)
+    assert re.match(r"skipped ([\d,]+) file", lines[0])[1].replace(",", "") == str(len(problems))
+    shown = {line.rsplit(": ", 1)[-1] for line in lines[1:] if not line.startswith("  ... and")}
+    if len(problems) > first:
+        assert lines[-1] == f"  ... and {len(problems) - first:,} more (the app's Data page lists them all)"
+    kinds = {r.split(" (line")[0].split(": ")[0] for _, r in problems}
+    assert len(shown) >= min(first, len(kinds) - 1)  # a rare reason is shown beside a common one

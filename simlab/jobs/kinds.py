@@ -268,7 +268,7 @@ def search_job(params: dict, store: Store, progress: Progress, should_stop: Shou
     k = int(params.get("k") or 10)
     if k < 1:
         raise ValueError("k must be at least 1")
-    dataset = load_dataset(params.get("dataset") or "demo")
+    dataset = until_stopped(lambda: load_dataset(params.get("dataset") or "demo"), should_stop, "loading the dataset")
     result = search_dataset(dataset, params["query"], params.get("backbone"), params.get("weights"), k=k,
                             rerank=params.get("rerank"), kind=params.get("index") or "auto",
                             shortlist=params.get("shortlist"), progress=_search_bar(progress),
