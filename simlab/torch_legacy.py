@@ -8,7 +8,10 @@ Layout of a legacy ``torch.save`` file::
     per key, in that order: int64 LE element count, then the raw bytes
 
 The pickles are read by :class:`_SafeUnpickler`, which admits only the handful of globals a
-state dict needs; anything else raises :class:`UnsafePickleError` before it is called.
+state dict needs; anything else raises :class:`UnsafePickleError` before it is called. Every size the
+file declares (a pickled string, a storage) is checked against the bytes the file has left before
+anything is allocated for it: a few hundred bytes declaring terabytes are a :class:`LegacyFormatError`,
+never a MemoryError.
 """
 
 from __future__ import annotations
@@ -141,11 +144,34 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
-class _SafeUnpickler(pickle.Unpickler):
+class _Bounded:
+    """A file for the unpickler whose reads never ask for more bytes than the file has left: a declared
+    length beyond that is a format error before any buffer of that length exists."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.size = f, os.fstat(f.fileno()).st_size
+
+    def read(self, n: int = -1) -> bytes:
+        left = self.size - self.f.tell()
+        if n is not None and n > max(left, 0):
+            raise LegacyFormatError(f"the pickle declares {n} bytes where the file has {max(left, 0)} left")
+        return self.f.read(n)
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self.f.readline(limit)
+
+
+# Protocol-5 out-of-band buffers allocate before they read; a legacy checkpoint (protocol 2) has none.
+_REFUSED_OPCODES = {pickle.BYTEARRAY8, pickle.NEXT_BUFFER, pickle.READONLY_BUFFER}
+
+
+class _SafeUnpickler(pickle._Unpickler):  # the Python unpickler: each read goes through _Bounded first
     """Unpickler that resolves only allow-listed globals and torch storage persistent ids."""
 
+    dispatch = {op: fn for op, fn in pickle._Unpickler.dispatch.items() if bytes([op]) not in _REFUSED_OPCODES}
+
     def __init__(self, file: BinaryIO, storages: dict[str, _Storage] | None = None):
-        super().__init__(file)
+        super().__init__(_Bounded(file))
         self.storages = storages if storages is not None else {}
 
     def find_class(self, module: str, name: str):
@@ -189,6 +215,16 @@ def _materialize(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(_materialize(v) for v in obj)
     return obj
+
+
+def _load(unpickler: _SafeUnpickler, path: Path, what: str):
+    """One pickle of the file; whatever goes wrong in it (bar a refused global) is a format error."""
+    try:
+        return unpickler.load()
+    except (UnsafePickleError, LegacyFormatError):
+        raise
+    except Exception as exc:
+        raise LegacyFormatError(f"{path}: {what} is not a readable pickle ({type(exc).__name__}: {exc})") from None
 
 
 def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
@@ -242,8 +278,8 @@ def load_legacy_state_dict(path) -> OrderedDict[str, np.ndarray]:
     with open(path, "rb") as f:
         little = _read_header(f, path)
         storages: dict[str, _Storage] = {}
-        result = _SafeUnpickler(f, storages).load()
-        keys = _SafeUnpickler(f).load()
+        result = _load(_SafeUnpickler(f, storages), path, "the state dict")
+        keys = _load(_SafeUnpickler(f), path, "the list of storage keys")
         if not isinstance(keys, list):
             raise LegacyFormatError(f"{path}: expected a list of storage keys, got {type(keys).__name__}")
         for key in keys:

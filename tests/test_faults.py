@@ -445,3 +445,20 @@ def test_a_store_this_simlab_cannot_open_is_one_line_on_every_page(grid_cache, m
         at = _open(page)
         errors = [_plain(e.value) for e in at.error]
         assert len(errors) == 1 and line in errors[0] and "\n" not in errors[0], (page, errors)
+
+
+def test_a_tiny_checkpoint_whose_pickle_declares_terabytes_is_a_format_error(tmp_path):
+    """The same lie inside the pickle itself (a 4 TB byte string after the header): refused, not a MemoryError."""
+    import struct
+
+    from test_efficientnet_lite0 import _write_header
+
+    from simlab.torch_legacy import LegacyFormatError, load_legacy_state_dict
+
+    path = tmp_path / "bytes8.pth"
+    with open(path, "wb") as f:
+        _write_header(f)
+        f.write(b"\x80\x04\x8e" + struct.pack("<Q", 4 * 2**40) + b"abc")  # protocol 4 BINBYTES8
+    assert path.stat().st_size < 300
+    with pytest.raises(LegacyFormatError, match="declares 4398046511104 bytes"):
+        load_legacy_state_dict(path)
