@@ -7,6 +7,7 @@ The rebinding probe talks to a real `streamlit run app.py` started as `make run`
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -104,6 +105,58 @@ def test_a_websocket_from_a_rebound_domain_is_refused(default_server):
         status = websocket_handshake(port, host, f"http://{host}")
         assert " 101 " not in status and status.startswith("HTTP/1.1 4"), (host, status)
     assert "rebind.example" in default_server["log"].read_text()  # Streamlit logs each refusal
+
+
+async def _streamlit_run(ws, query: str, page: str, click: str | None = None) -> list[tuple[str, str, str]]:
+    """One script run over the app's websocket, as the browser asks for it (``click``: a button's widget id);
+    returns (element type, its text, its widget id) of each element drawn, until the run finishes."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    msg = BackMsg()
+    msg.rerun_script.query_string, msg.rerun_script.page_name = query, page
+    if click:
+        widget = msg.rerun_script.widget_states.widgets.add()
+        widget.id, widget.trigger_value = click, True
+    await ws.send(msg.SerializeToString())
+    drawn = []
+    while True:
+        forward = ForwardMsg()
+        forward.ParseFromString(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        kind = forward.WhichOneof("type")
+        if kind == "delta" and forward.delta.WhichOneof("type") == "new_element":
+            element = forward.delta.new_element
+            part = getattr(element, element.WhichOneof("type"))
+            text = getattr(part, "body", "") or getattr(part, "label", "")
+            drawn.append((element.WhichOneof("type"), str(text), str(getattr(part, "id", ""))))
+        if kind == "script_finished" and forward.script_finished == ForwardMsg.FINISHED_SUCCESSFULLY:
+            return drawn
+
+
+@pytest.mark.skipif(not Path("/etc/passwd").is_file(), reason="needs /etc/passwd")
+def test_on_the_real_server_a_link_to_etc_passwd_asks_and_once_opened_shows_no_line_of_it(default_server):
+    """The whole probe over the websocket, as a browser on localhost runs it: the Data page with
+    ?dataset=csv:/etc/passwd draws only the question; after "Open this dataset" it shows the reader's message
+    and not one line of the file."""
+    import websockets
+
+    port = default_server["port"]
+
+    async def probe():
+        async with websockets.connect(f"ws://127.0.0.1:{port}/_stcore/stream", origin=f"http://127.0.0.1:{port}",
+                                      max_size=None) as ws:
+            asked = await _streamlit_run(ws, "dataset=csv:/etc/passwd", "data")
+            button_id = next(i for kind, text, i in asked if kind == "button" and text == "Open this dataset")
+            return asked, await _streamlit_run(ws, "dataset=demo", "data", click=button_id)
+
+    asked, opened = asyncio.run(probe())
+    assert any(kind == "alert" and "csv:/etc/passwd" in text and LINKED_QUESTION in text for kind, text, _ in asked)
+    assert ("heading", "Data", "") not in asked  # the page itself waits for the answer
+    assert ("heading", "Data", "") in opened
+    shown = " ".join(text for _, text, _ in opened).replace("\\", "")
+    assert "Could not load the dataset" in shown and "csv:/etc/passwd" in shown
+    leaked = [line for line in passwd_lines() if line in shown or line.split(":")[0] + ":x:" in shown]
+    assert not leaked, leaked
 
 
 # --------------------------------------------------------------------------- links that name a dataset
