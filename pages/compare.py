@@ -12,31 +12,31 @@ import streamlit as st
 
 from pages._ui.formatting import STATUS_ICONS, classifier_name, escape_md, map_column
 from pages._ui.links import no_runs_yet, open_on_inspect, page_link
+from pages._ui.options import format_choice
 from pages._ui.state import current_dataset_spec
 from pages._ui.store import cached_runs
 from pages._ui.store_guard import store_guard
 from pages._ui.url_state import bind
 from simlab.classifiers import CLASSIFIERS
+from simlab.evaluate import headline_metrics, metric_scope
 from simlab.merge import MERGES
+from simlab.options import choice_label
 from simlab.reference import ALIASES, STUDY_TEST_PAIRS, published_accuracies
 from simlab.report.figures import square_heatmap
 from simlab.report.tables import (
-    SPLIT_LABELS,
-    WEIGHT_LABELS,
     backbone_order,
     fmt_value,
     hover_text,
     metric_range,
     newest_per_cell,
+    one_per_config,
     ordered,
     runs_table,
     study_table,
 )
 
-METRICS = {"accuracy": "Accuracy", "f1": "F1", "auc": "ROC AUC", "map": "Retrieval mAP"}
-METRIC_HELP = ("Accuracy and F1 (of 'same') at threshold 0.5 and ROC AUC are measured on the held-out test "
-               "pairs. Retrieval mAP ranks every image by cosine similarity to each group's query: it depends "
-               "on the backbone only.")
+METRICS = headline_metrics()  # name -> label, as declared in simlab.evaluate.METRICS
+METRIC_HELP = "  \n".join(f"**{label}**: {metric_scope(name)}." for name, label in METRICS.items())
 LAYOUTS = {"facets": "Backbone × merge, one chart per classifier",
            "merge": "Backbone × classifier, for one merge"}
 
@@ -110,7 +110,7 @@ def filters(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame[frame.fingerprint == fp]
     splits = ordered(frame["split"], ["group", "pair"])
     with c2:
-        split = st.radio("Split", splits, format_func=lambda s: SPLIT_LABELS.get(s, s or "(none)"),
+        split = st.radio("Split", splits, format_func=lambda s: choice_label("split", s) if s else "(none)",
                          horizontal=True, key=bind("compare_split", "split", splits[0], choices=splits),
                          help="Group split: whole scenes held out, the honest number. Pair split: the 2017 "
                               "study's protocol, where the same images sit in train and test.")
@@ -118,11 +118,11 @@ def filters(frame: pd.DataFrame) -> pd.DataFrame:
     weights = ordered(frame["weights"], ["imagenet", "random"])
     with c3:
         if len(weights) > 1:
-            w = st.selectbox("Weights", weights, format_func=lambda v: WEIGHT_LABELS.get(v, v),
+            w = st.selectbox("Weights", weights, format_func=format_choice("weights"),
                              key=bind("compare_weights", "weights", weights[0], choices=weights))
         else:
             w = weights[0]
-            st.caption(f"Weights: {WEIGHT_LABELS.get(w, w)}")
+            st.caption("Weights: " + choice_label("weights", w))
     frame = frame[frame.weights == w]
     if w == "random":
         st.warning("These runs use **random** (untrained) backbone weights: they exist for tests and say "
@@ -170,14 +170,20 @@ def heatmaps(frame: pd.DataFrame, metric: str) -> None:
 
 def score_columns() -> dict:
     """The columns of a run's scores, the same in the grid's leaderboard and the fine-tuned models' table."""
-    return {
-        "accuracy": st.column_config.NumberColumn("Accuracy", format="%.3f"),
-        "ci": st.column_config.TextColumn("95% CI", help="Bootstrap interval of the test accuracy"),
-        "f1": st.column_config.NumberColumn("F1", format="%.3f"),
-        "auc": st.column_config.NumberColumn("AUC", format="%.3f"),
-        "map": map_column(),
-        "n_test": st.column_config.NumberColumn("Test pairs", format="%d"),
-    }
+    scores = {name: st.column_config.NumberColumn(label, format="%.3f", help=metric_scope(name))
+              for name, label in METRICS.items()}
+    return {"accuracy": scores.pop("accuracy"),
+            "ci": st.column_config.TextColumn("95% CI", help="Bootstrap interval of the test accuracy"),
+            **scores, "map": map_column(),
+            "n_test": st.column_config.NumberColumn("Test pairs", format="%d"),
+            "copies": st.column_config.NumberColumn(
+                "Runs", format="%d", help="Stored runs of this very configuration (same method, protocol, seed "
+                                          "and data): they are shown once, the newest.")}
+
+
+def score_names() -> list[str]:
+    """The leaderboards' score columns in order: accuracy and its interval, the other headline metrics, test pairs."""
+    return [name for name in score_columns() if name != "copies"]
 
 
 def leaderboard(frame: pd.DataFrame, metric: str) -> None:
@@ -185,16 +191,15 @@ def leaderboard(frame: pd.DataFrame, metric: str) -> None:
     if frame.empty:
         return
     st.subheader("Leaderboard")
-    board = frame.sort_values([metric, "created"], ascending=[False, False], na_position="last")
+    board = one_per_config(frame).sort_values([metric, "created"], ascending=[False, False], na_position="last")
     board = board.reset_index(drop=True)
     shown = board.assign(
         created=pd.to_datetime(board["created"], unit="s"),
         ci=[f"{fmt_value(lo)}–{fmt_value(hi)}" for lo, hi in zip(board.accuracy_lo, board.accuracy_hi)],
         classifier=[classifier_name(c) for c in board["classifier"]],
-        split=[SPLIT_LABELS.get(s, s).split(" (")[0] for s in board["split"]],
+        split=[choice_label("split", s).split(":")[0] for s in board["split"]],
     )
-    columns = ["backbone", "merge", "classifier", "split", "accuracy", "ci", "f1", "auc", "map", "n_test",
-               "seconds", "created", "id"]
+    columns = ["backbone", "merge", "classifier", "split", *score_names(), "copies", "seconds", "created", "id"]
     config = {
         "backbone": st.column_config.TextColumn("Backbone"),
         "merge": st.column_config.TextColumn("Merge"),
@@ -339,8 +344,8 @@ def finetune_panel(frame: pd.DataFrame, metric: str) -> None:
     ids = runs["id"].tolist()
     st.dataframe(shown, hide_index=True, key="compare_finetune_table", selection_mode="single-row",
                  on_select=lambda: _row_clicked("compare_finetune_table", ids),
-                 column_order=["backbone", "method", "status", "accuracy", "ci", "f1", "auc", "map", "epochs",
-                               "n_test", "seconds", "created", "id"],
+                 column_order=["backbone", "method", "status", *score_names(), "epochs", "seconds", "created",
+                               "id"],
                  column_config={
                      "backbone": st.column_config.TextColumn("Backbone"),
                      "method": st.column_config.TextColumn("Method"),

@@ -8,12 +8,15 @@ from pages._ui.device import device_text
 from pages._ui.formatting import classifier_name, escape_md, map_column
 from pages._ui.job_panel import job_panel, latest_job, start_job
 from pages._ui.links import page_link
+from pages._ui.reuse import start_once
 from pages._ui.state import current_dataset_spec
-from pages._ui.store import cached_runs, runs_frame
+from pages._ui.store import cached_runs
 from pages._ui.store_guard import store_guard
+from simlab.evaluate import headline_metrics
+from simlab.experiment import GridConfig
 from simlab.jobs import ACTIVE
-
-WEIGHT_LABELS = {"imagenet": "ImageNet", "random": "random (for tests only)"}
+from simlab.options import choice_label
+from simlab.report.tables import one_per_config, runs_table
 
 store_guard()  # a store that cannot be opened: one line; corrupt runs named
 st.title("simlab")
@@ -67,10 +70,16 @@ st.markdown(
 
 demo = latest_job("demo")
 running = demo is not None and demo["status"] in ACTIVE
-if st.button("Run the demo experiment", type="primary", icon=":material/play_arrow:", disabled=running,
-             help="Already running: see the progress below." if running else None):
-    start_job("demo", {})
+clicked = st.button("Run the demo experiment", type="primary", icon=":material/play_arrow:", disabled=running,
+                    help="Already running: see the progress below." if running else None)
+
+
+def _start_demo(reuse: bool) -> None:
+    start_job("demo", {"reuse": reuse})
     st.rerun()
+
+
+start_once(GridConfig(dataset="demo"), "home_demo", _start_demo, clicked)
 
 if demo is not None:
     job = job_panel(demo["id"])
@@ -94,7 +103,8 @@ if demo is not None:
 # --------------------------------------------------------------------------- latest results
 
 st.subheader("Latest results")
-frame = runs_frame()
+frame = runs_table(cached_runs())
+frame = frame[frame["status"] == "done"]
 if frame.empty:
     st.info("No results yet. Run the demo above, or set up your own grid on the Train page.",
             icon=":material/arrow_forward:")
@@ -103,9 +113,10 @@ else:
     mine = frame[frame["dataset"] == spec]
     shown = mine if not mine.empty else frame
     scope = f"on {spec}" if not mine.empty else "on all datasets"
-    ranked = shown.sort_values([c for c in ("accuracy", "auc") if c in shown], ascending=False)
+    ranked = one_per_config(shown).sort_values(["accuracy", "auc"], ascending=False)
     c1, c2, c3 = st.columns(3)
-    c1.metric(f"Runs {scope}", len(shown))
+    c1.metric(f"Runs {scope}", len(shown), help=f"{len(ranked)} distinct configurations" if len(ranked) < len(shown)
+              else None)
     if "accuracy" in ranked and len(ranked):
         top = ranked.iloc[0]
         c2.metric("Best held-out accuracy", f"{top['accuracy']:.1%}",
@@ -114,11 +125,10 @@ else:
             st.caption("Best configuration")
             st.markdown(f"**{escape_md(top['backbone'])}**  \n{escape_md(top['merge'])} + "
                         f"{escape_md(classifier_name(top['classifier']))}")
-    runs_weights = {r.id: r.weights for r in cached_runs()}
-    ranked = ranked.assign(weights=[WEIGHT_LABELS.get(runs_weights.get(i), runs_weights.get(i))
-                                    for i in ranked["id"]])
-    cols = [c for c in ("backbone", "merge", "classifier", "accuracy", "auc", "f1", "map", "seconds") if c in ranked]
-    cols += ["weights"] if (ranked["weights"] != WEIGHT_LABELS["imagenet"]).any() else []
+    ranked = ranked.assign(weights=ranked["weights"].map(lambda w: choice_label("weights", w)))
+    cols = ["backbone", "merge", "classifier", *headline_metrics(), "seconds"]
+    cols += ["copies"] if (ranked["copies"] > 1).any() else []
+    cols += ["weights"] if (ranked["weights"] != choice_label("weights", "imagenet")).any() else []
     cols += ["dataset"] if mine.empty else []
     table = ranked[cols].head(10)
     if "classifier" in table:
@@ -129,5 +139,7 @@ else:
         "f1": st.column_config.NumberColumn("F1", format="%.3f"),
         "map": map_column(),
         "seconds": st.column_config.NumberColumn("fit s", format="%.2f"),
+        "copies": st.column_config.NumberColumn("runs", format="%d", help="Stored runs of this very configuration "
+                                                "(same method, protocol, seed and data), shown once"),
     })
     page_link("pages/compare.py", "Compare all runs", icon=":material/grid_on:")

@@ -15,10 +15,11 @@ from pages._ui.run_names import run_title, run_title_when
 from pages._ui.store import cached_runs, clear_runs_cache, store, store_path
 from pages._ui.store_guard import corrupt_runs_panel, store_guard
 from simlab import jobs
+from simlab.evaluate import headline_metrics, metric_scope
+from simlab.options import choice_label
 from simlab.store import Run
 
 JOBS_SHOWN = 50
-WEIGHT_LABELS = {"imagenet": "ImageNet", "random": "random (for tests only)"}
 # A run's kind as this page has always named it: a grid cell is a "pair" run
 KIND_LABELS = {"grid": "pair", "finetune": "finetune"}
 SELECTED_KEY = "runs_selected_ids"  # the selected runs, by id (never by row position)
@@ -112,10 +113,10 @@ def _row(r: Run) -> dict:
     return {"status": f"{STATUS_ICONS.get(r.status, '')} {r.status}",
             "backbone": r.backbone, "merge": r.merge,
             "classifier": classifier_name(r.classifier) if r.classifier else None,
-            "accuracy": m.get("accuracy"), "auc": m.get("auc"), "f1": m.get("f1"),
-            "threshold": r.threshold if r.done else None, "map": m.get("map"),
+            **{name: m.get(name) for name in headline_metrics(r.kind)},
+            "threshold": r.threshold if r.done else None,
             "duration": fmt_duration(took), "error": (r.error or "")[:200],
-            "weights": WEIGHT_LABELS.get(r.weights, r.weights), "dataset": r.dataset, "split": r.protocol.split,
+            "weights": choice_label("weights", r.weights), "dataset": r.dataset, "split": r.protocol.split,
             "seed": r.protocol.seed, "created": fmt_when(r.created), "kind": kind_label(r), "id": r.id}
 
 
@@ -134,9 +135,8 @@ def runs_table(shown: list[Run]) -> list[Run]:
     table = st.container(key="runs_list").dataframe(
         frame, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row", key=table_key,
         selection_default={"selection": {"rows": [i for i, run_id in enumerate(ids) if run_id in kept]}},
-        column_config={"accuracy": st.column_config.NumberColumn("accuracy", format="%.3f"),
-                       "auc": st.column_config.NumberColumn("AUC", format="%.3f"),
-                       "f1": st.column_config.NumberColumn("F1", format="%.3f"),
+        column_config={**{name: st.column_config.NumberColumn(label, format="%.3f", help=metric_scope(name))
+                          for name, label in headline_metrics().items()},
                        "threshold": st.column_config.NumberColumn(
                            "threshold", format="%.2f",
                            help="The run's operating threshold on P(same), which accuracy and F1 use: chosen on "
@@ -227,11 +227,10 @@ for r in selected[:5]:
                 st.code(r.error, language=None)
         m = r.metrics
         if m:
-            cols = st.columns(4)
-            for col, (name, key) in zip(cols, [("accuracy", "accuracy"), ("AUC", "auc"), ("F1", "f1"),
-                                               ("retrieval mAP", "map")]):
-                if m.get(key) is not None:
-                    col.metric(name, f"{m[key]:.3f}")
+            headline = headline_metrics(r.kind)
+            for col, (key, name) in zip(st.columns(len(headline)), headline.items()):
+                if isinstance(m.get(key), (int, float)):
+                    col.metric(name, f"{m[key]:.3f}", help=metric_scope(key, r.kind, r.backbone))
             if m.get("accuracy_lo") is not None:
                 st.caption(f"Accuracy 95% CI {m['accuracy_lo']:.3f}–{m['accuracy_hi']:.3f} on {m.get('n_test')} "
                            f"test pairs ({m.get('n_train')} training pairs), at threshold {r.threshold:.2f}: "

@@ -22,13 +22,13 @@ from pages._ui.vector_sets import align, read_set, vector_sets
 from simlab.backbones import DEFAULT_BACKBONE
 from simlab.data import file_digest
 from simlab.data.images import ImageError, check_image_bytes
+from simlab.options import choice_label
 from simlab.paths import atomic_write_bytes, cache_dir
 from simlab.search import build_index, cached_query_vector
 from simlab.store import Run
 
 COLUMNS = 6
 KINDS = {"auto": "Auto", "flat": "Exact (flat)", "ivf": "IVF", "hnsw": "HNSW"}
-WEIGHT_LABELS = {"imagenet": "ImageNet", "random": "random weights — for tests only"}
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
 SEARCH_TIMEOUT = 900  # seconds: the first re-rank refits the run's classifier
 BOX_BG = (240, 242, 246)  # letterbox colour of the square thumbnails (Streamlit's light grey)
@@ -65,7 +65,7 @@ def square_thumb(path: str, size: int = 224) -> bytes | None:
 
 
 def set_label(s: dict) -> str:
-    return f"{s['backbone']} · {WEIGHT_LABELS.get(s['weights'], s['weights'])} · {s['images']} images"
+    return f"{s['backbone']} · {choice_label('weights', s['weights'])} · {s['images']} images"
 
 
 def rerank_runs(fingerprint: str, backbone: str, weights: str) -> list[Run]:

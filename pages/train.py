@@ -11,7 +11,8 @@ from pages._ui.datasets import load_current_dataset
 from pages._ui.formatting import escape_md, map_column
 from pages._ui.job_panel import get_job, job_panel, latest_job, start_job
 from pages._ui.links import open_on_inspect, page_link
-from pages._ui.options import default, widget_choices, widget_range
+from pages._ui.options import default, format_choice, widget_choices, widget_range
+from pages._ui.reuse import start_once
 from pages._ui.state import current_dataset_spec
 from pages._ui.store import store
 from pages._ui.store_guard import store_guard
@@ -21,15 +22,11 @@ from simlab.classifiers import CLASSIFIERS
 from simlab.experiment import GridConfig
 from simlab.jobs import ACTIVE
 from simlab.merge import MERGES
+from simlab.options import NEGATIVE_SCHEMES
 from simlab.reference import STUDY_PROTOCOL
 
-SPLIT_LABELS = {"group": "Group split: whole scenes held out (recommended)",
-                "pair": "Pair split: 2017 protocol, leaky"}
-NEGATIVE_LABELS = {"random": "Random pairs of different scenes",
-                   "same_left": "Same left image as a positive (2017 study)"}
-WEIGHT_LABELS = {"imagenet": "ImageNet (pretrained)", "random": "random: untrained network, for tests only"}
-DEFAULTS = {"train_backbones": [DEFAULT_BACKBONE], "train_merges": ["dot", "l1", "l2"],
-            "train_classifiers": ["cosine", "logreg", "xgboost"], "train_split": default("split"),
+DEFAULTS = {"train_backbones": [DEFAULT_BACKBONE], "train_merges": list(default("merges")),
+            "train_classifiers": list(default("classifiers")), "train_split": default("split"),
             "train_test_size": default("test_size"), "train_negative_ratio": default("negative_ratio"),
             "train_negatives": default("negatives"), "train_seed": default("seed"), "train_fusion": False,
             "train_weights": default("weights"), "train_library_defaults": False}
@@ -182,7 +179,7 @@ def form(backbones) -> GridConfig:
                         + "\n".join(f"- **{c.label}** ({c.name}): {c.description}" for c in CLASSIFIERS.values()))
     c1, c2, c3 = st.columns(3)
     with c1:
-        st.radio("Split", widget_choices("split"), format_func=SPLIT_LABELS.get, key="train_split",
+        st.radio("Split", widget_choices("split"), format_func=format_choice("split"), key="train_split",
                  persist_state="session",
                  help="Group: whole scenes go to test, no image is seen in training (honest). Pair: the study's "
                       "split of the pairs themselves; the same images sit in train and test, so scores are "
@@ -190,8 +187,8 @@ def form(backbones) -> GridConfig:
         st.slider("Test fraction", **widget_range("test_size"), key="train_test_size", persist_state="session",
                   help="Share of the groups (group split) or of the pairs (pair split) held out for testing")
     with c2:
-        st.radio("Negative pairs", list(NEGATIVE_LABELS), format_func=NEGATIVE_LABELS.get, key="train_negatives",
-                 persist_state="session", help="How pairs of different scenes are drawn")
+        st.radio("Negative pairs", list(NEGATIVE_SCHEMES), format_func=format_choice("negatives"),
+                 key="train_negatives", persist_state="session", help="How pairs of different scenes are drawn")
         st.number_input("Negatives per positive", **widget_range("negative_ratio"), key="train_negative_ratio",
                         persist_state="session", help="1 = balanced, as in the study")
     with c3:
@@ -202,7 +199,7 @@ def form(backbones) -> GridConfig:
                   disabled=len(chosen) < 2,
                   help="Also run the chosen backbones' vectors concatenated (each L2-normalised) as one more "
                        "backbone. Needs two or more backbones.")
-        st.selectbox("Weights", widget_choices("weights"), format_func=WEIGHT_LABELS.get, key="train_weights",
+        st.selectbox("Weights", widget_choices("weights"), format_func=format_choice("weights"), key="train_weights",
                      persist_state="session",
                      help="ImageNet: the pretrained networks. Random: an untrained network, only for tests.")
         st.toggle("Library defaults (2017)", key="train_library_defaults", persist_state="session",
@@ -304,15 +301,20 @@ def main() -> None:
     ok = summary(config, dataset) and dataset is not None
     running = latest_job("grid", active_only=True)
     label = f"Start {len(config.cells())} runs" if ok else "Start"
-    if st.button(label, type="primary", icon=":material/play_arrow:", disabled=not ok or running is not None,
-                 key="train_start",
-                 help="A grid is already running: wait for it or cancel it below." if running else None):
+    clicked = st.button(label, type="primary", icon=":material/play_arrow:", disabled=not ok or running is not None,
+                        key="train_start",
+                        help="A grid is already running: wait for it or cancel it below." if running else None)
+
+    def start(reuse: bool) -> None:
         try:
-            st.session_state["train_job"] = start_job("grid", asdict(config))
+            st.session_state["train_job"] = start_job("grid", asdict(config) | {"reuse": reuse})
         except Exception as exc:  # the job could not even start: say why
             st.error(f"Could not start the grid: {escape_md(type(exc).__name__)}: {escape_md(str(exc)[:300])}")
         else:
             st.rerun()
+
+    if ok:
+        start_once(config, "train", start, clicked, fingerprint=dataset.fingerprint)
 
     job = get_job(st.session_state["train_job"]) if st.session_state.get("train_job") else None
     job = job or latest_job("grid")

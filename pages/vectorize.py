@@ -11,17 +11,18 @@ import streamlit as st
 from pages._ui.datasets import require_dataset
 from pages._ui.embedding_map import embedding_map
 from pages._ui.job_panel import job_panel, latest_job, start_job
+from pages._ui.options import format_choice, widget_choices
 from pages._ui.state import current_dataset_spec
 from pages._ui.store_guard import store_guard
 from pages._ui.vector_sets import align, dataset_names, read_set, set_key
 from simlab.backbones import list_backbones, weights_status
 from simlab.jobs import ACTIVE
+from simlab.options import choice_label
 from simlab.vectors.cache import cached_sets
 
 STATUS_TEXT = {"bundled": "✓ bundled (works offline)", "cached": "✓ downloaded (works offline)",
                "download": "↓ will download on first use", "offline": "✗ offline: random weights only"}
 WEIGHTS_HOST = "storage.googleapis.com"  # Keras' ImageNet weights; a backbone's options may name another
-WEIGHT_LABELS = {"imagenet": "Pretrained (ImageNet, or the KerasHub preset's)", "random": "Random — for tests only"}
 
 
 @st.cache_resource(show_spinner="Loading the backbone registry…")
@@ -90,7 +91,7 @@ with st.form("vectorize_form"):
     picked = st.multiselect("Backbones", names, default=default,
                             help="One vector set per backbone. Backbones marked 'will download' fetch their "
                                  "ImageNet weights once (internet needed).")
-    weights = st.radio("Weights", list(WEIGHT_LABELS), format_func=WEIGHT_LABELS.get, horizontal=True,
+    weights = st.radio("Weights", widget_choices("weights"), format_func=format_choice("weights"), horizontal=True,
                        help="Random weights give meaningless vectors: they exist to test the pipeline quickly.")
     go_ = st.form_submit_button("Vectorize", type="primary", disabled=running,
                                 help="A job is already running: see below." if running else None)
@@ -122,7 +123,7 @@ if sets.empty:
             icon=":material/arrow_forward:")
     st.stop()
 sets["this dataset"] = sets["fingerprint"] == dataset.fingerprint
-sets["weights"] = sets["weights"].map(lambda w: WEIGHT_LABELS.get(w, w))
+sets["weights"] = sets["weights"].map(lambda w: choice_label("weights", w))
 known = dataset_names(dataset)
 sets["dataset"] = [known.get(f, "another dataset") for f in sets["fingerprint"]]
 sets["key"] = [set_key(row) for row in sets.to_dict("records")]

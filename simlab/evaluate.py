@@ -201,30 +201,44 @@ class Metric:
     scope: str
     kind: str | None = None
     higher_is_better: bool = True
+    headline: bool = False  # one of the numbers runs are compared by: Compare's heatmaps, the Runs table, the report
 
 
 METRICS: tuple[Metric, ...] = (
     Metric("accuracy", "Accuracy", "share of the test pairs classified right at the run's stored threshold "
            "(chosen on validation scenes carved from the training scenes, never on the test pairs; 0.5 for "
-           "runs with the 2017 study's settings, for fine-tune runs and for runs stored before thresholds were kept)"),
+           "runs with the 2017 study's settings, for fine-tune runs and for runs stored before thresholds were kept)",
+           headline=True),
     Metric("accuracy_lo", "Accuracy, 95% CI low", "bootstrap interval of the test accuracy"),
     Metric("accuracy_hi", "Accuracy, 95% CI high", "bootstrap interval of the test accuracy"),
     Metric("precision", "Precision", "of 'same scene' on the test pairs, at the run's stored threshold"),
     Metric("recall", "Recall", "of 'same scene' on the test pairs, at the run's stored threshold"),
-    Metric("f1", "F1", "of 'same scene' on the test pairs, at the run's stored threshold"),
+    Metric("f1", "F1", "of 'same scene' on the test pairs, at the run's stored threshold", headline=True),
     Metric("threshold", "Threshold", "the run's operating threshold on P(same): chosen on validation scenes "
            "carved from the training scenes (0.5: the 2017 study's rule)"),
     Metric("n_val", "Validation pairs", "number of validation pairs the threshold was chosen on", kind="grid"),
-    Metric("auc", "ROC AUC", "of P(same scene) on the test pairs"),
+    Metric("auc", "ROC AUC", "of P(same scene) on the test pairs", headline=True),
     Metric("map", "Retrieval mAP", "retrieval mAP of {backbone} vectors on all images of the dataset "
-           "(every scene's query ranks every other image)", kind="grid"),
-    Metric("map", "Retrieval mAP", "retrieval mAP of the fine-tuned embeddings on {images}", kind="finetune"),
+           "(every scene's query ranks every other image)", kind="grid", headline=True),
+    Metric("map", "Retrieval mAP", "retrieval mAP of the fine-tuned embeddings on {images}", kind="finetune",
+           headline=True),
     Metric("map_frozen", "Retrieval mAP, frozen", "retrieval mAP of the frozen {backbone} vectors on {images}",
            kind="finetune"),
     Metric("n_test", "Test pairs", "number of test pairs scored"),
     Metric("n_train", "Training pairs", "number of pairs the classifier was trained on"),
     Metric("seconds", "Seconds", "wall time of the run", higher_is_better=False),
 )
+
+
+def headline_metrics(kind: str = "grid") -> dict[str, str]:
+    """Name -> label of the numbers runs are compared by (declared ``headline`` in :data:`METRICS`), in order:
+    what Compare, the Runs table and the report show. A metric declared there shows everywhere."""
+    return {m.name: m.label for m in METRICS if m.headline and m.kind in (None, kind)}
+
+
+def metric_names() -> list[str]:
+    """Every stored metric's name, once each, in :data:`METRICS` order."""
+    return list(dict.fromkeys(m.name for m in METRICS))
 
 
 def metric(name: str, kind: str = "grid") -> Metric | None:

@@ -23,9 +23,9 @@ from simlab.merge import fuse
 from simlab.progress import Cancelled, Progress, ShouldStop, silent
 from simlab.protocol import VALIDATION_SIZE, Protocol, SplitPairs, validation_pairs  # noqa: F401 - re-exported
 from simlab.provenance import git_commit, library_versions
-from simlab.runspec import RunSpec, fused_name
+from simlab.runspec import RunSpec, fused_name, run_key
 from simlab.search import build_index
-from simlab.store import Store, new_id
+from simlab.store import Run, Store, new_id
 from simlab.vectors import VectorSet, vectorize_many
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,9 @@ class GridConfig:
     fusion: bool = False  # also run the backbones' vectors concatenated, as one more "backbone"
     library_defaults: bool = False  # LinearSVC and XGBoost with the libraries' defaults (the 2017 study's)
     ray: str | None = None  # Ray address (docs/scaling.md); None: $SIMLAB_RAY_ADDRESS, or no Ray
+    #: Cells whose configuration, data and seed already have a finished run are not run again: the stored run
+    #: is reported instead (the app's "open the results"; False: "run again anyway", and the CLI's default).
+    reuse: bool = False
 
     @property
     def protocol(self) -> Protocol:
@@ -90,6 +93,29 @@ class GridConfig:
         fused = [fused_name(self.backbones)] if self.fusion and len(self.backbones) > 1 else []
         backbones = list(self.backbones) + fused
         return list(itertools.product(backbones, self.merges, self.classifiers))
+
+    def cell_spec(self, cell: tuple[str, str, str]) -> RunSpec:
+        """The run spec of one cell, as its run is stored."""
+        backbone, merge, classifier = cell
+        config = asdict(self) | {"backbones": [backbone], "merges": [merge], "classifiers": [classifier]}
+        return RunSpec.from_dict(config, backbone=backbone, merge=merge, classifier=classifier)
+
+
+def stored_cells(config: GridConfig, runs, fingerprint: str | None = None) -> dict[tuple, Run]:
+    """The cells of ``config`` that already have a finished run among ``runs`` (newest first): same method,
+    protocol, seed and data (``fingerprint``; None: the same dataset spec, each run on its own data version).
+    Cell -> the newest such run."""
+    specs = [(config.cell_spec(cell), cell) for cell in config.cells()]
+    found: dict[tuple, Run] = {}
+    for run in runs:
+        if not (run.done and run.is_grid) or (run.fingerprint != fingerprint if fingerprint
+                                              else run.dataset != config.dataset):
+            continue
+        key = run_key(run)
+        cell = next((c for spec, c in specs if spec.key(run.fingerprint) == key), None)
+        if cell is not None and cell not in found:
+            found[cell] = run
+    return found
 
 
 def common_images(sets: dict[str, VectorSet]) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
@@ -131,8 +157,16 @@ def run_grid(config: GridConfig, store: Store | None = None, progress: Progress 
     say = progress or silent
     dataset = load_dataset(config.dataset)
     config.check_groups(dataset.n_groups)
+    reused = stored_cells(config, store.list_runs(status="done", fingerprint=dataset.fingerprint),
+                          dataset.fingerprint) if config.reuse else {}
+    for (backbone, merge, clf_name), run in reused.items():
+        yield {"run_id": run.id, "backbone": backbone, "merge": merge, "classifier": clf_name} | run.metrics | {
+            "seconds": run.seconds, "existing": True}
+    if len(reused) == len(config.cells()):
+        say(len(reused), len(reused), f"{len(reused)} runs already stored: nothing to run", stage="train")
+        return
     paths, groups, vectors = _grid_vectors(config, dataset, say, should_stop)
-    cells = _Cells(config, store, dataset.fingerprint, paths, groups, vectors, job_id)
+    cells = _Cells(config, store, dataset.fingerprint, paths, groups, vectors, job_id, skip=set(reused))
     # Cells train concurrently (grid_workers()), each on its own thread: scikit-learn, XGBoost and
     # Keras release the GIL while they compute, so a single-threaded classifier no longer leaves a
     # core idle. The store is written from this thread only; results are yielded as cells finish.
@@ -194,13 +228,13 @@ class _Cells:
     not yet stored (run id -> cell), the first failure."""
 
     def __init__(self, config: GridConfig, store: Store, fingerprint: str, paths, groups, vectors: dict,
-                 job_id: str | None):
+                 job_id: str | None, skip: set = frozenset()):
         self.config, self.store, self.fingerprint, self.job_id = config, store, fingerprint, job_id
         self.protocol = config.protocol
         self.groups, self.vectors = groups, vectors
         self.paths_arr, self.groups_arr = np.asarray(paths), np.asarray(groups)
         self.maps = {b: retrieval_map(v, groups) for b, v in vectors.items()}
-        self.waiting = collections.deque(config.cells())
+        self.waiting = collections.deque(cell for cell in config.cells() if cell not in skip)
         self.total, self.finished, self.failure = len(self.waiting), 0, None
         self.running: dict = {}
         self.opened: dict[str, tuple] = {}
@@ -240,13 +274,13 @@ class _Cells:
         """Open the next cell's run in the store and start training it (or record why it cannot start)."""
         config = self.config
         backbone, merge, clf_name = cell = self.waiting.popleft()
+        spec = config.cell_spec(cell)
         cell_config = asdict(config) | {"backbones": [backbone], "merges": [merge], "classifiers": [clf_name]}
         run_id = new_id("r")
         self.opened[run_id] = cell  # before the row exists: an interruption from here on still closes it
         self.store.add_run(id=run_id, dataset=config.dataset, fingerprint=self.fingerprint, backbone=backbone,
                            merge=merge, classifier=clf_name, split=config.split, seed=config.seed,
                            config=cell_config, versions=library_versions(), git=git_commit(), job_id=self.job_id)
-        spec = RunSpec.from_dict(cell_config, backbone=backbone, merge=merge, classifier=clf_name)
         future = pool.submit(_run_cell, spec, self.vectors[backbone], self.pairs_for(backbone),
                              self.validation_for(backbone), self.maps[backbone], self.paths_arr, self.groups_arr,
                              config.ray)

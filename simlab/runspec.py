@@ -136,3 +136,18 @@ class RunSpec:
                     "method": {k: v for k, v in sorted(dict(self.method).items()) if k != "dataset"},
                     "data": fingerprint or self.dataset}
         return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stored_spec(run) -> RunSpec:
+    """The spec of a stored run (a ``simlab.store.Run``): its config, with what old rows keep in columns."""
+    return RunSpec.from_dict(run.config, kind=run.kind, backbone=run.backbone, merge=run.merge,
+                             classifier=run.classifier, split=run.split, seed=run.seed, dataset=run.dataset)
+
+
+def run_key(run) -> str:
+    """What makes two stored runs the same configuration (:meth:`RunSpec.key` on the run's own data
+    fingerprint); a run whose config cannot be read is only ever the same as itself."""
+    try:
+        return stored_spec(run).key(run.fingerprint)
+    except (ValueError, TypeError, KeyError):
+        return f"run:{run.id}"

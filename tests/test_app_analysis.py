@@ -496,3 +496,36 @@ def test_a_cancelled_job_shows_where_it_stopped(empty):
     (bar,) = at.get("progress")
     assert bar.value == 30 and "Cancelled at 30%" in bar.text and "12/40 images" in bar.text
     assert any("was cancelled" in w for w in texts(at.warning))
+
+
+def test_a_metric_declared_once_shows_on_compare_runs_and_the_report(lab, tmp_path, monkeypatch):
+    """A metric added only to simlab.evaluate.METRICS (and stored by runs) is a Compare choice, a Runs column
+    and a report heatmap: no page or table lists metric names of its own."""
+    from simlab import evaluate
+    from simlab.report.document import render_report
+
+    cache = tmp_path / "cache"
+    shutil.copytree(lab["cache"], cache)
+    monkeypatch.setenv("SIMLAB_CACHE", str(cache))
+    monkeypatch.setenv("SIMLAB_DATASET", lab["spec"])
+    monkeypatch.setattr(evaluate, "METRICS", (*evaluate.METRICS, evaluate.Metric(
+        "brier", "Brier score", "mean squared error of P(same) on the test pairs", headline=True,
+        higher_is_better=False)))
+    store = Store()
+    for i, summary in enumerate(lab["runs"]):
+        run = store.get(summary["run_id"])
+        store.update_run(run.id, metrics=json.dumps(run.metrics | {"brier": 0.1 + i / 100}))
+
+    at = open_page("pages/compare.py")
+    assert "Brier score" in at.radio(key="compare_metric").options
+    at.radio(key="compare_metric").set_value("brier").run()
+    assert not at.exception
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert spec["layout"]["coloraxis"]["colorbar"]["title"]["text"] == "Brier score"
+
+    at = open_page("pages/runs.py")
+    table = at.dataframe[0].value
+    assert "brier" in table.columns and sorted(table["brier"].round(2)) == [0.1, 0.11, 0.12, 0.13]
+
+    html = render_report(lab["spec"])
+    assert "Brier score" in html

@@ -249,7 +249,7 @@ def test_vectorize_page_on_an_empty_cache(empty_cache):
     status = dict(zip(backbones["name"], backbones["weights"]))
     assert "bundled" in status["efficientnet_lite0"]
     assert at.multiselect[0].value == ["efficientnet_lite0"]
-    assert "Random — for tests only" in at.radio[0].options
+    assert "Random: untrained, for tests only" in at.radio[0].options
     assert "No vectors yet" in texts(at)
 
 
@@ -268,7 +268,7 @@ def test_vectorize_page_with_vectors_shows_the_sets_and_the_map(full_cache):
     at = open_page("pages/vectorize.py")
     sets = at.dataframe[1].value
     assert len(sets) == 1 and bool(sets["this dataset"].iloc[0])
-    assert "Random — for tests only" in sets["weights"].iloc[0]
+    assert "Random: untrained, for tests only" in sets["weights"].iloc[0]
     assert len(at.get("plotly_chart")) == 1
     at.segmented_control(key="map_method").set_value("t-SNE").run()
     assert not at.exception

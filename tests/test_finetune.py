@@ -214,7 +214,7 @@ def test_config_errors_say_what_to_do(tmp_path, store):
     with pytest.raises(ValueError, match="Unknown fine-tune setting"):
         FinetuneConfig.from_params({"epochz": 3})
     spec = f"folder:{write_group_folder(tmp_path / 'tiny', n_groups=5, per_group=2, size=48)}"
-    with pytest.raises(ValueError, match="at least 4"):
+    with pytest.raises(ValueError, match="too few to carve validation scenes"):
         run_finetune(config(spec, mode="siamese", tower="small-cnn", cnn_size=32), store)
     assert store.runs(kind="finetune")[0]["status"] == "failed"
 

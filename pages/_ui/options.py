@@ -5,9 +5,16 @@ The pages word their own labels and help for their forms; what may be picked com
 
 from __future__ import annotations
 
-from simlab.options import default, widget_options
+from collections.abc import Callable
 
-__all__ = ["default", "widget_choices", "widget_range"]
+from simlab.options import choice_label, default, widget_options
+
+__all__ = ["choice_label", "default", "format_choice", "widget_choices", "widget_range"]
+
+
+def format_choice(name: str) -> Callable:
+    """A widget's ``format_func`` for option ``name``: each choice's declared label."""
+    return lambda value: choice_label(name, value)
 
 
 def widget_choices(name: str) -> list:

@@ -33,6 +33,9 @@ def add_cli(subparsers, data_args) -> None:
     p.add_argument("--library-defaults", action="store_true",
                    help="LinearSVC and XGBoost with the libraries' defaults, as the 2017 study ran them")
     option_flag(p, "--seed", "seed")
+    p.add_argument("--reuse", action="store_true",
+                   help="cells whose configuration, data and seed already have a finished run are not run again: "
+                        "their stored runs are printed (marked existing)")
     p.set_defaults(func=cmd_run, check=grid_config)
 
     p = subparsers.add_parser("runs", help="list stored runs (a row that cannot be read is named on stderr)")
@@ -48,7 +51,7 @@ def grid_config(args) -> GridConfig:
                       classifiers=args.classifier, split=args.split, test_size=args.test_size,
                       negative_ratio=args.negative_ratio, negatives=args.negatives, seed=args.seed,
                       weights=args.weights, fusion=args.fusion, ray=args.ray,
-                      library_defaults=args.library_defaults).validate()
+                      library_defaults=args.library_defaults, reuse=args.reuse).validate()
 
 
 def cmd_run(args) -> int:

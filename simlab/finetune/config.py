@@ -9,9 +9,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
-from simlab.backbones import DEFAULT_BACKBONE, WEIGHTS_CHOICES, get_backbone
+from simlab import options
+from simlab.backbones import DEFAULT_BACKBONE, get_backbone
 from simlab.merge import get_merge
-from simlab.pairs import NEGATIVE_SCHEMES, SPLITS
+from simlab.options import NEGATIVE_SCHEMES
+from simlab.protocol import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ SELECTIONS = {
 }
 DEFAULT_RATES = {"head": 1e-3, "whitening": 1e-4, "random": 1e-3}  # Adam; whitening starts close to a good answer
 SMALL_EMBEDDING = 128  # embedding size of the random projection and the small CNN unless set
+#: Settings older runs were stored with that no longer apply; read back and ignored ("val_fraction": validation
+#: scenes are now carved by the protocol, as for a grid run's threshold).
+RETIRED = ("val_fraction",)
 CURVE_NAMES = ("loss", "val_loss", "accuracy", "val_accuracy", "val_map")
 
 
@@ -71,7 +76,7 @@ class FinetuneConfig:
     dataset: str = "demo"
     mode: str = "siamese"
     backbone: str = DEFAULT_BACKBONE
-    weights: str = "imagenet"
+    weights: str = options.default("weights")
     merge: str = "dot"  # head: how the two vectors are merged
     tower: str = "backbone"  # siamese: backbone + projection, or small-cnn
     init: str = "whitening"  # siamese projection: learned whitening, or random
@@ -88,17 +93,19 @@ class FinetuneConfig:
     steps_per_epoch: int | None = None  # at most this many batches per epoch (a fresh random subset each)
     patience: int = 3  # early stopping on the selection metric
     select: str | None = None  # best epoch by "val_map" | "val_loss"; None: val_map for siamese, val_loss for head
-    val_fraction: float = 0.15  # of the training groups, held out for validation
     cnn_size: int = 96  # small-cnn input size
-    split: str = "group"
-    test_size: float = 0.3
-    negative_ratio: float = 1.0
-    negatives: str = "random"
-    seed: int = 0
+    # The protocol (how pairs are built, validation scenes included): declared in simlab.options, built by
+    # simlab.protocol exactly as for a grid run.
+    split: str = options.default("split")
+    test_size: float = options.default("test_size")
+    negative_ratio: float = options.default("negative_ratio")
+    negatives: str = options.default("negatives")
+    seed: int = options.default("seed")
 
     @classmethod
     def from_params(cls, params: dict) -> FinetuneConfig:
         known = {f.name for f in fields(cls)}
+        params = {k: v for k, v in params.items() if k not in RETIRED}
         unknown = sorted(set(params) - known)
         if unknown:
             raise ValueError(f"Unknown fine-tune setting(s): {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
@@ -109,12 +116,13 @@ class FinetuneConfig:
         _one_of("tower", self.tower, TOWERS)
         _one_of("loss", self.loss, LOSSES)
         _one_of("init", self.init, INITS)
-        _one_of("weights", self.weights, WEIGHTS_CHOICES)
-        _one_of("split", self.split, SPLITS)
+        self.protocol  # noqa: B018 - validates split, test size, negatives, ratio, seed and weights
         _one_of("select", self.selection, SELECTIONS)
         if self.selection == "val_map" and self.mode != "siamese":
             raise ValueError("select val_map needs embeddings: it applies to siamese runs; use val_loss for head runs")
-        _one_of("negatives", self.negatives, NEGATIVE_SCHEMES)
+        if self.negatives not in NEGATIVE_SCHEMES:
+            raise ValueError(f"negatives must be one of {', '.join(NEGATIVE_SCHEMES)} for fine-tuning (hard "
+                             f"negatives are mined for grid runs), not {self.negatives!r}")
         get_merge(self.merge)
         if not self.uses_small_cnn and get_backbone(self.backbone).options.get("tuned"):
             raise ValueError(f"{self.backbone} is itself a tuned tower; fine-tune from a pretrained backbone.")
@@ -136,12 +144,15 @@ class FinetuneConfig:
             raise ValueError("margin must be > 0")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError("steps per epoch must be at least 1 (or None for every pair)")
-        if not 0 < self.test_size < 1 or not 0 < self.val_fraction < 1:
-            raise ValueError("test size and validation fraction must be between 0 and 1")
         if self.patience < 1:
             raise ValueError("patience must be at least 1 epoch")
         if self.embedding_dim is not None and self.embedding_dim < 1:
             raise ValueError("embedding size must be at least 1 (or None: the backbone's own size from whitening)")
+
+    @property
+    def protocol(self) -> Protocol:
+        """How the run's pairs are built (validated against :mod:`simlab.options`), as for a grid run."""
+        return Protocol.from_config({name: getattr(self, name) for name in Protocol.names() if hasattr(self, name)})
 
     @property
     def selection(self) -> str:

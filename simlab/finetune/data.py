@@ -12,8 +12,9 @@ import numpy as np
 
 from simlab.data.images import load_for_model
 from simlab.finetune.config import FinetuneConfig
-from simlab.pairs import Pairs, build_pairs, group_codes, split_groups
+from simlab.pairs import Pairs, group_codes
 from simlab.progress import Progress, ShouldStop, check_stop, silent
+from simlab.protocol import SplitPairs, validation_pairs
 from simlab.vectors import vectorize
 
 log = logging.getLogger(__name__)
@@ -45,29 +46,20 @@ class PairData:
         return np.unique(np.concatenate([self.val.left, self.val.right]))
 
 
-def carve_validation(groups: np.ndarray, train_mask: np.ndarray, pairs: Pairs,
-                     config: FinetuneConfig) -> tuple[Pairs, Pairs]:
-    """Training and validation pairs from the training side only, never from test.
-
-    Group split: some training groups are held out for validation and pairs are rebuilt inside each
-    side, exactly as :func:`simlab.pairs.build_pairs` builds train and test (no image on both sides,
-    the negative ratio kept). Pair split (the study's, leaky): a random share of the training pairs.
-    """
-    rng = np.random.default_rng(config.seed + 1)
-    if config.split == "pair":
-        idx = rng.permutation(np.flatnonzero(train_mask))
-        n_val = max(1, int(round(config.val_fraction * len(idx))))
-        return pairs.subset(np.sort(idx[n_val:])), pairs.subset(np.sort(idx[:n_val]))
-    members = np.flatnonzero(~split_groups(groups, config.test_size, config.seed))
-    n_groups = len(np.unique(group_codes(groups[members])))
-    if n_groups < 4:
-        raise ValueError(f"Only {n_groups} training groups: fine-tuning needs at least 4 (2 to train, 2 to "
-                         "validate). Use a dataset with more groups or a smaller test fraction.")
-    fraction = min(max(config.val_fraction, 2 / n_groups), 1 - 2 / n_groups)
-    sub, tr, va = build_pairs(groups[members], "group", fraction, config.negative_ratio, config.negatives,
-                              config.seed + 1)
-    mapped = Pairs(members[sub.left], members[sub.right], sub.label)
-    return mapped.subset(tr), mapped.subset(va)
+def split_for_finetuning(config: FinetuneConfig, groups) -> tuple[SplitPairs, SplitPairs]:
+    """The run's pairs and its validation pairs, both built by the run's :class:`~simlab.protocol.Protocol`
+    exactly as a grid run with the same protocol builds them: the test pairs of the split, and validation
+    scenes carved from the training scenes (:func:`simlab.protocol.validation_pairs`, the share and the rules
+    a grid run chooses its threshold with). Training uses the validation split's training side."""
+    protocol = config.protocol
+    split = protocol.pairs(groups)
+    validation = validation_pairs(protocol, split, groups)
+    if validation is None:
+        n_train = len(np.unique(np.asarray(groups)[~protocol.held_out(groups)]))
+        raise ValueError(f"{n_train} training groups are too few to carve validation scenes from: fine-tuning "
+                         "needs validation scenes with positive and negative pairs. Use a dataset with more groups "
+                         "or a smaller test fraction.")
+    return split, validation
 
 
 def _frozen_vectors(config: FinetuneConfig, dataset, echo: Callable[[str], None], progress: Progress,
@@ -97,15 +89,10 @@ def prepare_data(config: FinetuneConfig, dataset, echo: Callable[[str], None],
         vs, bad = _frozen_vectors(config, dataset, echo, progress, should_stop)
         vectors, paths, groups, digests = vs.vectors, vs.paths, vs.groups, vs.digests
     groups_arr = np.asarray(groups)
-    pairs, train_mask, test_mask = build_pairs(groups_arr, config.split, config.test_size, config.negative_ratio,
-                                               config.negatives, config.seed)
-    train, val = carve_validation(groups_arr, train_mask, pairs, config)
-    if config.split == "group":
-        test_images = np.flatnonzero(split_groups(groups_arr, config.test_size, config.seed))
-    else:
-        test_images = np.arange(len(groups_arr))
-    return PairData(np.asarray(paths), groups_arr, digests, bad, vectors, train, val, pairs.subset(test_mask),
-                    test_images, pairs.subset(train_mask))
+    split, validation = split_for_finetuning(config, groups_arr)
+    return PairData(np.asarray(paths), groups_arr, digests, bad, vectors, validation.train_pairs,
+                    validation.test_pairs, split.test_pairs, config.protocol.test_images(groups_arr),
+                    split.train_pairs)
 
 
 def decode_images(paths, size: int, should_stop: ShouldStop | None = None,

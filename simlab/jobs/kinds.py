@@ -13,10 +13,10 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import asdict
 from dataclasses import fields as dataclass_fields
 
 import simlab.finetune  # noqa: F401  (registers the siamese-<run id> backbones a job may name)
-from simlab.backbones import DEFAULT_BACKBONE
 from simlab.data import Dataset, load_dataset, parse_spec
 from simlab.data.demo import demo_dir, ensure_demo
 from simlab.experiment import GridConfig, run_grid
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 SCALE = 1000  # a grid's bar: loading fills the first tenth, vectorising up to half, training the second half
 LOADED = 0.1  # share of a grid's bar for loading the dataset and the models
-DEMO_DEFAULTS = {"dataset": "demo", "merges": ["dot", "l1", "l2"], "classifiers": ["cosine", "logreg", "xgboost"]}
 SEARCH_PARAMS = ("dataset", "query", "backbone", "weights", "k", "rerank", "index", "shortlist")
 
 
@@ -231,9 +230,9 @@ def grid_job(params: dict, store: Store, progress: Progress, should_stop: Should
 
 def demo_job(params: dict, store: Store, progress: Progress, should_stop: ShouldStop,
              job_id: str | None = None) -> dict:
-    """The demo experiment: the bundled backbone on the demo images, a small default grid."""
-    config = {**DEMO_DEFAULTS, "backbones": [DEFAULT_BACKBONE], **(params or {})}
-    return grid_job(config, store, progress, should_stop, job_id=job_id)
+    """The demo experiment: the default grid (:class:`GridConfig`'s defaults: the bundled backbone, the declared
+    merges and classifiers) on the demo images; ``params`` may set ``reuse`` (stored cells are not run again)."""
+    return grid_job(asdict(GridConfig(dataset="demo", **(params or {}))), store, progress, should_stop, job_id=job_id)
 
 
 # --------------------------------------------------------------------------- search

@@ -24,14 +24,13 @@ from PIL import Image
 from simlab.classifiers import CLASSIFIERS, display_name
 from simlab.data import parse_spec
 from simlab.data.images import open_rgb
-from simlab.evaluate import metric_label, metric_scope, pair_metrics
+from simlab.evaluate import headline_metrics, metric_label, metric_scope, pair_metrics
 from simlab.merge import MERGES
+from simlab.options import choice_label
 from simlab.provenance import git_commit, library_versions
 from simlab.reference import ALIASES, STUDY_TEST_PAIRS, published_accuracies
 from simlab.report.figures import metric_switch, square_heatmap
 from simlab.report.tables import (
-    SPLIT_LABELS,
-    WEIGHT_LABELS,
     backbone_order,
     fmt_value,
     hover_text,
@@ -48,7 +47,6 @@ from simlab.store import Run, Store
 log = logging.getLogger(__name__)
 
 #: Metrics a heatmap can show (buttons above it switch between them), first one shown.
-HEATMAP_METRICS = ("accuracy", "f1", "auc", "map")
 THUMB_PX = 200  # long side of an embedded thumbnail
 DEFAULT_TOP = 3  # runs shown in detail when none are named
 DEFAULT_ERRORS = 8  # most confident errors shown per run
@@ -93,6 +91,7 @@ def select_runs(spec: str, run_ids: list[str] | None = None, *, runs: list[Run] 
     runs = runs if runs is not None else (store or Store()).list_runs()
     by_id = {r.id: r for r in runs}
     frame = runs_table(runs)
+    frame = frame[frame["id"].isin(run_ids or []) | ~frame["config"].duplicated(keep="first")]  # one per config
     key = _spec_key(spec)
     if fingerprint is not None:  # one content version, whatever spelling of the spec its runs were made with
         mine = frame[frame["fingerprint"] == fingerprint]
@@ -275,7 +274,8 @@ def heatmap_section(sel: Selection, state: dict) -> str:
         part = sel.frame[(sel.frame["split"] == split) & (sel.frame["weights"] == weights)
                          & (sel.frame["kind"] == "grid")]
         cells = newest_per_cell(part)
-        title = SPLIT_LABELS.get(split, split) + ("" if weights == "imagenet" else f" · {WEIGHT_LABELS.get(weights)}")
+        title = choice_label("split", split)
+        title += "" if weights == "imagenet" else " · " + choice_label("weights", weights)
         if cells.empty:
             continue
         backbones = backbone_order(cells["backbone"])
@@ -283,7 +283,7 @@ def heatmap_section(sel: Selection, state: dict) -> str:
         classifiers = ordered(cells["classifier"], list(CLASSIFIERS))
         hover = pd.Series([hover_text(r, click=None) for r in cells.itertuples()], index=cells.index)
         figures, labels = {}, {}
-        for metric in HEATMAP_METRICS:
+        for metric in headline_metrics():
             if cells[metric].notna().any():
                 zmin, zmax = metric_range(cells[metric])
                 labels[metric] = metric_label(metric)
@@ -320,6 +320,7 @@ def leaderboard_section(sel: Selection) -> str:
     low, high = max(0.0, low - 0.01), min(1.0, high + 0.01)
     detailed = set(sel.detailed)
     splits = board["split"].nunique() > 1  # a Split column only when there is more than one
+    others = [name for name in headline_metrics() if name != "accuracy"]  # declared in simlab.evaluate.METRICS
     rows = []
     for rank, r in enumerate(board.itertuples(), 1):
         run = sel.runs[r.id]
@@ -328,22 +329,24 @@ def leaderboard_section(sel: Selection) -> str:
             name = f'<a href="#run-{esc(r.id)}">{name}</a>'
         tags = "".join([' <span class="tag">fine-tune</span>' if run.is_finetune else "",
                         ' <span class="tag warn-tag">stopped by hand</span>' if run.status == "cancelled" else "",
-                        ' <span class="tag warn-tag">random weights</span>' if r.weights == "random" else ""])
+                        ' <span class="tag warn-tag">random weights</span>' if r.weights == "random" else "",
+                        f' <span class="tag" title="stored runs of this very configuration: the newest is shown">'
+                        f"×{int(r.copies)}</span>" if r.copies > 1 else ""])
         rows.append(
             f'<tr class="{"hl" if r.id in detailed else ""}"><td class="num muted">{rank}</td>'
             f"<td>{name}{tags}</td>" + (f"<td>{esc(r.split)}</td>" if splits else "") +
             f'<td class="num strong">{fmt_value(r.accuracy)}</td>'
             f'<td class="num ci-text">{fmt_value(r.accuracy_lo)}–{fmt_value(r.accuracy_hi)}</td>'
             f"<td>{ci_bar(r.accuracy_lo, r.accuracy_hi, r.accuracy, low, high)}</td>"
-            f'<td class="num">{fmt_value(r.f1)}</td><td class="num">{fmt_value(r.auc)}</td>'
-            f'<td class="num">{fmt_value(r.map)}</td><td class="num">{fmt_int(r.n_test)}</td>'
+            + "".join(f'<td class="num">{fmt_value(getattr(r, name))}</td>' for name in others) +
+            f'<td class="num">{fmt_int(r.n_test)}</td>'
             f'<td class="mono muted">{esc(r.id)}</td></tr>')
     head = ("<tr><th>#</th><th>Run</th>" + ("<th>Split</th>" if splits else "")
             + "<th class=\"num\">Accuracy</th><th class=\"num\">95% CI</th>"
-            f'<th class="ci-head"><span>{low:.2f}</span><span>{high:.2f}</span></th><th class="num">F1</th>'
-            '<th class="num">ROC AUC</th>'
-            f'<th class="num keep-case" title="{esc(metric_scope("map", "grid", "each run"))}">mAP</th>'
-            '<th class="num">Test pairs</th><th>Run id</th></tr>')
+            f'<th class="ci-head"><span>{low:.2f}</span><span>{high:.2f}</span></th>'
+            + "".join(f'<th class="num keep-case" title="{esc(metric_scope(name, "grid", "each run"))}">'
+                      f"{esc(metric_label(name))}</th>" for name in others)
+            + '<th class="num">Test pairs</th><th>Run id</th></tr>')
     return (f'<section id="leaderboard"><h2>Leaderboard</h2><p class="lead">{fmt_int(len(board))} '
             f'run{"s" * (len(board) != 1)}, best accuracy '
             f"first, each with its 95% bootstrap interval: runs whose intervals overlap are not clearly apart. "

@@ -11,16 +11,15 @@ import pandas as pd
 
 from simlab.backbones import DEFAULT_BACKBONE
 from simlab.classifiers import display_name
+from simlab.evaluate import metric_names
+from simlab.options import choice_label
 from simlab.reference import STUDY_BACKBONES, published_accuracies
+from simlab.runspec import run_key
 from simlab.store import Run
 
-SPLIT_LABELS = {"group": "Group split (held-out scenes)", "pair": "Pair split (2017 protocol, leaky)"}
-WEIGHT_LABELS = {"imagenet": "ImageNet weights", "random": "Random weights (untrained, for tests only)"}
-NUMBER_COLUMNS = ["accuracy", "accuracy_lo", "accuracy_hi", "precision", "recall", "f1", "auc", "map",
-                  "n_test", "seconds"]
-COLUMNS = ["id", "created", "dataset", "fingerprint", "kind", "status", "method", "epochs", "best_epoch", "backbone",
-           "merge", "classifier", "split", "weights", "negatives", "negative_ratio", "test_size", "seed", "job_id",
-           *NUMBER_COLUMNS]
+IDENTITY_COLUMNS = ["id", "created", "dataset", "fingerprint", "kind", "status", "method", "epochs", "best_epoch",
+                    "backbone", "merge", "classifier", "split", "weights", "negatives", "negative_ratio", "test_size",
+                    "seed", "job_id", "config", "copies"]
 CELL = ["backbone", "merge", "classifier"]
 
 
@@ -31,6 +30,7 @@ def scored(r: Run) -> bool:
 
 def runs_table(runs: list[Run]) -> pd.DataFrame:
     """Scored runs, newest first: identity, protocol and metrics, one row per run."""
+    numbers = metric_names()  # every metric declared in simlab.evaluate.METRICS, a new one included
     rows = []
     for r in runs:
         if not scored(r):
@@ -42,14 +42,21 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
             "best_epoch": r.metrics.get("best_epoch"),
             "backbone": r.backbone, "merge": r.merge, "classifier": r.classifier,
             "split": p.split, "weights": p.weights, "negatives": p.negatives, "negative_ratio": p.negative_ratio,
-            "test_size": p.test_size, "seed": p.seed, "job_id": r.job_id,
-            **{k: r.metrics.get(k) for k in NUMBER_COLUMNS if k != "seconds"},
+            "test_size": p.test_size, "seed": p.seed, "job_id": r.job_id, "config": run_key(r),
+            **{k: r.metrics.get(k) for k in numbers if k != "seconds"},
             "seconds": r.seconds,
         })
-    frame = pd.DataFrame(rows, columns=COLUMNS)
-    for col in NUMBER_COLUMNS:
+    frame = pd.DataFrame(rows, columns=[*IDENTITY_COLUMNS, *numbers])
+    frame["copies"] = frame.groupby("config")["id"].transform("size") if len(frame) else []
+    for col in numbers:
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     return frame
+
+
+def one_per_config(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration (same method, protocol and data: ``config``), the newest (frames are newest
+    first); ``copies`` says how many stored runs it stands for."""
+    return frame.drop_duplicates("config", keep="first")
 
 
 def newest_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
@@ -98,7 +105,7 @@ def hover_text(row, click: str | None = "click to inspect its pairs") -> str:
     lines = [f"<b>{row.backbone} + {row.merge} + {display_name(row.classifier)}</b>",
              f"accuracy {fmt_value(row.accuracy)} (95% CI {fmt_value(row.accuracy_lo)}–{fmt_value(row.accuracy_hi)})",
              f"F1 {fmt_value(row.f1)} · AUC {fmt_value(row.auc)} · mAP {fmt_value(row.map)}",
-             f"{n_test} test pairs · {SPLIT_LABELS.get(row.split, row.split)}",
+             f"{n_test} test pairs · " + choice_label("split", row.split),
              f"run {row.id}" + (f" · {click}" if click else "")]
     return "<br>".join(lines)
 
