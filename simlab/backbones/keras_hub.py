@@ -27,6 +27,7 @@ import os
 import random
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +46,7 @@ ENV_DIR = "SIMLAB_KERAS_HUB_DIR"  # a folder of preset folders, looked at before
 CACHE_SUBDIR = "keras_hub"  # under cache/weights/
 PRESET_FILES = ("config.json", "model.weights.h5")  # what loading the backbone reads (plus metadata.json)
 RANDOM_SEED = 1234  # random weights are the same in every process: the vector cache relies on it
+_SEEDING = threading.Lock()  # one seeded build at a time: two would interleave their draws
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
@@ -233,15 +235,16 @@ def _random_tower(e: Entry):
     import keras
 
     tower_cls, _ = _tower_classes(e.family)
-    state = random.getstate()
-    random.seed(RANDOM_SEED)  # Keras' unseeded initialisers draw their seeds from Python's random
-    try:
-        tower = tower_cls(**e.tower, image_shape=(e.input_size, e.input_size, 3), dtype=_dtype(),
-                          name=f"{e.family}_image_tower")
-        projection = keras.layers.Dense(e.projection_dim, use_bias=False, dtype=_dtype(),
-                                        name="vision_projection") if e.projection_dim else None
-    finally:
-        random.setstate(state)
+    with _SEEDING:
+        state = random.getstate()
+        random.seed(RANDOM_SEED)  # Keras' unseeded initialisers draw their seeds from Python's random
+        try:
+            tower = tower_cls(**e.tower, image_shape=(e.input_size, e.input_size, 3), dtype=_dtype(),
+                              name=f"{e.family}_image_tower")
+            projection = keras.layers.Dense(e.projection_dim, use_bias=False, dtype=_dtype(),
+                                            name="vision_projection") if e.projection_dim else None
+        finally:
+            random.setstate(state)
     return tower, projection
 
 

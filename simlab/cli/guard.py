@@ -45,8 +45,9 @@ def option_flag(parser: argparse.ArgumentParser, flag: str, name: str, **overrid
 
 def backbone_flag(parser: argparse.ArgumentParser, flag: str, name: str, **overrides) -> None:
     """A backbone flag: help and default from the declaration, no argparse choices. The backbone registry
-    loads its providers (and finds the towers trained here) on first use, so a name is checked by
-    ``get_backbone`` when the command starts, before any work, with the list of names in its message."""
+    loads its modules on first use (and finds the towers trained here through the scheme simlab.finetune
+    registers), so a name is checked by ``get_backbone`` when the command starts, before any work, with
+    the list of names in its message."""
     opt = options.option(name)
     kwargs = {"default": opt.default, "help": opt.help, "metavar": "NAME"} | ({"nargs": "+"} if opt.many else {})
     parser.add_argument(flag, **(kwargs | overrides))
