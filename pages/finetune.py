@@ -22,6 +22,7 @@ from simlab import jobs
 from simlab.backbones import list_backbones, weights_status
 from simlab.experiment import GridConfig
 from simlab.finetune import INITS, LOSSES, MODES, TOWERS, FinetuneConfig
+from simlab.finetune.validation import NOISE_HELP, run_story
 from simlab.merge import MERGES
 from simlab.pairs import NEGATIVE_SCHEMES
 from simlab.store import Run
@@ -83,7 +84,8 @@ def settings(dataset, running: bool) -> FinetuneConfig | None:
                 init = st.radio("Projection starts from", list(INITS), format_func=INIT_LABELS.get, horizontal=True,
                                 key="ft_init", help="\n\n".join(f"**{INIT_LABELS[k]}**: {v}" for k, v in INITS.items()))
             epochs = st.number_input("Epochs", 1, 500, 5, key="ft_epochs",
-                                     help="At most; training stops early when validation loss stops improving.")
+                                     help="At most; training stops early when no epoch has beaten the kept one by "
+                                          "more than the validation noise for *patience* epochs.")
             rate = st.selectbox("Learning rate", RATES, key="ft_lr",
                                 format_func=lambda r: "default (1e-3; 1e-4 from whitening)" if r is None else f"{r:g}")
         with c3:
@@ -194,11 +196,19 @@ MARKERS = {"loss": "circle", "accuracy": "circle", "val_loss": "circle-open", "v
            "val_map": "diamond-open"}
 
 
+def _noise_of(curves: pd.DataFrame, metric: str, points: pd.DataFrame) -> np.ndarray | None:
+    """The standard error of each point of ``metric`` (stored as ``<metric>_se``), aligned on its epochs."""
+    se = curves[curves.name == f"{metric}_se"].drop_duplicates("epoch", keep="last").set_index("epoch").value
+    if se.empty:
+        return None
+    return se.reindex(points.epoch).fillna(0.0).to_numpy()
+
+
 def curves_figure(runs: list[Run], smoothing: float = 0.6) -> go.Figure:
     """Loss and accuracy side by side, training (solid) and validation (dashed) on the same axes, one
     colour per run; the loss of each batch as a thin line, smoothed by an exponential moving average."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.08)
-    loss_values, acc_values, last_epoch, with_map = [], [], 1, False
+    loss_values, acc_values, last_epoch, with_map, with_kept = [], [], 1, False, False
     for i, run in enumerate(runs):
         color = PALETTE[i % len(PALETTE)]
         curves = store().curves(run.id)
@@ -230,23 +240,42 @@ def curves_figure(runs: list[Run], smoothing: float = 0.6) -> go.Figure:
             last_epoch = max(last_epoch, float(points.epoch.max()))
             val, retrieval = metric.startswith("val_"), metric == "val_map"
             with_map = with_map or retrieval
+            noise = _noise_of(curves, metric, points)
             fig.add_trace(go.Scatter(
                 x=points.epoch, y=points.value, mode="lines+markers", name=name, legendgroup=run.id,
                 showlegend=first, line=dict(color=color, width=2.5, dash=LINE_DASH[metric]),
                 marker=dict(size=8, symbol=MARKERS[metric], line=dict(width=2)),
+                error_y=None if noise is None else dict(type="data", array=noise, thickness=1.2, width=4, color=color),
+                customdata=np.zeros(len(points)) if noise is None else noise,
                 cliponaxis=False,
                 hovertemplate=("validation retrieval mAP" if retrieval else
                                f"{'validation' if val else 'training'} {metric.removeprefix('val_')}")
-                              + "<br>epoch %{x}<br>%{y:.4f}<extra></extra>"), row=1, col=col)
+                              + "<br>epoch %{x}<br>%{y:.4f}"
+                              + ("" if noise is None else " ± %{customdata:.4f} (SE)") + "<extra></extra>"),
+                row=1, col=col)
+            if noise is not None:
+                bars = list(points.value - noise) + list(points.value + noise)
+                (loss_values if col == 1 else acc_values).extend(bars)
+            kept = run.metrics.get("best_epoch")
+            if metric == run.metrics.get("selected_by") and kept is not None and kept in set(points.epoch):
+                y = float(points.value[points.epoch == kept].iloc[0])
+                fig.add_trace(go.Scatter(x=[kept], y=[y], mode="markers", legendgroup=run.id, showlegend=False,
+                                         marker=dict(symbol="star", size=16, color=color,
+                                                     line=dict(width=1, color="white")),
+                                         hovertemplate=f"kept: epoch {kept}<br>%{{y:.4f}}<extra></extra>"),
+                              row=1, col=col)
+                with_kept = True
             first = False
     keys = [("training", "solid", "circle"), ("validation", "dash", "circle-open")]
     if with_map:  # Siamese towers: the validation scenes' retrieval mAP, which picks the epoch kept
         keys.append(("validation retrieval mAP", LINE_DASH["val_map"], MARKERS["val_map"]))
         fig.layout.annotations[1].text = "Accuracy · retrieval mAP"
+    if with_kept:
+        keys.append(("kept epoch", None, "star"))
     for label, dash, symbol in keys:
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines+markers", name=label, legendgroup=label,
-                                 line=dict(color="#777", width=2, dash=dash), marker=dict(symbol=symbol, size=8)),
-                      row=1, col=1)
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers" if dash is None else "lines+markers", name=label,
+                                 legendgroup=label, line=dict(color="#777", width=2, dash=dash or "solid"),
+                                 marker=dict(symbol=symbol, size=12 if dash is None else 8)), row=1, col=1)
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="per batch" + (" (smoothed)" if smoothing else ""),
                              line=dict(color="#777", width=1.5)), row=1, col=1)
     ticks = dict(tickmode="linear", tick0=0, dtick=max(1, int(np.ceil(last_epoch / 10))))
@@ -259,11 +288,13 @@ def curves_figure(runs: list[Run], smoothing: float = 0.6) -> go.Figure:
     return fig
 
 
-CURVES_NOTE = ("Solid: training, per epoch; dashed with open markers: validation (epoch 0 is the starting point); "
-               "dotted with diamonds (Siamese towers): the validation scenes' retrieval mAP, which picks the "
-               "epoch kept; "
-               "thin: the loss of each batch, smoothed by the slider (an exponential moving average, as in "
-               "TensorBoard; the raw batches stay faint behind). Siamese accuracy is at the best distance threshold.")
+CURVES_NOTE = ("Solid: training, per epoch; dashed with open markers: validation (epoch 0 is the starting point, "
+               "before any training); dotted with diamonds (Siamese towers): the validation scenes' retrieval mAP "
+               "(every validation image a query), which picks the epoch kept; bars: ± one standard error; star: "
+               "the epoch kept. Thin: the loss of each batch, smoothed by the slider (an exponential moving "
+               "average, as in TensorBoard; the raw batches stay faint behind). Siamese accuracy: with the "
+               "multi-similarity loss, recall@1 (training: within each batch of neighbouring scenes; validation: "
+               "among all validation images); with pairs, at the best distance threshold.")
 
 
 def smoothing_control() -> float:
@@ -301,6 +332,15 @@ def live(job_id: str, others: list[str]) -> None:
 
 
 # --------------------------------------------------------------------------- results
+
+
+def what_training_did(runs: list[Run]) -> None:
+    """Per finished run, in words: what came from the starting point and what from training, against the noise."""
+    for run in runs:
+        lines = run_story(run.metrics) if run.metrics else []
+        if lines:
+            st.markdown(f"**{escape_md(run.id)}** · " + " · ".join(escape_md(line) for line in lines),
+                        help=NOISE_HELP)
 
 
 def baselines(run: Run) -> list[Run]:
@@ -421,7 +461,8 @@ else:
     shown = [by_id[i] for i in picked]
     if shown:
         st.plotly_chart(curves_figure(shown, smoothing), width="stretch", key="ft_curves")
-        st.caption(CURVES_NOTE)
+        st.caption(CURVES_NOTE, help=NOISE_HELP)
+        what_training_did(shown)
     elif not runs:
         st.info("No fine-tuning runs on this dataset yet: pick the settings above and press **Start fine-tuning**.",
                 icon=":material/arrow_upward:")

@@ -16,6 +16,16 @@ from simlab.finetune.layers import (
     projection,
 )
 from simlab.finetune.models import SHRINKAGES, build_siamese_models, choose_whitening, learned_whitening
+from simlab.finetune.validation import (
+    KeptEpoch,
+    Scores,
+    bootstrap_se,
+    describe_gain,
+    paired_gain,
+    query_aps,
+    recall_at_1,
+    run_story,
+)
 from simlab.pairs import Pairs
 
 
@@ -148,16 +158,22 @@ def test_whitening_shrinkage_is_the_one_that_retrieves_best_on_validation():
     train = pairs_within(np.arange(24), groups)
     val_images = np.arange(24, 36)
     (kernel, bias), chosen, scores = choose_whitening(vectors, train, val_images, groups, 16)
-    assert set(scores) == set(SHRINKAGES) and scores[chosen] == max(scores.values())
+    assert set(scores) == set(SHRINKAGES)
+    # The largest shrinkage within noise of the best: a smaller one must beat it by more than the noise.
     x = unit(vectors)
-    for s, value in scores.items():
+    aps = {s: query_aps(x[val_images] @ k + b, groups[val_images])
+           for s, (k, b) in ((s, learned_whitening(vectors, train, 16, s)) for s in SHRINKAGES)}
+    best = max(SHRINKAGES, key=lambda s: scores[s])
+    assert not paired_gain(aps[best], aps[chosen]).beyond_noise
+    assert all(paired_gain(aps[best], aps[s]).beyond_noise for s in SHRINKAGES if s > chosen)
+    for s, value in scores.items():  # scored as validation mAP is measured: every validation image a query
         k, b = learned_whitening(vectors, train, 16, s)
-        assert value == pytest.approx(retrieval_map(x[val_images] @ k + b, groups[val_images]))
+        assert value == pytest.approx(query_aps(x[val_images] @ k + b, groups[val_images]).mean)
     np.testing.assert_allclose(kernel, learned_whitening(vectors, train, 16, chosen)[0])
     # Full size: the map keeps every direction (invertible), so nothing is thrown away.
     assert np.linalg.matrix_rank(kernel) == 16
     # And it beats raw cosine on these scenes, whose views vary along one direction.
-    assert scores[chosen] > retrieval_map(x[val_images], groups[val_images])
+    assert scores[chosen] > query_aps(x[val_images], groups[val_images]).mean
 
 
 def test_the_siamese_tower_embeds_to_unit_vectors_of_the_backbone_size():
@@ -188,31 +204,136 @@ def test_config_defaults_and_refusals():
         FinetuneConfig(select="val_acc", weights="random").validate()
 
 
-def test_the_kept_epoch_is_the_one_with_the_best_validation_map(tmp_path):
+def test_a_small_fine_tune_records_its_start_its_noise_and_a_kept_epoch_beyond_noise(tmp_path):
     from simlab.data import load_dataset
+    from simlab.finetune.data import prepare_data
     from simlab.finetune.train import run_finetune
+    from simlab.progress import silent
     from simlab.store import Store
     from simlab.vectors import vectorize
 
-    spec = f"folder:{write_group_folder(tmp_path / 'ds', n_groups=12, per_group=3)}"
+    spec = f"folder:{write_group_folder(tmp_path / 'ds', n_groups=16, per_group=3)}"
     with simlab_cache_at(tmp_path / "cache"):
         store = Store(tmp_path / "cache" / "simlab.db")
-        config = FinetuneConfig(dataset=spec, weights="random", epochs=4, batch_size=8, learning_rate=3e-3,
-                                patience=4)
+        # A projection from random weights has everything to learn (learned whitening, fitted on these few
+        # training scenes, separates them all at once: its loss is 0 from the start).
+        config = FinetuneConfig(dataset=spec, weights="random", init="random", epochs=4, batch_size=8,
+                                learning_rate=3e-3, patience=4)
         result = run_finetune(config, store)
         curves = store.curves(result["run_id"])
+        assert curves[curves.name == "loss"].value.iloc[0] > 0
         val_map = curves[curves.name == "val_map"].set_index("epoch").value
-        assert list(val_map.index) == list(range(0, result["epochs_run"] + 1))
-        assert result["best_epoch"] == int(np.argmax(val_map.to_numpy()))  # the first of the best
-        assert result["best_val_map"] == pytest.approx(val_map.max())
-        assert result["map"] > 0 and result["accuracy_cosine"] is not None
+        noise = curves[curves.name == "val_map_se"].set_index("epoch").value
+        epochs = list(range(0, result["epochs_run"] + 1))
+        assert list(val_map.index) == epochs and list(noise.index) == epochs  # epoch 0: the starting point
+        assert (noise >= 0).all() and noise.iloc[0] > 0  # the validation scenes resolve something
+        assert val_map.max() - val_map.min() > 0  # the curve moves when the projection learns
+        kept = result["best_epoch"]
+        # The kept epoch is the start, or an epoch that beat it; never one that only ties it.
+        assert kept == 0 or val_map[kept] > val_map[0]
+        assert result["best_val_map"] == pytest.approx(val_map[kept])
+        assert result["val_start"] == pytest.approx(val_map[0])
+        assert result["val_gain_se"] >= 0 and result["noise"]
+        assert result["val_start"] + result["val_gain"] == pytest.approx(val_map.max())
+        assert result["map_start"] > 0 and result["map_gain_se"] >= 0 and result["map"] > 0
+        if kept == 0:  # the test scenes are scored with the starting point's weights
+            assert result["map"] == pytest.approx(result["map_start"])
+        lines = run_story(result)
+        assert lines[0].startswith("Validation mAP: start ") and "noise" in lines[0]
+        assert result["train_loss_max"] > 0 and not any(line.startswith("Training loss 0") for line in lines)
+        assert lines[1].startswith("Test scenes' mAP: start ") and "over the frozen vectors" in lines[1]
         # The tower that was kept is that epoch's: its vectors retrieve the validation scenes exactly as measured.
         vs = vectorize(load_dataset(spec), result["tuned_backbone"], "random")
         assert vs.computed == 0
-        from simlab.finetune.data import prepare_data
-        from simlab.progress import silent
-
         data = prepare_data(config, load_dataset(spec), lambda t: None, silent, None)
         assert list(vs.digests) == list(data.digests)
-        assert retrieval_map(vs.vectors[data.val_images], data.groups[data.val_images]) == pytest.approx(
+        assert query_aps(vs.vectors[data.val_images], data.groups[data.val_images]).mean == pytest.approx(
             result["best_val_map"], abs=1e-5)
+
+
+# --------------------------------------------------------------------------- noise and the kept epoch
+
+
+def test_query_aps_with_one_query_per_scene_is_retrieval_map():
+    vectors, groups = scenes()
+    _, first = np.unique(groups, return_index=True)
+    assert query_aps(vectors, groups, np.sort(first)).mean == pytest.approx(retrieval_map(vectors, groups))
+    every = query_aps(vectors, groups)
+    assert len(every.values) == 36 and set(every.clusters) == set(range(12))  # every image is a query
+    assert 0 < every.mean <= 1
+    assert recall_at_1(RANKED, LABELS) == 1.0 and recall_at_1(MIXED, LABELS) == 0.0
+
+
+def test_bootstrap_standard_error_is_over_scenes():
+    rng = np.random.default_rng(0)
+    scene_means = rng.normal(size=200)
+    values = np.repeat(scene_means, 3)  # three items per scene, equal within it: only scenes vary
+    clusters = np.repeat(np.arange(200), 3)
+    expected = scene_means.std(ddof=1) / np.sqrt(200)
+    assert bootstrap_se(values, clusters) == pytest.approx(expected, rel=0.15)
+    # Treating the 600 items as independent would claim sqrt(3) times less noise than there is.
+    assert bootstrap_se(values, np.arange(600)) < 0.75 * bootstrap_se(values, clusters)
+    assert bootstrap_se(values[:3], clusters[:3]) == 0.0  # one scene: nothing to resample
+    assert bootstrap_se(values, clusters) == bootstrap_se(values, clusters)  # seeded
+
+
+def test_the_kept_epoch_moves_only_for_a_gain_beyond_its_noise():
+    rng = np.random.default_rng(1)
+    clusters = np.repeat(np.arange(40), 3)
+    start = Scores(rng.uniform(0.3, 0.9, 120), clusters)
+    wobble = Scores(start.values + rng.normal(0, 0.02, 120), clusters)  # up or down per item, tiny on average
+    small = paired_gain(wobble, start)
+    rule = KeptEpoch()
+    assert rule.offer(0, start) and rule.epoch == 0
+    if small.gain <= small.se:  # the usual case; the assertion below covers the other
+        assert not rule.offer(1, wobble) and rule.epoch == 0
+    else:
+        assert rule.offer(1, wobble)
+    better = Scores(start.values + 0.05 + rng.normal(0, 0.02, 120), clusters)  # a clear gain on every scene
+    gain = paired_gain(better, rule.scores)
+    assert gain.gain > gain.se and rule.offer(2, better) and rule.epoch == 2
+    assert not rule.offer(3, better) and rule.since == 1  # a tie keeps the earlier epoch
+    losses = KeptEpoch(higher_is_better=False)  # a loss: lower is better
+    assert losses.offer(0, Scores(np.full(4, 1.0), np.arange(4)))
+    assert losses.offer(1, Scores(np.full(4, 0.5), np.arange(4))) and losses.epoch == 1
+
+
+def test_best_checkpoint_ignores_a_sub_noise_rise_of_validation_map(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    clusters = np.repeat(np.arange(10), 2)
+    start = Scores(np.linspace(0.2, 0.9, 20), clusters)
+    # A higher mean, but from two items only: less than the noise of the difference.
+    lucky = Scores(start.values + np.r_[0.3, 0.0, 0.0, -0.25, np.zeros(16)], clusters)
+    current = {}
+    best = BestCheckpoint(model, tmp_path / "best.keras", monitor="val_map", scores=lambda: current["s"], patience=2)
+    best.set_model(model)
+    current["s"] = start
+    best.offer(0, {"val_map": start.mean}, model)
+    current["s"] = lucky
+    best.on_epoch_end(0, {"val_map": lucky.mean})
+    assert lucky.mean > start.mean and best.best_epoch == 0 and not getattr(model, "stop_training", False)
+    assert paired_gain(lucky, start).gain <= paired_gain(lucky, start).se
+    best.on_epoch_end(1, {"val_map": lucky.mean})
+    assert best.best_epoch == 0 and model.stop_training  # patience 2: no kept epoch for 2 epochs
+    assert set(best.measured) == {0, 1, 2}
+
+
+def test_the_words_say_what_came_from_the_start_and_what_from_training():
+    assert describe_gain(0.778, 0.782, 0.005, "Validation mAP") == (
+        "Validation mAP: start .778, training +0.004 ± 0.005: within noise")
+    assert describe_gain(0.5, 0.6, 0.01).endswith("better, beyond noise")
+    assert describe_gain(0.5, 0.4, 0.01, "Validation loss", higher_is_better=False).endswith("better, beyond noise")
+    assert describe_gain(0.5, 0.6, None).endswith("training +0.100")
+    lines = run_story({"selected_by": "val_map", "val_start": 0.741, "val_gain": 0.004, "val_gain_se": 0.006,
+                       "val_top_epoch": 3, "noise": "paired bootstrap", "best_epoch": 0, "map_frozen": 0.732,
+                       "map_start": 0.778, "map": 0.778, "map_gain_se": 0.0, "map_start_gain_se": 0.01,
+                       "whitening_shrinkage": 0.3})
+    assert run_story({"selected_by": "val_map", "val_start": 0.9, "val_gain": 0.0, "val_gain_se": 0.0,
+                      "noise": "paired bootstrap", "best_epoch": 0, "train_loss_max": 0.0})[1].startswith(
+        "Training loss 0 in every epoch")
+    assert lines == ["Validation mAP: start .741, training +0.004 ± 0.006: within noise (its best epoch, 3); "
+                     "the start is kept (epoch 0)",
+                     "Test scenes' mAP: whitening start .778 (+0.046 ± 0.010 over the frozen vectors' .732), "
+                     "training +0.000 ± 0.000: within noise (kept epoch against the start)"]

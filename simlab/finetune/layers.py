@@ -17,6 +17,7 @@ import numpy as np
 from keras import layers, ops
 
 from simlab.finetune.config import CURVE_NAMES, preprocess_fn
+from simlab.finetune.validation import KeptEpoch, Scores, query_aps, recall_at_1
 from simlab.merge import get_merge
 from simlab.paths import atomic_path
 from simlab.progress import Progress, ShouldStop
@@ -24,6 +25,7 @@ from simlab.progress import Progress, ShouldStop
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 1.0  # seconds between writes of buffered per-batch points
+RECORDED = (*CURVE_NAMES, "val_map_se", "val_loss_se")  # epoch series stored: the curves and their noise
 serializable = keras.saving.register_keras_serializable(package="simlab")
 
 
@@ -355,10 +357,15 @@ class GroupBatches(keras.utils.PyDataset):
     several images each (what a multi-similarity loss learns from). Images whose scene has no
     other image in ``images`` are left out. The batch sizes are the same every epoch.
 
+    With ``similar`` (one vector per image of ``source``, e.g. the frozen backbone's), the scenes of a
+    batch are neighbours: each batch starts from a random scene and adds the scenes whose mean vectors are
+    nearest to it. Scenes drawn at random are told apart at once (the loss mines no pair and stays at 0);
+    neighbouring scenes are the confusable ones retrieval has to separate.
+
     Without ``seed`` the order is fixed (validation: the same batches every epoch)."""
 
     def __init__(self, source: np.ndarray, images, codes, batch_size: int = 32, per_group: int = 4,
-                 seed: int | None = None, max_batches: int | None = None):
+                 seed: int | None = None, max_batches: int | None = None, similar: np.ndarray | None = None):
         super().__init__()
         self.source, self.batch_size, self.per_group = source, batch_size, per_group
         images = np.asarray(images)
@@ -370,6 +377,7 @@ class GroupBatches(keras.utils.PyDataset):
         self.rng = np.random.default_rng(0 if seed is None else seed)
         self.n_rows = sum(min(per_group, len(m)) for m in self.scenes)
         self.n_batches = min(math.ceil(self.n_rows / batch_size), max_batches or math.inf)
+        self.neighbours = None if similar is None else _scene_neighbours(similar, self.scenes)
         self.rows = np.zeros(0, int)
         self.on_epoch_end()
 
@@ -384,29 +392,84 @@ class GroupBatches(keras.utils.PyDataset):
         y = np.array([self.codes_of[int(r)] for r in rows], np.float32)
         return np.asarray(self.source[rows], np.float32), y
 
+    def _scene_order(self) -> list[int]:
+        """Scenes in batch order: shuffled, or (with neighbours) each random seed scene followed by its
+        nearest unused scenes, about one batch's worth."""
+        order = self.rng.permutation(len(self.scenes))
+        if self.neighbours is None:
+            return list(order)
+        used, out = np.zeros(len(self.scenes), bool), []
+        for seed in order:
+            if used[seed]:
+                continue
+            rows = 0
+            for g in self.neighbours[seed]:  # the seed itself comes first
+                if used[g]:
+                    continue
+                used[g] = True
+                out.append(int(g))
+                rows += min(self.per_group, len(self.scenes[g]))
+                if rows >= self.batch_size:
+                    break
+        return out
+
     def on_epoch_end(self):
         if self.seed is None and len(self.rows):
             return  # validation: the same batches every epoch
-        picked = [self.rng.permutation(self.scenes[g])[:self.per_group] for g in self.rng.permutation(len(self.scenes))]
+        picked = [self.rng.permutation(self.scenes[g])[:self.per_group] for g in self._scene_order()]
         self.rows = np.concatenate(picked) if picked else np.zeros(0, int)
 
 
-class ValidationMap(keras.callbacks.Callback):
-    """Adds ``val_map`` to each epoch's logs: the retrieval mAP of ``embed(images)`` on the validation
-    scenes (``groups`` of those images). Place it before the callbacks that read it."""
+def _scene_neighbours(vectors: np.ndarray, scenes: list[np.ndarray]) -> np.ndarray:
+    """For each scene, every scene ordered by the cosine of their mean L2-normalised vectors (itself first)."""
+    if not scenes:
+        return np.zeros((0, 0), int)
+    v = np.asarray(vectors, np.float64)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    centres = np.stack([v[m].mean(axis=0) for m in scenes])
+    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    sims = centres @ centres.T
+    np.fill_diagonal(sims, np.inf)
+    return np.argsort(-sims, axis=1, kind="stable")
 
-    def __init__(self, embed: Callable[[], np.ndarray], groups: np.ndarray):
+
+class ValidationScores(keras.callbacks.Callback):
+    """Adds the selection metric, item by item, to each epoch's logs: ``measure()`` returns ``(name, Scores,
+    extra logs)``; the logs get ``name`` (the mean), ``name + "_se"`` (its bootstrap standard error over the
+    validation scenes) and the extra entries. The latest :class:`Scores` stay in ``latest`` for the kept-epoch
+    rule. Place it before the callbacks that read it."""
+
+    def __init__(self, measure: Callable[[], tuple[str, Scores, dict]]):
         super().__init__()
-        self.embed, self.groups = embed, np.asarray(groups)
+        self.measure, self.latest = measure, None
 
-    def score(self) -> float:
-        from simlab.evaluate import retrieval_map
-
-        return retrieval_map(np.asarray(self.embed(), np.float32), self.groups)
+    def score(self) -> dict:
+        name, scores, extra = self.measure()
+        self.latest = scores
+        return {name: scores.mean, f"{name}_se": scores.se, **extra}
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["val_map"] = self.score()
+            logs.update(self.score())
+
+
+def map_measure(embed: Callable[[], np.ndarray], groups: np.ndarray, recall: bool = False):
+    """``measure`` of :class:`ValidationScores` for ``val_map``: every validation image a query against the
+    other validation images; with ``recall``, ``val_accuracy`` becomes recall@1 among the validation images
+    (what the in-batch recall of training estimates, on the whole validation set instead of fixed batches)."""
+    groups = np.asarray(groups)
+
+    def measure():
+        embedded = np.asarray(embed(), np.float32)
+        extra = {"val_accuracy": recall_at_1(embedded, groups)} if recall else {}
+        return "val_map", query_aps(embedded, groups), extra
+
+    return measure
+
+
+def ValidationMap(embed: Callable[[], np.ndarray], groups: np.ndarray, recall: bool = False) -> ValidationScores:
+    """Validation retrieval mAP (every validation image a query) and its noise, in each epoch's logs."""
+    return ValidationScores(map_measure(embed, groups, recall))
 
 
 class LiveCurves(keras.callbacks.Callback):
@@ -452,7 +515,7 @@ class LiveCurves(keras.callbacks.Callback):
 
     def record(self, epoch: int, logs: dict) -> dict:
         """Epoch points (epoch 0: validation before any training) go to the store at once."""
-        logs = {k: float(v) for k, v in (logs or {}).items() if k in CURVE_NAMES}
+        logs = {k: float(v) for k, v in (logs or {}).items() if k in RECORDED}
         self.buffer += [(self.step, epoch, name, value) for name, value in logs.items()]
         self.flush()
         self.history[epoch] = logs
@@ -469,23 +532,39 @@ class LiveCurves(keras.callbacks.Callback):
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Whenever ``monitor`` improves (validation loss: lower; validation mAP: higher): saves ``target``
-    (the scoring model) to ``path`` and keeps the trained model's weights in memory; restores the
-    best weights when training ends. Ties keep the earlier epoch."""
+    """Keeps the best epoch under noise: when ``monitor`` improves (validation loss: lower; validation mAP:
+    higher) by more than the standard error of the improvement, saves ``target`` (the scoring model) to
+    ``path`` and keeps the trained model's weights in memory; restores them when training ends.
 
-    def __init__(self, target: keras.Model, path: Path, monitor: str = "val_loss"):
+    ``scores`` gives the epoch's validation measurement item by item (:class:`ValidationScores.latest`), so
+    the gain over the kept epoch is judged against its paired bootstrap noise (:class:`KeptEpoch`); without
+    it any improvement counts. Ties keep the earlier epoch. With ``patience``, training stops after that many
+    epochs without a new kept epoch."""
+
+    def __init__(self, target: keras.Model, path: Path, monitor: str = "val_loss",
+                 scores: Callable[[], Scores | None] | None = None, patience: int | None = None):
         super().__init__()
         self.target, self.path, self.monitor = target, Path(path), monitor
+        self.scores, self.patience = scores, patience
         self.sign = -1.0 if monitor.endswith("loss") else 1.0  # losses fall, mAP and accuracies rise
+        self.rule = KeptEpoch(higher_is_better=self.sign > 0)
         self.best, self.best_epoch, self.best_weights = -self.sign * math.inf, None, None
+        self.measured: dict[int, Scores] = {}  # every epoch's measurement (epoch 0: the starting point)
 
     def offer(self, epoch: int, logs: dict, model) -> None:
         """Epoch ``epoch`` (0 = before training) ended with these logs: keep it if it is the best."""
         value = float((logs or {}).get(self.monitor, math.nan))
-        if math.isfinite(value) and self.sign * value > self.sign * self.best:
+        scores = self.scores() if self.scores is not None else None
+        if scores is None or not math.isclose(scores.mean, value, rel_tol=1e-6, abs_tol=1e-9):
+            scores = Scores(np.array([value]), np.zeros(1, int))  # one number: no noise estimate
+        if math.isfinite(value):
+            self.measured[epoch] = scores
+        if self.rule.offer(epoch, scores):
             self.best, self.best_epoch = value, epoch
             self.best_weights = model.get_weights()
             save_model(self.target, self.path)
+        if self.patience and self.rule.since >= self.patience and getattr(self, "model", None) is not None:
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         self.offer(epoch + 1, logs, self.model)

@@ -16,7 +16,6 @@ from keras import layers
 
 from simlab.backbones import get_backbone
 from simlab.classifiers import build_head
-from simlab.evaluate import retrieval_map
 from simlab.finetune.config import FinetuneConfig
 from simlab.finetune.data import PairData, make_triplets
 from simlab.finetune.layers import (
@@ -34,6 +33,7 @@ from simlab.finetune.layers import (
     triplet_accuracy,
     triplet_loss,
 )
+from simlab.finetune.validation import paired_gain, query_aps
 from simlab.merge import merge_pairs
 from simlab.pairs import Pairs, group_codes
 
@@ -227,23 +227,28 @@ SHRINKAGES = (0.1, 0.3, 1.0, 3.0)  # learned whitening's candidates, chosen on v
 
 def choose_whitening(vectors: np.ndarray, train: Pairs, val_images: np.ndarray, groups: np.ndarray, dim: int,
                      shrinkages=SHRINKAGES) -> tuple[tuple[np.ndarray, np.ndarray], float, dict]:
-    """Learned whitening (on the training pairs) with the shrinkage whose L2-normalised output retrieves
-    best on the validation images (earliest on ties): ((kernel, bias), shrinkage, {shrinkage: mAP}).
+    """Learned whitening (on the training pairs) with the largest shrinkage whose L2-normalised output
+    retrieves on the validation images as well as the best one, within noise (its mAP below the best by no
+    more than the paired bootstrap standard error of the difference): ((kernel, bias), shrinkage,
+    {shrinkage: mAP}). A smaller shrinkage fits the training scenes more tightly (at full size it can separate
+    every one of them, and the loss then has nothing left to learn from), so it must earn its place.
 
     One eigen-decomposition serves every shrinkage; at full size the PCA step is a rotation, which
     changes no cosine, so candidates are scored without it and it runs once, for the one chosen."""
     parts = _within_scene(vectors, train)
     x, _, mean, eigval, eigvec = parts
     full = dim >= x.shape[1]
-    scores = {}
+    scores, measured = {}, {}
     for shrinkage in shrinkages:
         if full:
             embedded = (x[val_images] - mean) @ _whitener(eigval, eigvec, shrinkage)
         else:
             kernel, bias = learned_whitening(vectors, train, dim, shrinkage, parts)
             embedded = x[val_images] @ kernel + bias
-        scores[shrinkage] = retrieval_map(embedded, groups[val_images])
-    chosen = max(shrinkages, key=lambda s: (scores[s], -shrinkages.index(s)))
+        measured[shrinkage] = query_aps(embedded, groups[val_images])  # as validation mAP is measured
+        scores[shrinkage] = measured[shrinkage].mean
+    top = max(shrinkages, key=lambda s: (scores[s], -shrinkages.index(s)))
+    chosen = max(s for s in shrinkages if not paired_gain(measured[top], measured[s]).beyond_noise)
     return learned_whitening(vectors, train, dim, chosen, parts), chosen, scores
 
 

@@ -28,11 +28,13 @@ from simlab.finetune.layers import (
     GroupBatches,
     IndexBatches,
     LiveCurves,
-    ValidationMap,
+    ValidationScores,
+    map_measure,
     save_model,
 )
 from simlab.finetune.models import BUILDERS, Built
 from simlab.finetune.towers import register_tuned, run_folder, tuned_name
+from simlab.finetune.validation import Scores, paired_gain, query_aps
 from simlab.merge import merge_pairs
 from simlab.paths import atomic_path
 from simlab.progress import Cancelled, Progress, ShouldStop, silent
@@ -89,6 +91,7 @@ class _Fitted:
     best: BestCheckpoint
     artifacts: dict
     clock: dict = field(default_factory=dict)
+    start_test: Scores | None = None  # Siamese: the starting point's test APs (one query per test scene)
 
 
 def _train_and_score(config: FinetuneConfig, dataset, store, run_id: str, progress: Progress,
@@ -109,7 +112,7 @@ def _train_and_score(config: FinetuneConfig, dataset, store, run_id: str, progre
     fitted = _fit(config, built, data, store, run_id, progress, should_stop, echo)
     fitted.clock["start"] = t_start
     progress(0, 0, "Scoring the best checkpoint on the test pairs", stage="score")
-    metrics, prob, extra = _score(config, built, data, dataset, run_id)
+    metrics, prob, extra = _score(config, built, data, dataset, run_id, fitted.start_test)
     return _finish(config, data, store, run_id, fitted, metrics, prob, extra, progress, echo)
 
 
@@ -126,10 +129,10 @@ def _build(config: FinetuneConfig, data: PairData, images: np.ndarray | None, pr
 
 def _batches(config: FinetuneConfig, built: Built, data: PairData):
     """Training and validation batches: of scenes (multi-similarity), else of pairs or triplets."""
-    if config.group_batches:
+    if config.group_batches:  # training batches of neighbouring scenes (by the frozen vectors) where known
         codes = built.train_y
         return (GroupBatches(built.source, data.train_images, codes, config.batch_size, seed=config.seed,
-                             max_batches=config.steps_per_epoch),
+                             max_batches=config.steps_per_epoch, similar=data.vectors),
                 GroupBatches(built.source, data.val_images, codes, config.batch_size))
     return (IndexBatches(built.source, built.train_x, built.train_y, config.batch_size, seed=config.seed,
                          max_batches=config.steps_per_epoch),
@@ -138,38 +141,92 @@ def _batches(config: FinetuneConfig, built: Built, data: PairData):
 
 def _fit(config: FinetuneConfig, built: Built, data: PairData, store, run_id: str, progress: Progress,
          should_stop: ShouldStop | None, echo: Echo) -> _Fitted:
-    """Validate the starting point, then fit with live curves, best checkpoint and early stopping, all on
-    the selection metric (validation mAP of the embeddings, or validation loss)."""
+    """Validate the starting point, then fit with live curves, the kept epoch and early stopping, all on the
+    selection metric (validation mAP of the embeddings, or validation loss) and its noise."""
     folder = run_folder(run_id)
     train_batches, val_batches = _batches(config, built, data)
     artifacts = {"folder": str(folder), "steps_per_epoch": len(train_batches)}  # the page's x axis needs it
     store.update_run(run_id, artifacts=artifacts)
     curves = LiveCurves(store, run_id, train_batches.batch_sizes(), config.epochs, progress, should_stop, echo)
     monitor = config.selection
-    best = BestCheckpoint(built.scorer, folder / "best.keras", monitor=monitor)
-    callbacks = [curves, best]
-    if monitor == "val_map":  # first, so that the others read it in the epoch's logs
-        val_images = data.val_images
-        callbacks.insert(0, ValidationMap(lambda: _predict(built.embedder, built.source, [val_images]),
-                                          data.groups[val_images]))
+    measure = _validation_measure(config, built, data)
+    scores = None if measure is None else ValidationScores(measure)
+    best = BestCheckpoint(built.scorer, folder / "best.keras", monitor=monitor, patience=config.patience,
+                          scores=None if scores is None else (lambda: scores.latest))
+    callbacks = [curves, best] if scores is None else [scores, curves, best]  # scores first: the others read it
     built.trainer.compile(optimizer=keras.optimizers.Adam(config.rate), loss=built.loss, metrics=built.metrics)
     progress(0, 0, "Validating the starting point", stage="validate")
     logs = {f"val_{name}": value for name, value in
             built.trainer.evaluate(val_batches, verbose=0, return_dict=True).items()}
-    if monitor == "val_map":
-        logs["val_map"] = callbacks[0].score()
+    if scores is not None:
+        logs |= scores.score()
     start = curves.record(0, logs)
     best.offer(0, start, built.trainer)
+    start_test = _test_aps(built, data) if built.embedder is not None else None
     echo("Before training: " + " · ".join(f"{k} {v:.4f}" for k, v in sorted(start.items())))
-    stop_early = keras.callbacks.EarlyStopping(monitor=monitor, mode="min" if monitor.endswith("loss") else "max",
-                                               patience=config.patience, baseline=start.get(monitor))
     t_fit = time.perf_counter()
     built.trainer.fit(train_batches, validation_data=val_batches, epochs=config.epochs, shuffle=False, verbose=0,
-                      callbacks=[*callbacks, stop_early])
+                      callbacks=callbacks)
     t_scored = time.perf_counter()
     if best.best_epoch is None:  # no finite validation score: keep the last weights
         save_model(built.scorer, folder / "best.keras")
-    return _Fitted(curves, best, artifacts, {"fit": t_fit, "scored": t_scored})
+    return _Fitted(curves, best, artifacts, {"fit": t_fit, "scored": t_scored}, start_test)
+
+
+def _validation_measure(config: FinetuneConfig, built: Built, data: PairData):
+    """What measures the selection metric item by item (so that its noise is known), or None (the loss of
+    triplet and multi-similarity runs, which Keras averages over batches: no noise estimate)."""
+    if config.selection == "val_map":
+        val_images = data.val_images
+        return map_measure(lambda: _predict(built.embedder, built.source, [val_images]), data.groups[val_images],
+                           recall=config.group_batches)
+    if config.mode == "siamese" and config.loss != "contrastive":
+        return None
+    left, right, label = data.val.left, data.val.right, data.val.label.astype(np.float64)
+    clusters = data.groups[left]  # the scene of each pair's first image
+
+    def measure():
+        out = _predict(built.scorer, built.source, [left, right])
+        if config.mode == "head":  # sparse categorical cross-entropy, pair by pair
+            p = np.where(label == 1, out[:, 1], out[:, 0])
+            losses = -np.log(np.clip(p, 1e-7, 1.0))
+        else:  # contrastive, pair by pair
+            d = out[:, 0]
+            losses = label * d ** 2 + (1 - label) * np.maximum(config.margin - d, 0.0) ** 2
+        return "val_loss", Scores(losses, clusters), {}
+
+    return measure
+
+
+def _test_aps(built: Built, data: PairData) -> Scores:
+    """AP of each test scene's query (its first image) among the test images, with the current weights."""
+    test_img = data.test_images
+    embedded = _predict(built.embedder, built.source, [test_img])
+    return query_aps(embedded, data.groups[test_img], queries=first_of_each_scene(data.groups[test_img]))
+
+
+def first_of_each_scene(groups) -> np.ndarray:
+    """Index of the first image of each scene (the Holidays protocol's queries, as ``retrieval_map`` picks them)."""
+    _, first = np.unique(np.asarray(groups), return_index=True)
+    return np.sort(first)
+
+
+def _selection_summary(config: FinetuneConfig, best: BestCheckpoint, curves: LiveCurves) -> dict:
+    """The starting point's validation score, the best epoch's gain over it (whether kept or not) and the
+    noise of that gain."""
+    monitor = config.selection
+    start = curves.history.get(0, {})
+    out = {"val_start": start.get(monitor), "val_start_se": start.get(f"{monitor}_se"),
+           "noise": "paired bootstrap over the validation scenes" if best.scores is not None else None}
+    losses = [curves.history[e]["loss"] for e in sorted(curves.history) if e > 0 and "loss" in curves.history[e]]
+    if losses:
+        out["train_loss_max"] = float(max(losses))  # 0: the loss found nothing to learn from in any epoch
+    measured = best.measured
+    if 0 in measured and len(measured) > 1:
+        top = max(sorted(measured), key=lambda e: best.sign * measured[e].mean)  # the earliest of the best
+        gain = paired_gain(measured[top], measured[0], best.sign > 0)
+        out |= {"val_top_epoch": top, "val_gain": best.sign * gain.gain, "val_gain_se": gain.se}
+    return out
 
 
 def _finish(config: FinetuneConfig, data: PairData, store, run_id: str, fitted: _Fitted, metrics: dict,
@@ -182,6 +239,7 @@ def _finish(config: FinetuneConfig, data: PairData, store, run_id: str, fitted: 
     metrics |= {"n_train": len(data.train), "n_val": len(data.val), "epochs_run": n_epochs,
                 "best_epoch": best.best_epoch, "selected_by": config.selection,
                 "best_val_loss": kept.get("val_loss"), "stopped": curves.stopped} | extra
+    metrics |= _selection_summary(config, best, curves)
     if best.best_epoch is not None:
         metrics["best_val_accuracy"] = kept.get("val_accuracy")
         if "val_map" in kept:
@@ -217,13 +275,17 @@ def _predict(model, source, columns, batch_size: int = 256) -> np.ndarray:
     return np.asarray(model.predict(IndexBatches(source, columns, batch_size=batch_size), verbose=0), np.float64)
 
 
-def _score(config: FinetuneConfig, built: Built, data: PairData, dataset, run_id: str) -> tuple[dict, np.ndarray, dict]:
+def _score(config: FinetuneConfig, built: Built, data: PairData, dataset, run_id: str,
+           start_test: Scores | None = None) -> tuple[dict, np.ndarray, dict]:
     """Test metrics of the restored best weights; for Siamese runs, the threshold chosen on
-    validation, retrieval mAP on the held-out images, and the tower saved and registered."""
+    validation, retrieval mAP on the held-out images (and what of it the starting point already had),
+    and the tower saved and registered."""
     test_cols = [data.test.left, data.test.right]
     test_img = data.test_images
+    queries = first_of_each_scene(data.groups[test_img])
+    frozen = None if data.vectors is None else query_aps(data.vectors[test_img], data.groups[test_img], queries)
     extra = {} if data.vectors is None else {
-        "map_frozen": retrieval_map(data.vectors[test_img], data.groups[test_img]),
+        "map_frozen": frozen.mean,
         "map_scope": "test images" if config.split == "group" else "all images",
         "accuracy_cosine": cosine_baseline(data, config.seed)}
     extra |= {k: v for k, v in built.info.items() if k == "whitening_shrinkage"}
@@ -241,6 +303,11 @@ def _score(config: FinetuneConfig, built: Built, data: PairData, dataset, run_id
 
     embeddings = np.asarray(_predict(built.embedder, built.source, [np.arange(len(built.source))]), np.float32)
     extra["map"] = retrieval_map(embeddings[test_img], data.groups[test_img])
+    if start_test is not None:  # the test mAP split into what the start had and what training added
+        kept = query_aps(embeddings[test_img], data.groups[test_img], queries)
+        extra |= {"map_start": start_test.mean, "map_gain_se": paired_gain(kept, start_test).se}
+        if frozen is not None and len(frozen.values) == len(start_test.values):
+            extra["map_start_gain_se"] = paired_gain(start_test, frozen).se
     extra["map_scope"] = "test images" if config.split == "group" else "all images"
     name = _save_tower(config, built, data, run_id, int(embeddings.shape[1]))
     extra["tuned_backbone"] = name
