@@ -12,6 +12,7 @@ queued or running (a second tab, the CLI while the app runs it) gets that job's 
     registry.py  job kinds by name ("module:function", imported lazily) and their labels
     kinds.py     vectorize, grid, demo and search
     table.py     start_job, cancel_job, get_job, list_jobs, active_jobs
+    request.py   request_params: a job's params with their paths resolved (folder:X/ and folder:X: one job)
     worker.py    run_worker, the heartbeat and the progress reporter
     reaper.py    reap_stale, worker_of (the worker of a job, if it still runs)
 
