@@ -288,6 +288,11 @@ def test_train_runs_a_grid_in_the_background_and_fills_the_table(lab, tmp_path, 
     at.multiselect(key="train_classifiers").set_value(["cosine", "logreg"]).run()
     at.button(key="train_start").click().run()
     assert not at.exception
+    # The lab's grid stored these two cells already: the page offers them instead of storing them twice.
+    assert "train_job" not in at.session_state
+    assert any("2 of these 2 runs are already stored" in m.value for m in at.markdown)
+    at.button(key="train_again").click().run()
+    assert not at.exception
     job_id = at.session_state["train_job"]
     store = Store(cache / "simlab.db")
     deadline = time.time() + 240
@@ -302,6 +307,7 @@ def test_train_runs_a_grid_in_the_background_and_fills_the_table(lab, tmp_path, 
     assert list(table["status"]) == ["done", "done"]
     assert table["accuracy"].between(0, 1).all()
     assert set(table["id"]) == {r.id for r in store.list_runs() if r.job_id == job_id}
+    assert len(store.list_runs()) == len(lab["runs"]) + 2  # run again anyway: a second set beside the first
 
 
 # --------------------------------------------------------------------------- a real browser
@@ -514,7 +520,7 @@ def test_a_metric_declared_once_shows_on_compare_runs_and_the_report(lab, tmp_pa
     store = Store()
     for i, summary in enumerate(lab["runs"]):
         run = store.get(summary["run_id"])
-        store.update_run(run.id, metrics=json.dumps(run.metrics | {"brier": 0.1 + i / 100}))
+        store.update_run(run.id, metrics=run.metrics | {"brier": 0.1 + i / 100})
 
     at = open_page("pages/compare.py")
     assert "Brier score" in at.radio(key="compare_metric").options

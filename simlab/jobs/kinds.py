@@ -232,7 +232,8 @@ def demo_job(params: dict, store: Store, progress: Progress, should_stop: Should
              job_id: str | None = None) -> dict:
     """The demo experiment: the default grid (:class:`GridConfig`'s defaults: the bundled backbone, the declared
     merges and classifiers) on the demo images; ``params`` may set ``reuse`` (stored cells are not run again)."""
-    return grid_job(asdict(GridConfig(dataset="demo", **(params or {}))), store, progress, should_stop, job_id=job_id)
+    return grid_job(asdict(GridConfig(**({"dataset": "demo"} | (params or {})))), store, progress, should_stop,
+                    job_id=job_id)
 
 
 # --------------------------------------------------------------------------- search
