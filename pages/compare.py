@@ -14,15 +14,17 @@ from pages._ui.formatting import STATUS_ICONS, classifier_name, escape_md, map_c
 from pages._ui.links import no_runs_yet, open_on_inspect, page_link
 from pages._ui.options import format_choice
 from pages._ui.state import current_dataset_spec
-from pages._ui.store import cached_runs
+from pages._ui.store import cached_runs, store
 from pages._ui.store_guard import store_guard
 from pages._ui.url_state import bind
 from simlab.classifiers import CLASSIFIERS
-from simlab.evaluate import headline_metrics, metric_scope
+from simlab.evaluate import headline_metrics, metric_scope, reliability
 from simlab.merge import MERGES
 from simlab.options import choice_label
 from simlab.reference import ALIASES, STUDY_TEST_PAIRS, published_accuracies
 from simlab.report.figures import square_heatmap
+from simlab.report.reliability import CAPTION as RELIABILITY_CAPTION
+from simlab.report.reliability import reliability_figure
 from simlab.report.tables import (
     backbone_order,
     fmt_value,
@@ -405,6 +407,35 @@ def two_runs(frame: pd.DataFrame, metric: str) -> None:
 # --------------------------------------------------------------------------- page
 
 
+def reliability_panel(frame: pd.DataFrame, metric: str) -> None:
+    """Whether a run's P(same) means what it says on its test pairs: the reliability diagram of one run (the
+    best by the metric unless another is picked)."""
+    grid = one_per_config(frame[frame["kind"] == "grid"]).sort_values(metric, ascending=False, na_position="last")
+    if grid.empty:
+        return
+    st.subheader("Are the probabilities honest?")
+    titles = {r.id: f"{r.backbone} · {r.merge} · {classifier_name(r.classifier)} ({fmt_value(getattr(r, metric))})"
+              for r in grid.itertuples()}
+    c1, c2 = st.columns([2, 3])
+    with c1:
+        run_id = st.selectbox("Run", list(titles), format_func=titles.get, key="compare_reliability_run",
+                              help="P(same) of grid runs is calibrated on validation scenes (Platt scaling), never "
+                                   "on the test pairs drawn here.")
+        preds = store().predictions(run_id)
+        if preds.empty:
+            st.info("This run has no stored predictions.")
+            return
+        rel = reliability(preds["label"].to_numpy(), preds["prob"].to_numpy())
+        st.metric("Expected calibration error", f"{rel.ece:.3f}",
+                  help="The count-weighted mean gap between predicted P(same) and the share of pairs that truly "
+                       "show one scene, over the bins: 0 is perfectly calibrated.")
+        st.metric("Brier score", f"{rel.brier:.3f}", help="Mean squared error of P(same) on the test pairs (lower "
+                                                           "is better; 0.25 is a coin toss at 0.5).")
+        st.caption(RELIABILITY_CAPTION)
+    with c2:
+        st.plotly_chart(reliability_figure(rel, " "), key="compare_reliability_chart", width="content")
+
+
 def main() -> None:
     open_inspect_if_asked()
     store_guard()  # a store that cannot be opened: one line; corrupt runs named
@@ -439,6 +470,7 @@ def main() -> None:
              "the 2017 study where it applies, and the best runs' confusion matrices and most confident errors.")
     heatmaps(frame, metric)
     leaderboard(frame, metric)
+    reliability_panel(frame, metric)
     finetune_panel(frame, metric)
     two_runs(frame, metric)
     study_comparison(all_runs, frame["fingerprint"].iloc[0])

@@ -265,3 +265,35 @@ def run_metric_scope(run, name: str) -> str:
 def metric_label(name: str, kind: str = "grid") -> str:
     m = metric(name, kind)
     return m.label if m else name
+
+
+# --------------------------------------------------------------------------- are the probabilities honest?
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """A reliability diagram's numbers: per bin of predicted P(same), the mean prediction, the share of pairs
+    that truly show one scene, and the count; with the expected calibration error (the count-weighted mean
+    gap between the two) and the Brier score (mean squared error of P(same))."""
+
+    bins: pd.DataFrame  # lo, hi, mean_prob, frac_same, count
+    ece: float
+    brier: float
+    n: int
+
+
+def reliability(y_true, prob, n_bins: int = 10) -> Reliability:
+    """Equal-width bins of P(same) in [0, 1] (empty bins left out), as scikit-learn's ``calibration_curve``
+    with ``strategy="uniform"``, plus counts, ECE and Brier score."""
+    y = np.asarray(y_true).astype(float)
+    p = np.clip(np.asarray(prob, np.float64), 0.0, 1.0)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+    rows = [{"lo": edges[b], "hi": edges[b + 1], "mean_prob": float(p[which == b].mean()),
+             "frac_same": float(y[which == b].mean()), "count": int((which == b).sum())}
+            for b in range(n_bins) if (which == b).any()]
+    bins = pd.DataFrame(rows, columns=["lo", "hi", "mean_prob", "frac_same", "count"])
+    n = len(y)
+    ece = float((bins["count"] * (bins["mean_prob"] - bins["frac_same"]).abs()).sum() / n) if n else float("nan")
+    brier = float(np.mean((p - y) ** 2)) if n else float("nan")
+    return Reliability(bins, ece, brier, n)

@@ -535,3 +535,17 @@ def test_a_metric_declared_once_shows_on_compare_runs_and_the_report(lab, tmp_pa
 
     html = render_report(lab["spec"])
     assert "Brier score" in html
+
+
+def test_compare_draws_the_reliability_of_the_best_run(with_runs):
+    at = open_page("pages/compare.py")
+    assert "Are the probabilities honest?" in [h.value for h in at.subheader]
+    run_ids = {r["run_id"] for r in with_runs["runs"]}
+    picker = at.selectbox(key="compare_reliability_run")
+    assert picker.value in run_ids and len(picker.options) == len(run_ids)
+    labels = [m.label for m in at.metric]
+    assert "Expected calibration error" in labels and "Brier score" in labels
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    reliability = [c for c in charts
+                   if c["layout"].get("xaxis", {}).get("title", {}).get("text") == "predicted P(same)"]
+    assert len(reliability) == 1 and reliability[0]["data"][0]["name"] == "perfectly calibrated"

@@ -24,12 +24,14 @@ from PIL import Image
 from simlab.classifiers import CLASSIFIERS, display_name
 from simlab.data import parse_spec
 from simlab.data.images import open_rgb
-from simlab.evaluate import headline_metrics, metric_label, metric_scope, pair_metrics
+from simlab.evaluate import headline_metrics, metric_label, metric_scope, pair_metrics, reliability
 from simlab.merge import MERGES
 from simlab.options import choice_label
 from simlab.provenance import git_commit, library_versions
 from simlab.reference import ALIASES, STUDY_TEST_PAIRS, published_accuracies
 from simlab.report.figures import metric_switch, square_heatmap
+from simlab.report.reliability import CAPTION as RELIABILITY_CAPTION
+from simlab.report.reliability import reliability_figure
 from simlab.report.tables import (
     backbone_order,
     fmt_value,
@@ -454,7 +456,7 @@ def error_card(row, threshold: float) -> str:
             f'<div class="pair-foot">Predicted {said}; truth: {truth}.</div></div>')
 
 
-def run_section(run: Run, store: Store, n_errors: int) -> str:
+def run_section(run: Run, store: Store, n_errors: int, state: dict | None = None) -> str:
     preds = store.predictions(run.id)
     threshold = run.threshold
     title = esc(run_title(run))
@@ -478,19 +480,22 @@ def run_section(run: Run, store: Store, n_errors: int) -> str:
     errors_html = (f'<h4>Most confident errors <span class="muted">({len(errors)} of {n_wrong:,})</span></h4>'
                    f'<div class="pairs">{cards}</div>') if len(errors) else "<h4>No errors on the test pairs</h4>"
     stored = run.threshold_rule
+    rel = reliability(preds["label"].to_numpy(), preds["prob"].to_numpy())
+    honest = (f'<div class="plot">{figure_html(reliability_figure(rel), f"reliability-{run.id}", state)}'
+              f'<p class="caption">{esc(RELIABILITY_CAPTION)}</p></div>') if state is not None else ""
     return (f'<div class="run">{head}<div class="run-top"><div class="stats">{tiles}</div>'
             f'<div class="cm-box">{confusion_html(m)}<p class="caption">At the run\'s threshold on P(same), '
-            f"{threshold:.3f}: {esc(stored)}.</p></div></div>{errors_html}</div>")
+            f"{threshold:.3f}: {esc(stored)}.</p></div>{honest}</div>{errors_html}</div>")
 
 
-def runs_section(sel: Selection, store: Store, n_errors: int) -> str:
+def runs_section(sel: Selection, store: Store, n_errors: int, state: dict | None = None) -> str:
     if not sel.detailed:
         return ""
     n = len(sel.detailed)
     lead = ("The runs asked for" if sel.named else "The best run by accuracy" if n == 1 else
             f"The {n} best runs by accuracy") + (
         ": each one's confusion matrix on its test pairs, and the pairs it got wrong with the most confidence.")
-    body = "".join(run_section(sel.runs[i], store, n_errors) for i in sel.detailed)
+    body = "".join(run_section(sel.runs[i], store, n_errors, state) for i in sel.detailed)
     return f'<section id="runs"><h2>Runs in detail</h2><p class="lead">{lead}</p>{body}</section>'
 
 
@@ -520,7 +525,7 @@ def render_report(spec: str, run_ids: list[str] | None = None, *, runs: list[Run
     generated = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     state: dict = {}
     sections = [protocol_section(sel), heatmap_section(sel, state), leaderboard_section(sel),
-                study_section(sel, state), runs_section(sel, store, errors)]
+                study_section(sel, state), runs_section(sel, store, errors, state)]
     toc = [("protocol", "Protocol"), ("heatmaps", "Heatmaps"), ("leaderboard", "Leaderboard"),
            ("study", "2017 study"), ("runs", "Runs in detail")]
     nav = '<nav class="toc">' + "".join(f'<a href="#{k}">{v}</a>' for k, v in toc
