@@ -40,3 +40,12 @@ def pid_after(seconds: float) -> int:
     """Sleep, then say which process did (run in pool workers, to see how many are alive)."""
     time.sleep(seconds)
     return os.getpid()
+
+
+def stranger_image(seed: int, size: int = 160) -> Image.Image:
+    """A picture unlike any scene of :func:`write_group_folder`: smooth stripes of two random colours."""
+    rng = np.random.default_rng(1000 + seed)
+    x = np.linspace(0, rng.uniform(2, 12) * np.pi, size)
+    stripes = (np.sin(x)[None, :] * np.cos(x * rng.uniform(0.2, 2))[:, None] + 1) / 2
+    a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    return Image.fromarray((stripes[..., None] * a + (1 - stripes[..., None]) * b).astype(np.uint8))

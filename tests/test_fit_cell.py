@@ -9,14 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 import simlab.search as search
-from helpers import write_group_folder
+from helpers import stranger_image, write_group_folder
 from simlab.classifiers import make_classifier
 from simlab.data import load_dataset
 from simlab.experiment import GridConfig, run_grid
-from simlab.fitting import Calibration, fit_cell
+from simlab.fitting import Calibration, fit_cell, fit_run
 from simlab.merge import merge_pairs
 from simlab.protocol import Protocol
 from simlab.runspec import RunSpec, fused_name, split_backbone
@@ -73,29 +72,18 @@ def test_calibration_is_monotone_and_maps_scores_into_probabilities():
     assert Calibration.fit(np.ones(5), np.linspace(0, 1, 5)).identity  # one class: nothing to learn
 
 
-def _stranger(seed: int) -> Image.Image:
-    """A picture unlike any scene of the dataset: smooth stripes of two random colours."""
-    rng = np.random.default_rng(1000 + seed)
-    x = np.linspace(0, rng.uniform(2, 12) * np.pi, 160)
-    stripes = (np.sin(x)[None, :] * np.cos(x * rng.uniform(0.2, 2))[:, None] + 1) / 2
-    a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-    return Image.fromarray((stripes[..., None] * a + (1 - stripes[..., None]) * b).astype(np.uint8))
-
-
 def test_a_calibrated_run_keeps_unrelated_images_below_its_threshold(tmp_cache, tmp_path):
     root = write_group_folder(tmp_path / "photos", n_groups=16, per_group=4, size=128)
     dataset = load_dataset(f"folder:{root}")
     vs = vectorize(dataset, BACKBONE, "imagenet")
     spec = RunSpec(BACKBONE, "dot", "logreg", dataset=dataset.spec)
-    from simlab.fitting import fit_run
-
     cell = fit_run(spec, vs.vectors, vs.groups)
     assert not cell.calibration.identity and cell.n_val > 0
     strangers = []
     for i in range(20):
         path = tmp_path / "strangers" / f"s{i}.png"
         path.parent.mkdir(exist_ok=True)
-        _stranger(i).save(path)
+        stranger_image(i).save(path)
         strangers.append(str(path))
     vectors, errors = compute_vectors(strangers, BACKBONE, "imagenet")
     assert not any(errors)
