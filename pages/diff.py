@@ -14,7 +14,8 @@ import streamlit as st
 from pages._ui.formatting import escape_md
 from pages._ui.links import no_runs_yet, page_link
 from pages._ui.run_names import run_choice, run_title
-from pages._ui.store import cached_runs, store_path
+from pages._ui.state import current_dataset_spec
+from pages._ui.store import cached_runs, same_dataset, store_path
 from pages._ui.store_guard import predictions_note, store_guard
 from pages._ui.thumbs import tiles_html
 from simlab.evaluate import DifferentTestPairs, pair_diff
@@ -81,6 +82,14 @@ def main() -> None:
                "wrong (fixed), which it gets wrong that A got right (broken), and which both miss. Each run decides "
                "at its own stored threshold. The fastest way to see what a better model actually learned.")
     runs = [r for r in cached_runs() if r.done]
+    linked = next((r for r in runs if r.id == st.query_params.get("a")), None)
+    spec = linked.dataset if linked else current_dataset_spec()  # a link's run A decides, else the sidebar
+    elsewhere = len(runs)
+    runs = [r for r in runs if same_dataset(r.dataset, spec)]
+    if not runs and elsewhere:
+        st.info(f"No finished runs on {escape_md(spec)} yet ({elsewhere} on other datasets: pick one in the "
+                "sidebar).", icon=":material/lightbulb:")
+        return
     if not runs:
         no_runs_yet()
         return

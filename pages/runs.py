@@ -125,6 +125,9 @@ def runs_table(shown: list[Run]) -> list[Run]:
     positions: when rows come or go (a run added by "Run again", a run deleted, a filter changed) the table
     is drawn anew (its key follows the ids shown, in order) with the same runs selected, wherever they now are."""
     frame = pd.DataFrame([_row(r) for r in shown])
+    for col in [*headline_metrics(), "threshold"]:  # numbers, with an empty cell (not "None") where there is none
+        if col in frame:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
     if not frame["error"].astype(bool).any():
         frame = frame.drop(columns="error")
     ids = [r.id for r in shown]

@@ -14,7 +14,7 @@ from pages._ui.links import open_on_inspect, page_link
 from pages._ui.options import default, format_choice, widget_choices, widget_range
 from pages._ui.reuse import start_once
 from pages._ui.state import current_dataset_spec
-from pages._ui.store import store
+from pages._ui.store import runs_of_dataset, store
 from pages._ui.store_guard import store_guard
 from pages._ui.vector_sets import vectors_cached
 from simlab.backbones import DEFAULT_BACKBONE, get_backbone, list_backbones, weights_status
@@ -124,6 +124,7 @@ def results(job: dict) -> None:
 
     @st.fragment(run_every=2 if active else None)
     def table() -> None:
+        open_inspect_if_asked()  # a row just selected: only this fragment reruns, so open Inspect from here
         now = get_job(job["id"]) or job
         frame = results_frame(now)
         done = frame[frame["status"] == "done"] if len(frame) else frame
@@ -283,6 +284,19 @@ def summary(config: GridConfig, dataset) -> bool:
     return True
 
 
+def no_grid_job(spec: str) -> None:
+    """No grid job on this dataset: say what there is (runs made earlier, by the demo or the CLI) or what to do."""
+    made = [r for r in runs_of_dataset(spec) if r.is_grid]
+    if made:
+        done = sum(r.done for r in made)
+        st.info(f"No grid job on this dataset in the job list, but it has {len(made)} run"
+                f"{'s' if len(made) != 1 else ''} ({done} done): Compare shows them.", icon=":material/grid_on:")
+        page_link("pages/compare.py", "Compare all runs", icon=":material/grid_on:")
+    else:
+        st.info("No grid yet: pick what to combine above and press Start. The demo experiment on Home is a "
+                "quick first one.", icon=":material/lightbulb:")
+
+
 def main() -> None:
     open_inspect_if_asked()
     store_guard()  # a store that cannot be opened: one line; corrupt runs named
@@ -316,11 +330,9 @@ def main() -> None:
     if ok:
         start_once(config, "train", start, clicked, fingerprint=dataset.fingerprint)
 
-    job = get_job(st.session_state["train_job"]) if st.session_state.get("train_job") else None
-    job = job or latest_job("grid")
+    job = latest_job("grid", dataset=config.dataset)  # this dataset's: another's grid is not shown here
     if job is None:
-        st.info("No grid yet: pick what to combine above and press Start. The demo experiment on Home is a "
-                "quick first one.", icon=":material/lightbulb:")
+        no_grid_job(config.dataset)
         return
     st.divider()
     params = job.get("params") or {}

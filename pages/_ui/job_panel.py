@@ -11,7 +11,7 @@ import time
 import streamlit as st
 
 from pages._ui.formatting import fmt_duration
-from pages._ui.store import clear_runs_cache, store, store_path
+from pages._ui.store import clear_runs_cache, same_dataset, store, store_path
 from simlab import jobs
 
 JOBS_KEY = "jobs"  # st.session_state key: {job kind: id of the job this session started last}
@@ -30,19 +30,22 @@ def get_job(job_id: str) -> dict | None:
     return jobs.get_job(job_id, store_path())
 
 
-def latest_job(kind: str | tuple[str, ...], active_only: bool = False) -> dict | None:
-    """The newest job of a kind (this session's, else the store's), e.g. to find a running one after a reload."""
+def latest_job(kind: str | tuple[str, ...], active_only: bool = False, dataset: str | None = None) -> dict | None:
+    """The newest job of a kind (this session's, else the store's), e.g. to find a running one after a reload;
+    with ``dataset``, only a job on that dataset (its ``params["dataset"]``)."""
     kinds = (kind,) if isinstance(kind, str) else tuple(kind)
     mine = [st.session_state.get(JOBS_KEY, {}).get(k) for k in kinds]
+
+    def wanted(job: dict | None) -> bool:
+        return bool(job) and job["kind"] in kinds and (not active_only or job["status"] in jobs.ACTIVE) and (
+            dataset is None or same_dataset((job.get("params") or {}).get("dataset"), dataset))
+
     jobs.reap_stale(store())
     for job_id in filter(None, mine):
         job = get_job(job_id)
-        if job and (not active_only or job["status"] in jobs.ACTIVE):
+        if wanted(job):
             return job
-    for job in store().jobs():
-        if job["kind"] in kinds and (not active_only or job["status"] in jobs.ACTIVE):
-            return job
-    return None
+    return next((job for job in store().jobs() if wanted(job)), None)
 
 
 def wait_for_job(job_id: str, bar, timeout: float, poll: float = 0.2) -> dict | None:

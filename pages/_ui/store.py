@@ -8,6 +8,7 @@ import streamlit as st
 
 from simlab.paths import cache_dir
 from simlab.store import Run, Store
+from simlab.store.known_datasets import normalise_spec
 
 
 def store_path() -> Path:
@@ -33,6 +34,16 @@ def _runs(path: str) -> list[Run]:
 def cached_runs() -> list[Run]:
     """All runs, newest first (cached for 2 s: cheap enough to call from every page)."""
     return _runs(str(store_path()))
+
+
+def same_dataset(a: str | None, b: str | None) -> bool:
+    """Whether two dataset specs name one dataset (``folder:x/`` and ``folder:/abs/x`` do)."""
+    return normalise_spec(a or "") == normalise_spec(b or "")
+
+
+def runs_of_dataset(spec: str | None) -> list[Run]:
+    """The cached runs made on the dataset ``spec`` names, newest first."""
+    return [r for r in cached_runs() if same_dataset(r.dataset, spec)]
 
 
 def clear_runs_cache() -> None:
