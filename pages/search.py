@@ -15,6 +15,7 @@ from pages._ui.datasets import require_dataset
 from pages._ui.formatting import classifier_name, escape_md, short_path
 from pages._ui.job_panel import job_panel, latest_job, start_job, wait_for_job
 from pages._ui.links import page_link
+from pages._ui.options import default, widget_range
 from pages._ui.store import cached_runs
 from pages._ui.store_guard import store_guard
 from pages._ui.thumbs import WRAP_CSS, breakable, thumb_path, thumb_uri
@@ -24,7 +25,7 @@ from simlab.data import file_digest
 from simlab.data.images import ImageError, check_image_bytes
 from simlab.options import choice_label
 from simlab.paths import atomic_write_bytes, cache_dir
-from simlab.search import build_index, cached_query_vector
+from simlab.search import build_index, local_query, neighbour_rows, search_set
 from simlab.store import Run
 
 COLUMNS = 6
@@ -150,8 +151,8 @@ def result_cards_html(results: list[dict], dataset, query_group, own, digest, di
 
 
 def search_here(s: dict, dataset, index_of: list[int], query, k: int, kind: str, bar) -> dict:
-    """Search in this process: the query is a row of the vector set (an image of the dataset) or a kept
-    vector (an upload searched before); the vectors and the index come from the cache. No model is loaded."""
+    """Search in this process (``simlab.search.search_set``): the query is a row of the vector set (an image of
+    the dataset) or a kept vector (an upload searched before); vectors and index come from the cache."""
     path = s["path"]
     mtime = os.stat(path).st_mtime
     bar.progress(0.2, text="Loading the vectors…")
@@ -159,9 +160,9 @@ def search_here(s: dict, dataset, index_of: list[int], query, k: int, kind: str,
     bar.progress(0.4, text="Loading the index (built once, then cached)…")
     index = vector_index(path, mtime, s["key"], s["fingerprint"], kind)
     bar.progress(0.8, text="Searching…")
-    scores, ids = index.search(vectors[query] if isinstance(query, int) else query, k)
-    results = [{"rank": r, "path": dataset.paths[index_of[i]], "group": str(dataset.groups[index_of[i]]),
-                "score": float(sc)} for r, (i, sc) in enumerate(zip(ids[0], scores[0]), 1) if i >= 0]
+    scores, ids, index = search_set(vectors, query, k, index=index)
+    results = neighbour_rows(ids, scores, [dataset.paths[i] for i in index_of],
+                             [dataset.groups[i] for i in index_of])
     bar.progress(1.0, text="Done")
     return {"results": results, "index": index.kind, "from_cache": index.from_cache}
 
@@ -213,7 +214,7 @@ with c1:
     choice = st.selectbox("Vector set", range(len(sets)), format_func=lambda i: set_label(sets[i]), key="search_set")
 s = sets[choice]
 with c2:
-    k = st.slider("Neighbours", 3, 48, 12, key="search_k")
+    k = st.slider("Neighbours", value=default("k"), key="search_k", **widget_range("k"))
 with c3:
     kind = st.selectbox("Index", list(KINDS), format_func=KINDS.get, key="search_kind",
                         help="Auto: exact search up to 100,000 images, then an IVF index (approximate, much "
@@ -297,11 +298,9 @@ request = (s["key"], s["fingerprint"], digest, k, kind, rerank)
 cache = st.session_state.setdefault("search_results", {})
 if request not in cache:
     bar = st.progress(0.0, text="Searching…")
-    kept = None if position is not None or rerank else cached_query_vector(s["key"], digest)
-    if rerank is None and position is not None:
-        cache[request] = search_here(s, dataset, index_of, position, k, kind, bar)
-    elif kept is not None:
-        cache[request] = search_here(s, dataset, index_of, kept, k, kind, bar)
+    here = local_query(position, s["key"], digest, rerank)  # None: a job vectorises or re-ranks
+    if here is not None:
+        cache[request] = search_here(s, dataset, index_of, here, k, kind, bar)
     else:
         cache[request] = search_job(dataset.spec, s, query_path, k, kind, rerank, bar)
     bar.empty()

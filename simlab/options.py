@@ -179,6 +179,8 @@ declare(
     Option("classifier", Choices(registry="classifier"), None, "the pair classifier"),
     Option("classifiers", Choices(registry="classifier"), ("cosine", "logreg", "xgboost"),
            "classifiers of a grid", many=True),
+    Option("k", Interval(int, 1, 1000), 10, "neighbours returned",
+           widget={"min_value": 3, "max_value": 48, "step": 1}),
 )
 
 

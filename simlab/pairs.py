@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simlab.neighbours import build_index
 from simlab.options import NEGATIVE_SCHEMES, SPLITS
 
 log = logging.getLogger(__name__)
@@ -165,45 +166,20 @@ def group_folds(groups, k: int = 5, seed: int = 0) -> list[np.ndarray]:
 # --------------------------------------------------------------------------- hard negatives
 
 
-class _FlatIndex:
-    """Exact cosine neighbours with FAISS (a flat inner-product index over L2-normalised rows)."""
-
-    def __init__(self, vectors, chunk: int = 65_536):
-        import faiss
-
-        self.n, dim = np.shape(vectors)
-        self.index = faiss.IndexFlatIP(dim)
-        for start in range(0, self.n, chunk):
-            self.index.add(normalised(vectors[start:start + chunk]))
-
-    def search(self, queries, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        return self.index.search(normalised(queries), max(1, min(int(k), self.n)))
-
-
-def normalised(vectors) -> np.ndarray:
-    """float32, C-contiguous, rows of unit L2 norm (zero rows stay zero): what FAISS inner products need."""
-    import faiss
-
-    x = np.array(vectors, dtype=np.float32, order="C", copy=True)
-    if x.ndim == 1:
-        x = x[None, :]
-    faiss.normalize_L2(x)
-    return x
-
-
 def mine_hard_negatives(vectors, groups, k: int = 5, index=None) -> np.ndarray:
     """(M, 2) index pairs of images from *different* groups that sit close together: for each image,
     its ``k`` nearest neighbours outside its own group. Hardest first in rounds (every image's
     nearest wrong neighbour, then every image's second...), each unordered pair once.
 
     ``index``: anything with ``search(queries, k) -> (scores, ids)`` over ``vectors``; default an exact
-    flat FAISS index. :func:`make_pairs`/:func:`build_pairs` (``hard_negatives=``) use them first.
+    flat index of :mod:`simlab.neighbours`, the one every search goes through. :func:`make_pairs`/
+    :func:`build_pairs` (``hard_negatives=``) use them first.
     """
     codes = group_codes(groups)
     n = len(codes)
     if n < 2 or k <= 0:
         return np.zeros((0, 2), np.int64)
-    index = _FlatIndex(vectors) if index is None else index
+    index = build_index(vectors, "flat") if index is None else index
     depth = min(n, k + int(np.bincount(codes).max()))
     scores, ids = index.search(vectors, depth)
     rounds: list[list[tuple[float, int, int]]] = [[] for _ in range(k)]

@@ -1,15 +1,11 @@
-"""Nearest-neighbour search over a vector set with FAISS, re-ranking by a run's classifier, retrieval mAP.
+"""Nearest-neighbour search over a vector set, re-ranking by a run's classifier, retrieval mAP.
 
->>> index = build_index(vectors, kind="auto", cache_key=(vs.key, dataset.fingerprint))
->>> scores, ids = index.search(query_vectors, k=10)     # cosine similarities, dataset indices
+>>> result = search_dataset(dataset, "holidays/100000.jpg", k=10)          # vectorises what is missing
+>>> scores, ids, index = search_set(vectors, query=3, k=10)                 # a row of a cached set, or a vector
+>>> search_in_process(position, kept_vector, rerank)                        # or a "search" job?
 
-Vectors are L2-normalised, so the inner product is the cosine. ``kind="auto"`` is an exact flat index
-up to :data:`FLAT_MAX` vectors, then IVF (inverted lists, ``nprobe`` lists searched), then IVF-PQ
-(compressed) beyond :data:`IVF_MAX`; ``hnsw`` (a graph) is available on request. A built index is
-cached beside the vectors under ``cache/index/<vector set key>/`` keyed by the dataset fingerprint,
-the kind and the count, and written atomically.
-
-:func:`search_dataset` reports its steps through one :class:`simlab.progress.Progress`, each with a
+The index is :mod:`simlab.neighbours`' (FAISS; its names are re-exported here). :func:`search_dataset`
+reports its steps through one :class:`simlab.progress.Progress`, each with a
 ``stage`` field (see :data:`SEARCH_STAGES`). FAISS is imported inside the functions.
 """
 
@@ -19,7 +15,7 @@ import functools
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import joblib
@@ -28,7 +24,21 @@ import numpy as np
 from simlab.backbones import DEFAULT_BACKBONE
 from simlab.data import file_digest, load_dataset
 from simlab.fitting import FittedCell, cosines, fit_run
-from simlab.pairs import group_codes, normalised
+from simlab.neighbours import (  # noqa: F401  (re-exported: the index as search's callers know it)
+    FLAT_MAX,
+    HNSW_M,
+    INDEX_KINDS,
+    INDEX_VERSION,
+    IVF_MAX,
+    VectorIndex,
+    build_index,
+    choose_kind,
+    default_nprobe,
+    index_path,
+    ivf_lists,
+    normalised,
+)
+from simlab.pairs import group_codes
 from simlab.paths import atomic_path, cache_dir
 from simlab.progress import Progress, ShouldStop, silent
 from simlab.protocol import Protocol
@@ -38,163 +48,10 @@ from simlab.vectors import compute_vectors, vectorize
 
 log = logging.getLogger(__name__)
 
-INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
-FLAT_MAX = 100_000  # exact search up to here (a flat scan of 100k x 1280 floats is ~10 ms a query)
-IVF_MAX = 2_000_000  # IVF with full vectors up to here; IVF-PQ (compressed) above
-HNSW_M = 32
-INDEX_VERSION = "1"  # bump when the way an index is built changes: it keys the cache
-
 #: The steps of :func:`search_dataset`, in order: each is reported as ``progress(position, steps, message,
 #: stage=name)``; a step that is not needed (cached index, query in the dataset) is skipped. While the
 #: dataset is vectorised, the vectors' own progress comes through with ``stage="vectorize"`` (images).
 SEARCH_STAGES = ("load", "query", "index", "search", "refit", "rerank")
-
-
-# --------------------------------------------------------------------------- the index
-
-
-def choose_kind(n: int, kind: str = "auto") -> str:
-    """The index kind for ``n`` vectors: ``kind`` itself unless it is ``auto``."""
-    if kind not in INDEX_KINDS:
-        raise ValueError(f"index kind must be one of {', '.join(INDEX_KINDS)}, not {kind!r}")
-    if kind != "auto":
-        return kind
-    return "flat" if n <= FLAT_MAX else "ivf" if n <= IVF_MAX else "ivfpq"
-
-
-def ivf_lists(n: int) -> int:
-    """Number of inverted lists: about sqrt(n) (1,000 for a million), at least 39 training vectors each.
-
-    FAISS suggests 4-16 sqrt(n); sqrt(n) keeps the k-means training affordable on a few cores.
-    """
-    return int(max(1, min(np.sqrt(n), n // 39)))
-
-
-def default_nprobe(nlist: int) -> int:
-    """Lists searched per query: a tenth of them (at least 16): recall@10 ~0.95+ on embedding-like data."""
-    return int(min(nlist, max(16, nlist // 10)))
-
-
-def _pq_subquantizers(dim: int) -> int:
-    """The largest m <= 64 dividing dim (PQ needs dim % m == 0)."""
-    return next(m for m in range(min(64, dim), 0, -1) if dim % m == 0)
-
-
-@dataclass
-class VectorIndex:
-    """A FAISS index over L2-normalised vectors; ids are row numbers of the vector set."""
-
-    index: object
-    kind: str
-    n: int
-    dim: int
-    path: Path | None = None
-    from_cache: bool = False
-    build_seconds: float = 0.0
-    params: dict = field(default_factory=dict)
-
-    def search(self, queries, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids) per query row: cosine similarity, highest first; ids of -1 pad short lists."""
-        k = max(1, min(int(k), self.n))
-        scores, ids = self.index.search(normalised(queries), k)
-        return scores, ids
-
-    def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
-        """Speed / recall trade-off: lists searched (IVF) or candidate list size (HNSW)."""
-        if nprobe is not None and hasattr(self.index, "nprobe"):
-            self.index.nprobe = int(nprobe)
-            self.params["nprobe"] = int(nprobe)
-        if ef_search is not None and hasattr(self.index, "hnsw"):
-            self.index.hnsw.efSearch = int(ef_search)
-            self.params["ef_search"] = int(ef_search)
-
-
-def _add_in_chunks(index, vectors, chunk: int = 65_536) -> None:
-    """Add rows normalised a chunk at a time: memory stays at the vectors plus the index's own copy."""
-    for start in range(0, len(vectors), chunk):
-        index.add(normalised(vectors[start:start + chunk]))
-
-
-def _new_index(vectors, kind: str, seed: int = 0):
-    import faiss
-
-    n, dim = np.shape(vectors)
-    ip = faiss.METRIC_INNER_PRODUCT
-    if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-        _add_in_chunks(index, vectors)
-        return index, {}
-    if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, HNSW_M, ip)
-        index.hnsw.efConstruction = 40
-        _add_in_chunks(index, vectors)
-        index.hnsw.efSearch = 128
-        return index, {"M": HNSW_M, "ef_construction": 40, "ef_search": 128}
-    nlist = ivf_lists(n)
-    quantizer = faiss.IndexFlatIP(dim)
-    if kind == "ivf":
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
-        params = {"nlist": nlist}
-    else:
-        m = _pq_subquantizers(dim)
-        nbits = 8 if n >= 39 * 256 else max(1, min(8, int(np.log2(max(2, n // 39)))))  # 2^nbits codes to train
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, ip)
-        params = {"nlist": nlist, "m": m, "nbits": nbits}
-    index.cp.seed = seed
-    index.cp.niter = 10
-    sample = min(n, 40 * nlist if kind == "ivf" else max(40 * nlist, 39 * 256))  # FAISS wants >= 39 per list
-    rows = np.arange(n) if sample >= n else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
-    index.train(normalised(np.asarray(vectors)[rows]))
-    _add_in_chunks(index, vectors)
-    index.nprobe = default_nprobe(nlist)
-    params["nprobe"] = index.nprobe
-    return index, params
-
-
-def index_path(set_key: str, fingerprint: str, kind: str, n: int) -> Path:
-    """Where the index of a vector set (backbone config key, dataset fingerprint) is cached."""
-    return cache_dir("index", set_key) / f"{fingerprint}-{kind}-{n}-v{INDEX_VERSION}.faiss"
-
-
-def build_index(vectors, kind: str = "auto", cache_key: tuple[str, str] | None = None,
-                progress: Progress = silent) -> VectorIndex:
-    """A FAISS index over ``vectors`` (N, D); cached on disk when ``cache_key=(set_key, fingerprint)``.
-
-    A second call with the same key and kind loads the file instead of building.
-    """
-    import faiss
-
-    n, dim = np.shape(vectors)
-    if n == 0:
-        raise ValueError("No vectors to index: vectorise the dataset first.")
-    kind = choose_kind(n, kind)
-    path = index_path(*cache_key, kind, n) if cache_key else None
-    if path is not None and path.exists():
-        try:
-            index = faiss.read_index(str(path))
-            if index.ntotal == n and index.d == dim:
-                out = VectorIndex(index, kind, n, dim, path, from_cache=True, params=_params_of(index))
-                return out
-        except RuntimeError as exc:  # unreadable: build again and overwrite
-            log.warning("Rebuilding the unreadable index %s: %s", path, exc)
-    progress(0, 1, f"Building the {kind} index of {n} vectors", stage="index")
-    t0 = time.perf_counter()
-    index, params = _new_index(vectors, kind)
-    seconds = time.perf_counter() - t0
-    if path is not None:
-        with atomic_path(path, suffix=".faiss") as tmp:
-            faiss.write_index(index, str(tmp))
-    return VectorIndex(index, kind, n, dim, path, from_cache=False, build_seconds=seconds, params=params)
-
-
-def _params_of(index) -> dict:
-    out = {}
-    if hasattr(index, "nlist"):
-        out["nlist"] = int(index.nlist)
-        out["nprobe"] = int(index.nprobe)
-    if hasattr(index, "hnsw"):
-        out["ef_search"] = int(index.hnsw.efSearch)
-    return out
 
 
 # --------------------------------------------------------------------------- retrieval mAP
@@ -363,6 +220,62 @@ def _step(progress: Progress, stage: str, steps: int) -> Progress:
     return report
 
 
+def search_set(vectors, query, k: int = 10, kind: str = "auto", cache_key: tuple[str, str] | None = None,
+               index: VectorIndex | None = None,
+               progress: Progress = silent) -> tuple[np.ndarray, np.ndarray, VectorIndex]:
+    """The ``k`` rows of ``vectors`` nearest to ``query`` (a row number of ``vectors``, or a vector: a kept
+    query's), best first: ``(scores, ids, index)``, cosine similarities and row numbers without padding.
+
+    ``index`` is :func:`build_index`'s over ``vectors`` (built here when None, cached by ``cache_key``), the
+    same index and order as :func:`search_dataset`'s."""
+    if index is None:
+        index = build_index(vectors, kind, cache_key=cache_key, progress=progress)
+    vector = vectors[query] if isinstance(query, (int, np.integer)) else query
+    scores, ids = index.search(vector, k)
+    keep = ids[0] >= 0
+    return scores[0][keep], ids[0][keep], index
+
+
+def neighbour_rows(ids, scores, paths, groups, same=(), probs=None) -> list[dict]:
+    """The results as :class:`SearchResult` holds them: rank, index, path, group, score, same_file (``ids``
+    in ``same`` hold the query's own bytes) and, re-ranked, prob."""
+    same = set(same)
+    rows = []
+    for rank, (i, s) in enumerate(zip(ids, scores), 1):
+        row = {"rank": rank, "index": int(i), "path": paths[i], "group": str(groups[i]), "score": float(s),
+               "same_file": int(i) in same}
+        if probs is not None:
+            row["prob"] = float(probs[rank - 1])
+        rows.append(row)
+    return rows
+
+
+def local_query(position: int | None, set_key: str, digest: str | None, rerank: str | None = None):
+    """What a search can run on in this process, without a model: the query's row of the vector set
+    (``position``) or its kept vector (an image searched before, by ``digest``); None when a "search" job
+    must run it (a query never vectorised with this set, or a re-rank, which refits a classifier)."""
+    if rerank:
+        return None
+    if position is not None:
+        return int(position)
+    return cached_query_vector(set_key, digest) if digest else None
+
+
+def search_in_process(position: int | None, set_key: str, digest: str | None, rerank: str | None = None) -> bool:
+    """The routing rule: in process when the query's vector is at hand and there is no re-rank, else a job."""
+    return local_query(position, set_key, digest, rerank) is not None
+
+
+def neighbours_of(vectors, row: int, k: int = 10, index: VectorIndex | None = None) -> list[tuple[int, float]]:
+    """The ``k`` rows nearest to row ``row`` of ``vectors`` (itself left out), as (row, cosine), best first;
+    ``index`` an index over ``vectors`` (default an exact flat one)."""
+    n = len(vectors)
+    if not 0 <= row < n:
+        return []
+    scores, ids, _ = search_set(vectors, int(row), min(n, k + 1), "flat", index=index)
+    return [(int(i), float(s)) for i, s in zip(ids, scores) if i != row][:k]
+
+
 def search_dataset(dataset, query: str, backbone: str | None = None, weights: str | None = None, k: int = 10,
                    rerank: str | None = None, kind: str = "auto", shortlist: int | None = None,
                    progress: Progress | None = None, should_stop: ShouldStop | None = None,
@@ -413,9 +326,7 @@ def search_dataset(dataset, query: str, backbone: str | None = None, weights: st
     index = build_index(vs.vectors, kind, cache_key=(vs.key, dataset.fingerprint), progress=step("index"))
     depth = max(k, shortlist or 3 * k) if settings else k
     step("search")(0, 1, "Searching")
-    scores, ids = index.search(query_vector, depth)
-    keep = ids[0] >= 0
-    ids, scores = ids[0][keep], scores[0][keep]
+    scores, ids, _ = search_set(vs.vectors, query_vector, depth, index=index)
     probs, close = None, None
     if settings:
         cell = run_classifier(rerank, store, progress=step("refit"))
@@ -427,13 +338,7 @@ def search_dataset(dataset, query: str, backbone: str | None = None, weights: st
             both = np.vstack([query_vector, vs.vectors[ids]])
             cos = cosines(both, np.zeros(len(ids), int), np.arange(1, len(ids) + 1))
             close = cell.close_match(float(probs.max()), float(cos.max()))
-    results = []
-    for rank, (i, s) in enumerate(zip(ids, scores), 1):
-        row = {"rank": rank, "index": int(i), "path": vs.paths[i], "group": str(vs.groups[i]), "score": float(s),
-               "same_file": int(i) in same}
-        if probs is not None:
-            row["prob"] = float(probs[rank - 1])
-        results.append(row)
+    results = neighbour_rows(ids, scores, vs.paths, vs.groups, same, probs)
     return SearchResult(query=str(query), query_group=str(vs.groups[position]) if position is not None else None,
                         backbone=backbone, weights=vs.weights, kind=index.kind, results=results, rerank=rerank,
                         seconds=time.perf_counter() - t0, close_match=close)

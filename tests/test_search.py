@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import simlab.neighbours as neighbours
 import simlab.search as search
 from helpers import simlab_cache_at, write_group_folder
 from simlab import cli
 from simlab.data import file_digest, load_dataset
 from simlab.evaluate import retrieval_map
+from simlab.fitting import FittedCell
 from simlab.jobs import kinds
+from simlab.options import choice_label, default
 from simlab.pairs import hard_negative_pairs, mine_hard_negatives
 from simlab.paths import REPO_ROOT
 from simlab.search import (
@@ -58,7 +61,7 @@ def test_kind_is_chosen_by_size_and_can_be_overridden():
 def test_auto_builds_the_right_faiss_index(monkeypatch):
     vectors, _ = clustered(n_groups=100, per_group=5)
     assert isinstance(build_index(vectors).index, faiss.IndexFlatIP)
-    monkeypatch.setattr(search, "FLAT_MAX", 100)  # 500 vectors are now "large"
+    monkeypatch.setattr(neighbours, "FLAT_MAX", 100)  # 500 vectors are now "large" (the index is its module's)
     auto = build_index(vectors)
     assert auto.kind == "ivf" and isinstance(auto.index, faiss.IndexIVFFlat)
     assert auto.params["nlist"] >= 1 and auto.index.nprobe == auto.params["nprobe"]
@@ -232,7 +235,7 @@ def test_rerank_orders_by_the_runs_probability_and_caches_the_model(in_small, ca
     assert all(0 <= p <= 1 for p in probs)
     assert run_model_path(run).exists()
     model = search.run_classifier(run)  # now a load, not a refit
-    assert hasattr(model, "predict_proba")
+    assert isinstance(model, FittedCell) and model.spec.classifier == "logreg"
     again = search_json(capsys, "--dataset", in_small["spec"], "--query", query, "--k", "6", "--rerank", run)
     assert [r["path"] for r in again["results"]] == [r["path"] for r in out["results"]]
     assert cli.main(["search", "--dataset", in_small["spec"], "--query", query, "--rerank", run,
@@ -266,6 +269,62 @@ def test_the_search_job_kind_answers_as_the_cli_does(in_small, capsys):
         kinds.search_job({**args, "kk": 3}, Store(), lambda *a, **f: None, lambda: False)
 
 
+def test_searching_a_cached_set_in_process_answers_as_search_dataset(in_small):
+    """The page's in-process search (a row of the cached set, or a kept vector) and the CLI's pipeline give
+    the same index kind, neighbours and scores."""
+    dataset = load_dataset(in_small["spec"])
+    vs = search.vectorize(dataset, BACKBONE, "random")
+    query = str(in_small["root"] / "g003" / "v2.jpg")
+    full = search.search_dataset(dataset, query, BACKBONE, "random", k=7)
+    row = search.query_position(vs.paths, query)
+    scores, ids, index = search.search_set(vs.vectors, row, 7, cache_key=(vs.key, dataset.fingerprint))
+    assert index.kind == full.kind and index.from_cache  # search_dataset built and cached the same index
+    here = search.neighbour_rows(ids, scores, vs.paths, vs.groups)
+    assert [(r["path"], r["group"]) for r in here] == [(r["path"], r["group"]) for r in full.results]
+    assert np.allclose([r["score"] for r in here], [r["score"] for r in full.results], atol=1e-6)
+    by_vector = search.search_set(vs.vectors, vs.vectors[row], 7, index=index)
+    assert list(by_vector[1]) == list(ids)
+
+
+def test_a_search_runs_in_process_only_with_the_vector_at_hand_and_no_rerank(in_small, tmp_path):
+    dataset = load_dataset(in_small["spec"])
+    vs = search.vectorize(dataset, BACKBONE, "random")
+    assert search.local_query(4, vs.key, vs.digests[4]) == 4
+    assert search.search_in_process(4, vs.key, vs.digests[4])
+    assert not search.search_in_process(4, vs.key, vs.digests[4], rerank=in_small["run"])  # refits: a job
+    upload = tmp_path / "unseen.png"
+    Image.open(in_small["root"] / "g004" / "v1.jpg").rotate(11).save(upload)
+    digest = file_digest(upload)
+    assert not search.search_in_process(None, vs.key, digest)  # never vectorised: a job
+    search.search_dataset(dataset, str(upload), BACKBONE, "random", k=3)  # vectorises it once and keeps it
+    kept = search.local_query(None, vs.key, digest)
+    assert kept is not None and kept.shape == (vs.vectors.shape[1],)
+    assert search.search_in_process(None, vs.key, digest)
+    assert not search.search_in_process(None, vs.key, digest, rerank=in_small["run"])
+
+
+def test_neighbours_of_a_row_leave_it_out_and_match_brute_force():
+    vectors, _ = clustered(n_groups=10, per_group=4)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = unit @ unit[5]
+    sims[5] = -np.inf
+    found = search.neighbours_of(vectors, 5, k=6)
+    assert [i for i, _ in found] == list(np.argsort(-sims)[:6])
+    assert np.allclose([s for _, s in found], np.sort(sims)[::-1][:6], atol=1e-5)
+    assert search.neighbours_of(vectors, len(vectors), k=3) == []
+
+
+def test_hard_negatives_mine_through_the_one_index():
+    """simlab.pairs mines with simlab.neighbours' flat index: the same answer as passing it in."""
+    from simlab.neighbours import build_index as neighbours_index
+    from simlab.pairs import build_index as pairs_index
+
+    assert pairs_index is neighbours_index is search.build_index
+    vectors, groups = clustered()
+    own = mine_hard_negatives(vectors, groups, k=2)
+    assert np.array_equal(own, mine_hard_negatives(vectors, groups, k=2, index=build_index(vectors, "flat")))
+
+
 # --------------------------------------------------------------------------- the Search page
 
 
@@ -294,7 +353,7 @@ def cards(at) -> list[str]:
 
 def choose_random_set(at):
     vector_set = at.selectbox(key="search_set")
-    random_set = next(i for i, label in enumerate(vector_set.options) if "random weights" in label)
+    random_set = next(i for i, label in enumerate(vector_set.options) if choice_label("weights", "random") in label)
     vector_set.set_value(random_set).run()
     assert not at.exception, at.exception
     return at
@@ -306,7 +365,7 @@ def test_search_page_shows_neighbours_with_badges(in_small):
     assert not at.error
     choose_random_set(at)
     found = cards(at)
-    assert len(found) == 12
+    assert len(found) == default("k")  # the declared default
     assert "#1 · g000/<wbr>v0.<wbr>jpg" in found[0] and ">query<" in found[0]  # the first image finds itself
     for card in found[1:]:  # the badge says whether a neighbour is of the query's group
         assert (">✓ same group<" in card) == ("group g000<" in card), card
@@ -346,7 +405,7 @@ def test_search_page_vectorises_an_upload_once_whatever_the_controls(in_small, t
     at.file_uploader(key="search_upload").set_value(("new.png", upload.read_bytes(), "image/png")).run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
-    assert len(cards(at)) == 12
+    assert len(cards(at)) == default("k")
     searches = [j for j in store.jobs() if j["kind"] == "search"]
     assert len(searches) == before + 1 and searches[0]["status"] == "done"  # the first search vectorised it
     at.slider(key="search_k").set_value(5).run()

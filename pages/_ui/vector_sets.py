@@ -9,6 +9,7 @@ import numpy as np
 import streamlit as st
 
 from pages._ui.store import cached_runs
+from simlab.runspec import split_backbone
 from simlab.vectors.cache import CorruptCache, VectorCache, cached_sets, read_path
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def read_set(path: str, mtime: float) -> tuple[np.ndarray, list[str]]:
 def vectors_cached(fingerprint: str, backbone: str, weights: str) -> bool:
     """Whether the vectors of a backbone (or of each part of a fusion "a+b") are cached for a dataset."""
     try:
-        return all(VectorCache(b, weights).has(fingerprint) for b in backbone.split("+"))
+        return all(VectorCache(b, weights).has(fingerprint) for b in split_backbone(backbone))
     except ValueError:  # a backbone no longer in the registry
         return False
 

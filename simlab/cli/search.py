@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from simlab.cli.guard import backbone_flag
+from simlab.cli.guard import backbone_flag, option_flag
 from simlab.cli.progress_bar import ProgressBar
 from simlab.data import load_dataset
 from simlab.search import FLAT_MAX, INDEX_KINDS, SearchResult, search_dataset
@@ -19,7 +19,7 @@ def add_cli(subparsers, data_args) -> None:
     backbone_flag(p, "--backbone", "backbone", default=None,
                   help="backbone of the vectors (default: the bundled one, or the --rerank run's)")
     p.add_argument("--query", required=True, help="path of the query image (in the dataset or not)")
-    p.add_argument("--k", type=int, default=10, help="how many neighbours (default 10)")
+    option_flag(p, "--k", "k")
     p.add_argument("--rerank", metavar="RUN_ID", help="re-order by this run's pair classifier (P same scene)")
     p.add_argument("--shortlist", type=int, help="with --rerank: neighbours re-ranked (default 3k)")
     p.add_argument("--index", default="auto", choices=INDEX_KINDS,
@@ -48,8 +48,6 @@ def vectorising(message: str, fields: dict) -> str:
 
 
 def cmd_search(args) -> int:
-    if args.k < 1:
-        raise ValueError("--k must be at least 1")
     dataset = load_dataset(args.dataset)
     report = StageLines(stages=args.stages or not args.json, bar=not args.json)
     result = search_dataset(dataset, args.query, args.backbone, args.weights, k=args.k, rerank=args.rerank,
