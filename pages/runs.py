@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 
 import pandas as pd
 import streamlit as st
@@ -15,7 +16,8 @@ from pages._ui.run_names import run_title, run_title_when
 from pages._ui.store import cached_runs, clear_runs_cache, store, store_path
 from pages._ui.store_guard import corrupt_runs_panel, store_guard
 from simlab import jobs
-from simlab.evaluate import headline_metrics, metric_scope
+from simlab.evaluate import headline_metrics, metric_scope, not_comparable
+from simlab.experiment import rerun_config
 from simlab.options import choice_label
 from simlab.store import Run
 
@@ -159,39 +161,25 @@ if not selected:
     st.stop()
 
 
-def rerun_config(run: Run) -> dict | None:
-    """The grid that reproduces a grid run (a fused backbone 'a+b' re-runs a, b and their fusion)."""
-    if not run.is_grid or not run.config.get("backbones"):
-        return None
-    config = dict(run.config)
-    parts = str(run.backbone or config["backbones"][0]).split("+")
-    config["backbones"] = parts
-    config["fusion"] = len(parts) > 1
-    return config
-
-
 def compare_two(a: Run, b: Run) -> None:
-    """The link to the Two-runs page for two selected runs, when they were scored on the same test pairs."""
-    if not (a.done and b.done):
-        st.caption("Two finished runs can be compared pair by pair.")
-        return
-    keys = store().test_pairs_keys([a.id, b.id])
-    if a.id in keys and keys.get(a.id) == keys.get(b.id):
+    """The link to the Two-runs page for two selected runs, when they can be compared pair by pair."""
+    why_not = not_comparable(a, b, store().test_pairs_keys([a.id, b.id]) if a.done and b.done else {})
+    if why_not:
+        st.caption(why_not)
+    else:
         page_link("pages/diff.py", "Compare pair by pair", icon=":material/compare_arrows:",
                   query_params={"a": a.id, "b": b.id})
-    else:
-        st.caption("These two runs were scored on different test pairs, so they cannot be compared pair by pair.")
 
 
 st.markdown(f"**{len(selected)} run(s) selected**")
 a1, a2, a3 = st.columns([1, 1, 3], vertical_alignment="center")
-configs = [c for c in (rerun_config(r) for r in selected) if c]
+configs = [c for c in (rerun_config(r) for r in selected) if c]  # GridConfigs
 with a1:
     if st.button("Run again", icon=":material/replay:", disabled=not configs,
                  help="Starts a grid job with the same configuration (seed included) for each selected run."
                  if configs else "Only pair-classifier runs can be re-run from here."):
         for config in configs:
-            start_job("grid", config)
+            start_job("grid", asdict(config))
         st.toast(f"Started {len(configs)} job(s); progress is shown at the top of this page.",
                  icon=":material/autorenew:")
         st.rerun()

@@ -8,6 +8,7 @@ vectors on all of the dataset's images, a fine-tune run's is its embeddings' on 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,6 +151,17 @@ class PairDiff:
         change = (d["prob_b"] - d["prob_a"]).abs()
         return d.assign(_change=change).sort_values(["outcome", "_change"], ascending=[False, False],
                                                     kind="stable").drop(columns="_change")
+
+
+def not_comparable(run_a, run_b, test_pairs_keys: Mapping[str, str]) -> str | None:
+    """Why two stored runs cannot be compared pair by pair (one line), or None when they can: both finished
+    and scored on the same test pairs (``test_pairs_keys``: run id -> digest, ``Store.test_pairs_keys``)."""
+    if not (run_a.done and run_b.done):
+        return "Two finished runs can be compared pair by pair."
+    key = test_pairs_keys.get(run_a.id)
+    if key is None or key != test_pairs_keys.get(run_b.id):
+        return "These two runs were scored on different test pairs, so they cannot be compared pair by pair."
+    return None
 
 
 def pair_diff(preds_a: pd.DataFrame, preds_b: pd.DataFrame, threshold_a: float = 0.5,

@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,7 @@ from simlab.merge import fuse
 from simlab.progress import Cancelled, Progress, ShouldStop, silent
 from simlab.protocol import VALIDATION_SIZE, Protocol, SplitPairs, validation_pairs  # noqa: F401 - re-exported
 from simlab.provenance import git_commit, library_versions
-from simlab.runspec import RunSpec, fused_name, run_key
+from simlab.runspec import RunSpec, fused_name, is_fused, run_key, split_backbone, stored_spec
 from simlab.search import build_index
 from simlab.store import Run, Store, new_id
 from simlab.vectors import VectorSet, vectorize_many
@@ -116,6 +116,24 @@ def stored_cells(config: GridConfig, runs, fingerprint: str | None = None) -> di
         if cell is not None and cell not in found:
             found[cell] = run
     return found
+
+
+def rerun_config(run) -> GridConfig | None:
+    """The grid that runs a stored grid run (a ``simlab.store.Run``) again: its method, protocol and seed on its
+    dataset; a fused backbone re-runs its parts and their fusion. None for a run that is not a grid cell."""
+    if not run.is_grid:
+        return None
+    try:
+        spec = stored_spec(run)
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not (spec.backbone and spec.merge and spec.classifier):
+        return None
+    grid_fields = {f.name for f in fields(GridConfig)}
+    return GridConfig(dataset=spec.dataset, backbones=split_backbone(spec.backbone), merges=[spec.merge],
+                      classifiers=[spec.classifier], fusion=is_fused(spec.backbone),
+                      library_defaults=spec.library_defaults,
+                      **{k: v for k, v in spec.protocol.to_dict().items() if k in grid_fields})
 
 
 def common_images(sets: dict[str, VectorSet]) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
