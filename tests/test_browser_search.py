@@ -43,6 +43,7 @@ def test_an_unrelated_upload_re_ranked_by_a_run_says_no_close_match(searchable):
         page.get_by_text("Upload an image", exact=True).click()
         settle(page)
         page.locator('input[type="file"]').set_input_files(str(searchable["stranger"]))
+        page.get_by_text("nearest images").first.wait_for(timeout=SEARCH_TIMEOUT)  # the re-ranked results
         settle(page, timeout=SEARCH_TIMEOUT)
         shot(page, SHOTS / "search_no_close_match.png")
         warning = page.get_by_text("No close match.")
