@@ -21,7 +21,7 @@ from simlab.classifiers import CLASSIFIERS
 from simlab.evaluate import headline_metrics, metric_scope, reliability
 from simlab.merge import MERGES
 from simlab.options import choice_label
-from simlab.reference import ALIASES, STUDY_TEST_PAIRS, published_accuracies
+from simlab.reference import ALIASES, STUDY_TEST_PAIRS
 from simlab.report.figures import square_heatmap
 from simlab.report.reliability import CAPTION as RELIABILITY_CAPTION
 from simlab.report.reliability import reliability_figure
@@ -34,6 +34,7 @@ from simlab.report.tables import (
     one_per_config,
     ordered,
     runs_table,
+    study_summary,
     study_table,
 )
 
@@ -227,7 +228,6 @@ def leaderboard(frame: pd.DataFrame, metric: str) -> None:
 def study_comparison(all_runs: pd.DataFrame, fingerprint: str) -> None:
     """Beside the 2017 study's published table, cell by cell, when its protocol's runs exist."""
     ours = all_runs[(all_runs.fingerprint == fingerprint) & (all_runs.weights == "imagenet")]
-    pub = published_accuracies()
     table = study_table(all_runs, fingerprint)
     if table.empty:
         return
@@ -237,14 +237,10 @@ def study_comparison(all_runs: pd.DataFrame, fingerprint: str) -> None:
     if not str(dataset).startswith("holidays:"):
         st.caption(f"The published numbers are for INRIA Holidays; this dataset is {escape_md(dataset)}, "
                    "so the differences below compare different images.")
-    has_group = table["group"].notna().any()
-    c = st.columns(4)
-    c[0].metric("Cells reproduced", f"{len(table)} / {len(pub)}")
-    c[1].metric("Mean difference", f"{table['delta'].mean():+.3f}", help="Ours (pair split) minus published")
-    c[2].metric("Published inside our 95% CI", f"{int(table['within'].sum())} / {len(table)}")
-    if has_group:
-        c[3].metric("Group split vs pair split", f"{table['leak'].mean():+.3f}",
-                    help="Mean accuracy on held-out scenes minus the leaky pair split: what the leak was worth.")
+    summary = study_summary(table)
+    has_group = summary.group_vs_pair is not None
+    for column, (label, value, why) in zip(st.columns(4), summary.tiles()):
+        column.metric(label, value, help=why or None)
     table = table.sort_values(["classifier", "backbone", "merge"])
     clf_labels = {k: classifier_name(k) for k in table["classifier"].unique()}
     hover = pd.Series([

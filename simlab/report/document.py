@@ -42,6 +42,7 @@ from simlab.report.tables import (
     run_title,
     runs_table,
     scored,
+    study_summary,
     study_table,
 )
 from simlab.store import Run, Store
@@ -366,17 +367,13 @@ def study_section(sel: Selection, state: dict) -> str:
                 "GaussianNB, LinearSVC, XGBoost, RandomForest) on INRIA Holidays with a pair split. None of these "
                 "runs is such a cell, so there is nothing to set beside it.</p></section>")
     table = table.sort_values(["classifier", "backbone", "merge"])
-    has_group = table["group"].notna().any()
+    summary = study_summary(table)
+    has_group = summary.group_vs_pair is not None
     note = "" if str(sel.spec).startswith("holidays:") else (
         f'<p class="warn">The published numbers are for INRIA Holidays; this dataset is {esc(sel.spec)}, so '
         "the differences compare different images.</p>")
-    stats = [("Cells reproduced", f"{len(table)} / {len(pub)}"),
-             ("Mean difference", f"{table['delta'].mean():+.3f}"),
-             ("Published inside our 95% CI", f"{int(table['within'].sum())} / {len(table)}")]
-    if has_group:
-        stats.append(("Group split − pair split", f"{table['leak'].mean():+.3f}"))
     tiles = "".join(f'<div class="tile small"><div class="tile-label">{k}</div><div class="tile-value">{v}</div>'
-                    "</div>" for k, v in stats)
+                    "</div>" for k, v, _ in summary.tiles())
     bound = max(0.02, float(table["delta"].abs().max()))
     hover = pd.Series([
         f"<b>{ALIASES.get(r.backbone, r.backbone)} + {r.merge} + {display_name(r.classifier)}</b><br>"

@@ -6,6 +6,7 @@ Shared by the Compare page and the HTML report, so both show the same numbers fo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -130,3 +131,36 @@ def study_table(all_runs: pd.DataFrame, fingerprint: str) -> pd.DataFrame:
     table["within"] = (table["published"] >= table["accuracy_lo"]) & (table["published"] <= table["accuracy_hi"])
     table["leak"] = table["group"] - table["accuracy"]
     return table
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """The study comparison in four numbers: cells the study published and that our runs reproduce, the mean
+    of ours minus published, how many published numbers lie inside our 95% interval, and the mean of the
+    group split minus the pair split over the cells run both ways (None: none was)."""
+
+    published: int
+    reproduced: int
+    mean_difference: float
+    within: int
+    group_vs_pair: float | None
+
+    def tiles(self) -> list[tuple[str, str, str]]:
+        """(label, value, help) of each number, as the Compare page and the report show them."""
+        out = [("Cells reproduced", f"{self.reproduced} / {self.published}", ""),
+               ("Mean difference", f"{self.mean_difference:+.3f}", "Ours (pair split) minus published"),
+               ("Published inside our 95% CI", f"{self.within} / {self.reproduced}", "")]
+        if self.group_vs_pair is not None:
+            out.append(("Group split vs pair split", f"{self.group_vs_pair:+.3f}",
+                        "Mean accuracy on held-out scenes minus the leaky pair split: what the leak was worth."))
+        return out
+
+
+def study_summary(table: pd.DataFrame) -> StudySummary | None:
+    """The summary of :func:`study_table`'s ``table``; None when it is empty (no run reproduces a cell)."""
+    if table.empty:
+        return None
+    leak = table["leak"].dropna()
+    return StudySummary(published=len(published_accuracies()), reproduced=len(table),
+                        mean_difference=float(table["delta"].mean()), within=int(table["within"].sum()),
+                        group_vs_pair=float(leak.mean()) if len(leak) else None)
