@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from pages._ui.formatting import STATUS_ICONS, classifier_name, escape_md, fmt_duration, fmt_when, map_column
-from pages._ui.job_panel import job_panel, show_job_error, start_job
+from pages._ui.job_panel import job_label, job_panel, show_job_error, start_job
 from pages._ui.links import page_link
 from pages._ui.run_names import run_title, run_title_when
 from pages._ui.store import cached_runs, clear_runs_cache, store, store_path
@@ -39,25 +39,18 @@ st.caption("Everything simlab has computed: background jobs (vectorising, grids,
 # --------------------------------------------------------------------------- jobs
 
 st.subheader("Jobs")
-all_jobs = jobs.list_jobs(store_path())
+all_jobs = jobs.job_records(store_path())
 if not all_jobs:
     st.info("No jobs yet. Start one from the Home page (the demo), Vectorize or Train.",
             icon=":material/arrow_forward:")
 else:
-    active = [j for j in all_jobs if j["status"] in jobs.ACTIVE]
-    for job in active:
+    for job in [j for j in all_jobs if j.active]:
         with st.container(border=True):
-            st.caption(f"Job {job['id']} · started {fmt_when(job.get('started') or job['created'])}")
-            job_panel(job["id"])
-    rows = []
-    for j in all_jobs[:JOBS_SHOWN]:
-        end = j.get("finished") or (None if j["status"] in jobs.ACTIVE else j.get("heartbeat"))
-        start = j.get("started") or j["created"]
-        rows.append({"status": f"{STATUS_ICONS.get(j['status'], '')} {j['status']}",
-                     "job": jobs.JOB_LABELS.get(j["kind"], j["kind"]), "created": fmt_when(j["created"]),
-                     "duration": fmt_duration((end or start) - start) if j["status"] not in jobs.ACTIVE else "running",
-                     "progress": (j.get("done") or 0) / j["total"] if j.get("total") else None,
-                     "message": j.get("message") or "", "id": j["id"]})
+            st.caption(f"Job {job.id} · started {fmt_when(job.start)}")
+            job_panel(job.id)
+    rows = [{"status": f"{STATUS_ICONS.get(j.status, '')} {j.status}", "job": job_label(j),
+             "created": fmt_when(j.created), "duration": "running" if j.active else fmt_duration(j.duration),
+             "progress": j.progress, "message": j.message or "", "id": j.id} for j in all_jobs[:JOBS_SHOWN]]
     jobs_table = st.dataframe(
         pd.DataFrame(rows), hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
         key="jobs_table",
@@ -68,16 +61,16 @@ else:
         st.caption(f"Showing the {JOBS_SHOWN} newest of {len(all_jobs)} jobs.")
     picked = jobs_table.selection.rows if jobs_table else []
     if picked:
-        job = next(j for j in all_jobs if j["id"] == rows[picked[0]]["id"])
+        job = next(j for j in all_jobs if j.id == rows[picked[0]]["id"])
         with st.container(border=True):
-            st.markdown(f"**Job {job['id']}** · {jobs.JOB_LABELS.get(job['kind'], job['kind'])} · {job['status']}")
-            if job["status"] == "failed":
+            st.markdown(f"**Job {job.id}** · {job_label(job)} · {job.status}")
+            if job.status == "failed":
                 show_job_error(job)
             with st.expander("Parameters and result"):
-                st.json({"params": job.get("params"), "result": job.get("result")}, expanded=False)
-            if job["status"] not in jobs.ACTIVE and st.button("Delete this job", key=f"del_job_{job['id']}",
-                                                              help="Removes the job's record, not its runs."):
-                store().delete_job(job["id"])
+                st.json({"params": job.params, "result": job.result}, expanded=False)
+            if not job.active and st.button("Delete this job", key=f"del_job_{job.id}",
+                                            help="Removes the job's record, not its runs."):
+                store().delete_job(job.id)
                 st.rerun()
     st.caption("Select a job to see its parameters, result or error.")
 

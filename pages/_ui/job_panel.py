@@ -13,6 +13,7 @@ import streamlit as st
 from pages._ui.formatting import fmt_duration
 from pages._ui.store import clear_runs_cache, same_dataset, store, store_path
 from simlab import jobs
+from simlab.store import Job
 
 JOBS_KEY = "jobs"  # st.session_state key: {job kind: id of the job this session started last}
 
@@ -69,48 +70,52 @@ def wait_for_job(job_id: str, bar, timeout: float, poll: float = 0.2) -> dict | 
         time.sleep(poll)
 
 
-def job_label(job: dict) -> str:
+def as_job(job: dict | Job) -> Job:
+    """A job row (as ``get_job`` returns it) as a typed record; a record as it is."""
+    return job if isinstance(job, Job) else Job.from_row(job)
+
+
+def job_label(job: dict | Job) -> str:
     """What the job does, in words ("Vectorising", "Grid of runs", ...)."""
-    return jobs.JOB_LABELS.get(job["kind"], job["kind"])
+    kind = as_job(job).kind
+    return jobs.JOB_LABELS.get(kind, kind or "")
 
 
-def _progress_text(job: dict) -> tuple[float, str]:
-    done, total = job.get("done") or 0, job.get("total") or 0
-    frac = min(max(done / total, 0.0), 1.0) if total else 0.0
-    elapsed = time.time() - (job.get("started") or job.get("created") or time.time())
-    msg = job.get("message") or ""
-    pct = f"{frac:.0%} · " if total else ""
-    return frac, f"{job_label(job)} — {pct}{msg} ({fmt_duration(elapsed)})"
+def _progress_text(job: dict | Job) -> tuple[float, str]:
+    job = as_job(job)
+    frac = job.progress or 0.0
+    pct = f"{frac:.0%} · " if job.total else ""
+    return frac, f"{job_label(job)} — {pct}{job.message or ''} ({fmt_duration(job.elapsed())})"
 
 
-def stopped_progress(job: dict) -> tuple[float, str]:
+def stopped_progress(job: dict | Job) -> tuple[float, str]:
     """A cancelled job's bar: where it stopped (never a full bar), marked cancelled."""
-    done, total = job.get("done") or 0, job.get("total") or 0
-    frac = min(max(done / total, 0.0), 1.0) if total else 0.0
-    during = (job.get("fields") or {}).get("stopped_during") or ""
-    where = f"at {frac:.0%}" if total else "before any progress"
-    took = fmt_duration((job.get("finished") or 0) - (job.get("started") or job.get("created") or 0))
-    return frac, f"■ Cancelled {where}{f' · {during}' if during else ''} (after {took})"
+    job = as_job(job)
+    frac = job.progress or 0.0
+    during = job.fields.get("stopped_during") or ""
+    where = f"at {frac:.0%}" if job.total else "before any progress"
+    return frac, f"■ Cancelled {where}{f' · {during}' if during else ''} (after {fmt_duration(job.duration)})"
 
 
-def show_job_error(job: dict) -> None:
+def show_job_error(job: dict | Job) -> None:
     """A failed job: its short message, and the traceback in a collapsed expander."""
-    st.error(f"{job_label(job)} failed: {job.get('message') or 'unknown error'}", icon=":material/error:")
-    if job.get("error"):
+    job = as_job(job)
+    st.error(f"{job_label(job)} failed: {job.message or 'unknown error'}", icon=":material/error:")
+    if job.error:
         with st.expander("Details (traceback)"):
-            st.code(job["error"], language=None)
+            st.code(job.error, language=None)
 
 
-def _job_final(job: dict) -> None:
-    status = job["status"]
+def _job_final(job: dict | Job) -> None:
+    job = as_job(job)
     label = job_label(job)
-    took = fmt_duration((job.get("finished") or 0) - (job.get("started") or job.get("created") or 0))
-    if status == "done":
-        st.success(f"{label} finished in {took}. {job.get('message') or ''}", icon=":material/check_circle:")
-    elif status == "cancelled":
+    took = fmt_duration(job.duration)
+    if job.status == "done":
+        st.success(f"{label} finished in {took}. {job.message or ''}", icon=":material/check_circle:")
+    elif job.status == "cancelled":
         st.progress(*stopped_progress(job))
-        st.warning(f"{label} was cancelled. {job.get('message') or ''}", icon=":material/stop_circle:")
-    elif status == "failed":
+        st.warning(f"{label} was cancelled. {job.message or ''}", icon=":material/stop_circle:")
+    elif job.status == "failed":
         show_job_error(job)
 
 

@@ -50,7 +50,3 @@ def clear_runs_cache() -> None:
     """Forget the cached runs list (after deleting or adding runs)."""
     _runs.clear()
 
-
-def runs_frame():
-    """store().runs_frame() for finished pair runs."""
-    return store().runs_frame(status="done")

@@ -15,7 +15,7 @@ from simlab.jobs.reaper import reap_stale
 from simlab.jobs.registry import check_kind
 from simlab.jobs.request import request_params
 from simlab.paths import REPO_ROOT
-from simlab.store import HOST, process_started
+from simlab.store import HOST, Job, process_started
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +75,15 @@ def active_jobs(kind: str | None = None, store_path: str | Path | None = None) -
     store = open_store(store_path)
     reap_stale(store)
     return [j for j in store.jobs() if j["status"] in ACTIVE and (kind is None or j["kind"] == kind)]
+
+
+def job_record(job_id: str, store_path: str | Path | None = None) -> Job | None:
+    """One job as a typed record (its duration and elapsed time computed once), or None."""
+    return open_store(store_path).job(job_id)
+
+
+def job_records(store_path: str | Path | None = None, status: str | None = None) -> list[Job]:
+    """Every job as a typed record, newest first (after marking dead workers' jobs as failed)."""
+    store = open_store(store_path)
+    reap_stale(store)
+    return store.list_jobs(status)

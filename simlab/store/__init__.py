@@ -17,6 +17,7 @@ predictions that cannot be read are left out of :meth:`Store.predictions` and na
 
     schema.py   the tables, their versions and migrations, the errors a store raises
     run.py      the typed Run record
+    job.py      the typed Job record (its duration and elapsed time computed once)
     owner.py    a process told by pid, start time and machine (psutil)
 """
 
@@ -38,6 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from simlab.paths import cache_dir
+from simlab.store.job import ACTIVE_JOBS, Job
 from simlab.store.owner import HOST, owner_process, process_started
 from simlab.store.run import KIND_COLUMN, KINDS, CorruptRun, Run, show, text_problem, what_is
 from simlab.store.schema import (
@@ -57,10 +59,9 @@ from simlab.store.schema import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HOST", "MIGRATIONS", "SCHEMA_VERSION", "CorruptRun", "Run", "Store", "StoreCorrupt", "StoreError",
+__all__ = ["HOST", "MIGRATIONS", "SCHEMA_VERSION", "CorruptRun", "Job", "Run", "Store", "StoreCorrupt", "StoreError",
            "StoreFull", "StoreTooNew", "new_id", "owner_process", "params_key", "process_started"]
 
-ACTIVE_JOBS = ("queued", "running")
 INTERRUPTED = "interrupted (process ended)"  # the error of a run whose process ended while it ran
 REAP_INTERVAL = 3.0  # seconds between two looks for orphaned runs by the readers of one store
 MIN_FREE_BYTES = 16 * 2**20  # below this much free disk, work is not started
@@ -338,37 +339,40 @@ class Store:
     def list_runs(self, status: str | None = None, kind: str | None = None,
                   fingerprint: str | None = None) -> list[Run]:
         """Runs as typed records, newest first; ``kind`` is "grid" or "finetune" (as ``Run.kind``)."""
+        sql, args = self._runs_query(status, kind, fingerprint)
+        return [run for run, _ in self._read_runs(sql, args)[0]]
+
+    @staticmethod
+    def _runs_query(status: str | None, kind: str | None, fingerprint: str | None) -> tuple[str, list]:
+        """The SQL of a filtered list of runs: ``kind`` as ``Run.kind`` ("grid" matches the rows stored as "pair"
+        and the oldest, NULL ones; the stored name "pair" is read as "grid")."""
         where, args = [], []
         for col, val in (("status", status), ("fingerprint", fingerprint)):
             if val is not None:
                 where.append(f"{col} = ?")
                 args.append(val)
         if kind is not None:
+            kind = KINDS.get(kind, kind)
             stored = [k for k, v in KINDS.items() if v == kind and k is not None] or [KIND_COLUMN.get(kind, kind)]
             null = " OR kind IS NULL" if KINDS.get(None) == kind else ""
             where.append(f"(kind IN ({', '.join('?' * len(stored))}){null})")
             args.extend(stored)
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created DESC"
-        return [run for run, _ in self._read_runs(sql, args)[0]]
+        return sql, args
 
     def runs(self, status: str | None = None, kind: str | None = None, fingerprint: str | None = None) -> list[dict]:
-        """Runs as row dicts, newest first, optionally filtered (corrupt rows left out: :meth:`corrupt_runs`)."""
-        where, args = [], []
-        for col, val in (("status", status), ("kind", kind), ("fingerprint", fingerprint)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                args.append(val)
-        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created DESC"
+        """Runs as row dicts, newest first, filtered as :meth:`list_runs` filters them (corrupt rows left out:
+        :meth:`corrupt_runs`). Prefer :meth:`list_runs`, which returns typed records."""
+        sql, args = self._runs_query(status, kind, fingerprint)
         return [self._row(row) for _, row in self._read_runs(sql, args)[0]]
 
     def runs_frame(self, **filters) -> pd.DataFrame:
         """Finished runs as a table: config columns plus one column per metric."""
         rows = []
-        for r in self.runs(**filters):
-            metrics = r.get("metrics") or {}
+        for run in self.list_runs(**filters):
+            r = run.to_row()  # ``kind`` as stored ("pair" for a grid cell), as the CLI has always printed it
             rows.append({k: r[k] for k in ("id", "created", "status", "kind", "dataset", "backbone", "merge",
-                                           "classifier", "split", "seed")} | metrics
-                        | {"seconds": (r.get("timings") or {}).get("total")})
+                                           "classifier", "split", "seed")} | run.metrics | {"seconds": run.seconds})
         return pd.DataFrame(rows)
 
     def predictions(self, run_id: str) -> pd.DataFrame:
@@ -478,6 +482,15 @@ class Store:
             sql, args = sql + " WHERE status = ?", [status]
         with self._connect() as db:
             return [self._row(r) for r in db.execute(sql + " ORDER BY created DESC", args).fetchall()]
+
+    def job(self, job_id: str) -> Job | None:
+        """The job as a typed record, or None."""
+        row = self.get_job(job_id)
+        return Job.from_row(row) if row is not None else None
+
+    def list_jobs(self, status: str | None = None) -> list[Job]:
+        """Jobs as typed records, newest first."""
+        return [Job.from_row(row) for row in self.jobs(status)]
 
     def delete_job(self, job_id: str) -> None:
         with self._connect() as db:
