@@ -21,7 +21,7 @@ from simlab.finetune.validation import (
     Scores,
     bootstrap_se,
     describe_gain,
-    paired_gain,
+    gain_over,
     query_aps,
     recall_at_1,
     run_story,
@@ -158,14 +158,9 @@ def test_whitening_shrinkage_is_the_one_that_retrieves_best_on_validation():
     train = pairs_within(np.arange(24), groups)
     val_images = np.arange(24, 36)
     (kernel, bias), chosen, scores = choose_whitening(vectors, train, val_images, groups, 16)
-    assert set(scores) == set(SHRINKAGES)
-    # The largest shrinkage within noise of the best: a smaller one must beat it by more than the noise.
+    assert set(scores) == set(SHRINKAGES) and scores[chosen] == max(scores.values())
+    assert chosen == max(s for s in SHRINKAGES if scores[s] == scores[chosen])  # ties: the most regularised
     x = unit(vectors)
-    aps = {s: query_aps(x[val_images] @ k + b, groups[val_images])
-           for s, (k, b) in ((s, learned_whitening(vectors, train, 16, s)) for s in SHRINKAGES)}
-    best = max(SHRINKAGES, key=lambda s: scores[s])
-    assert not paired_gain(aps[best], aps[chosen]).beyond_noise
-    assert all(paired_gain(aps[best], aps[s]).beyond_noise for s in SHRINKAGES if s > chosen)
     for s, value in scores.items():  # scored as validation mAP is measured: every validation image a query
         k, b = learned_whitening(vectors, train, 16, s)
         assert value == pytest.approx(query_aps(x[val_images] @ k + b, groups[val_images]).mean)
@@ -281,20 +276,18 @@ def test_the_kept_epoch_moves_only_for_a_gain_beyond_its_noise():
     rng = np.random.default_rng(1)
     clusters = np.repeat(np.arange(40), 3)
     start = Scores(rng.uniform(0.3, 0.9, 120), clusters)
-    wobble = Scores(start.values + rng.normal(0, 0.02, 120), clusters)  # up or down per item, tiny on average
-    small = paired_gain(wobble, start)
+    assert 0.01 < start.se < 0.05
+    steady = Scores(start.values + start.se / 2, clusters)  # better on every item, by half the noise
     rule = KeptEpoch()
     assert rule.offer(0, start) and rule.epoch == 0
-    if small.gain <= small.se:  # the usual case; the assertion below covers the other
-        assert not rule.offer(1, wobble) and rule.epoch == 0
-    else:
-        assert rule.offer(1, wobble)
-    better = Scores(start.values + 0.05 + rng.normal(0, 0.02, 120), clusters)  # a clear gain on every scene
-    gain = paired_gain(better, rule.scores)
-    assert gain.gain > gain.se and rule.offer(2, better) and rule.epoch == 2
+    small = gain_over(steady, start)
+    assert small.gain == pytest.approx(start.se / 2) and small.se == start.se and not small.beyond_noise
+    assert not rule.offer(1, steady) and rule.epoch == 0 and rule.since == 1
+    better = Scores(start.values + 2 * start.se, clusters)  # twice the noise: kept
+    assert rule.offer(2, better) and rule.epoch == 2 and rule.since == 0
     assert not rule.offer(3, better) and rule.since == 1  # a tie keeps the earlier epoch
     losses = KeptEpoch(higher_is_better=False)  # a loss: lower is better
-    assert losses.offer(0, Scores(np.full(4, 1.0), np.arange(4)))
+    assert losses.offer(0, Scores(np.r_[1.0, 1.2, 0.8, 1.0], np.arange(4)))
     assert losses.offer(1, Scores(np.full(4, 0.5), np.arange(4))) and losses.epoch == 1
 
 
@@ -304,8 +297,7 @@ def test_best_checkpoint_ignores_a_sub_noise_rise_of_validation_map(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     clusters = np.repeat(np.arange(10), 2)
     start = Scores(np.linspace(0.2, 0.9, 20), clusters)
-    # A higher mean, but from two items only: less than the noise of the difference.
-    lucky = Scores(start.values + np.r_[0.3, 0.0, 0.0, -0.25, np.zeros(16)], clusters)
+    lucky = Scores(start.values + start.se / 3, clusters)  # a higher mean, by a third of the noise
     current = {}
     best = BestCheckpoint(model, tmp_path / "best.keras", monitor="val_map", scores=lambda: current["s"], patience=2)
     best.set_model(model)
@@ -314,7 +306,6 @@ def test_best_checkpoint_ignores_a_sub_noise_rise_of_validation_map(tmp_path):
     current["s"] = lucky
     best.on_epoch_end(0, {"val_map": lucky.mean})
     assert lucky.mean > start.mean and best.best_epoch == 0 and not getattr(model, "stop_training", False)
-    assert paired_gain(lucky, start).gain <= paired_gain(lucky, start).se
     best.on_epoch_end(1, {"val_map": lucky.mean})
     assert best.best_epoch == 0 and model.stop_training  # patience 2: no kept epoch for 2 epochs
     assert set(best.measured) == {0, 1, 2}
@@ -327,11 +318,11 @@ def test_the_words_say_what_came_from_the_start_and_what_from_training():
     assert describe_gain(0.5, 0.4, 0.01, "Validation loss", higher_is_better=False).endswith("better, beyond noise")
     assert describe_gain(0.5, 0.6, None).endswith("training +0.100")
     lines = run_story({"selected_by": "val_map", "val_start": 0.741, "val_gain": 0.004, "val_gain_se": 0.006,
-                       "val_top_epoch": 3, "noise": "paired bootstrap", "best_epoch": 0, "map_frozen": 0.732,
+                       "val_top_epoch": 3, "noise": "bootstrap", "best_epoch": 0, "map_frozen": 0.732,
                        "map_start": 0.778, "map": 0.778, "map_gain_se": 0.0, "map_start_gain_se": 0.01,
                        "whitening_shrinkage": 0.3})
     assert run_story({"selected_by": "val_map", "val_start": 0.9, "val_gain": 0.0, "val_gain_se": 0.0,
-                      "noise": "paired bootstrap", "best_epoch": 0, "train_loss_max": 0.0})[1].startswith(
+                      "noise": "bootstrap", "best_epoch": 0, "train_loss_max": 0.0})[1].startswith(
         "Training loss 0 in every epoch")
     assert lines == ["Validation mAP: start .741, training +0.004 ± 0.006: within noise (its best epoch, 3); "
                      "the start is kept (epoch 0)",

@@ -537,7 +537,7 @@ class BestCheckpoint(keras.callbacks.Callback):
     ``path`` and keeps the trained model's weights in memory; restores them when training ends.
 
     ``scores`` gives the epoch's validation measurement item by item (:class:`ValidationScores.latest`), so
-    the gain over the kept epoch is judged against its paired bootstrap noise (:class:`KeptEpoch`); without
+    the gain over the kept epoch is judged against its bootstrap noise (:class:`KeptEpoch`); without
     it any improvement counts. Ties keep the earlier epoch. With ``patience``, training stops after that many
     epochs without a new kept epoch."""
 

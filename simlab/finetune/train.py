@@ -34,7 +34,7 @@ from simlab.finetune.layers import (
 )
 from simlab.finetune.models import BUILDERS, Built
 from simlab.finetune.towers import register_tuned, run_folder, tuned_name
-from simlab.finetune.validation import Scores, paired_gain, query_aps
+from simlab.finetune.validation import Scores, gain_over, query_aps
 from simlab.merge import merge_pairs
 from simlab.paths import atomic_path
 from simlab.progress import Cancelled, Progress, ShouldStop, silent
@@ -217,14 +217,14 @@ def _selection_summary(config: FinetuneConfig, best: BestCheckpoint, curves: Liv
     monitor = config.selection
     start = curves.history.get(0, {})
     out = {"val_start": start.get(monitor), "val_start_se": start.get(f"{monitor}_se"),
-           "noise": "paired bootstrap over the validation scenes" if best.scores is not None else None}
+           "noise": "bootstrap over the validation scenes" if best.scores is not None else None}
     losses = [curves.history[e]["loss"] for e in sorted(curves.history) if e > 0 and "loss" in curves.history[e]]
     if losses:
         out["train_loss_max"] = float(max(losses))  # 0: the loss found nothing to learn from in any epoch
     measured = best.measured
     if 0 in measured and len(measured) > 1:
         top = max(sorted(measured), key=lambda e: best.sign * measured[e].mean)  # the earliest of the best
-        gain = paired_gain(measured[top], measured[0], best.sign > 0)
+        gain = gain_over(measured[top], measured[0], best.sign > 0)
         out |= {"val_top_epoch": top, "val_gain": best.sign * gain.gain, "val_gain_se": gain.se}
     return out
 
@@ -303,11 +303,10 @@ def _score(config: FinetuneConfig, built: Built, data: PairData, dataset, run_id
 
     embeddings = np.asarray(_predict(built.embedder, built.source, [np.arange(len(built.source))]), np.float32)
     extra["map"] = retrieval_map(embeddings[test_img], data.groups[test_img])
-    if start_test is not None:  # the test mAP split into what the start had and what training added
-        kept = query_aps(embeddings[test_img], data.groups[test_img], queries)
-        extra |= {"map_start": start_test.mean, "map_gain_se": paired_gain(kept, start_test).se}
+    if start_test is not None:  # the test mAP split into what the start had and what training added (and noise)
+        extra |= {"map_start": start_test.mean, "map_gain_se": start_test.se}
         if frozen is not None and len(frozen.values) == len(start_test.values):
-            extra["map_start_gain_se"] = paired_gain(start_test, frozen).se
+            extra["map_start_gain_se"] = frozen.se
     extra["map_scope"] = "test images" if config.split == "group" else "all images"
     name = _save_tower(config, built, data, run_id, int(embeddings.shape[1]))
     extra["tuned_backbone"] = name

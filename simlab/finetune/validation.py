@@ -5,9 +5,9 @@ validation pair's loss); items of one scene are not independent, so the noise is
 bootstrap: the validation scenes are drawn with replacement (``N_BOOT`` times, a fixed seed, so every epoch
 is resampled the same way) and the standard deviation of the resampled means is the standard error.
 
-An epoch replaces the kept one only when it beats it by more than the standard error of the difference
-between the two, measured on the same items and resampled the same way (a paired bootstrap): steps that the
-validation scenes cannot tell from noise never move the kept epoch. Light on purpose: numpy only.
+An epoch replaces the kept one only when it beats it by more than the kept epoch's own standard error: a step
+smaller than the noise of the validation number never moves the kept epoch (however consistent it is, a step
+below that noise is too small to matter on new scenes). Light on purpose: numpy only.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def bootstrap_se(values, clusters, n_boot: int = N_BOOT, seed: int = NOISE_SEED)
 
 @dataclass(frozen=True)
 class Gain:
-    """One epoch against another on the same items: the mean difference (in the better direction) and the
-    bootstrap standard error of that difference."""
+    """One measurement against a reference on the same items: the mean difference (in the better direction) and
+    the noise it is judged against (the reference's bootstrap standard error)."""
 
     gain: float
     se: float
@@ -110,17 +110,17 @@ class Gain:
         return self.gain > self.se and self.gain > 0
 
 
-def paired_gain(new: Scores, old: Scores, higher_is_better: bool = True) -> Gain:
-    """How much ``new`` beats ``old`` item by item (positive: better), and the standard error of that gain."""
+def gain_over(new: Scores, old: Scores, higher_is_better: bool = True) -> Gain:
+    """How much ``new`` beats ``old`` (positive: better), and the noise of ``old``'s mean (its bootstrap SE)."""
     if len(new.values) != len(old.values):
-        raise ValueError("paired_gain needs the same items in both measurements")
+        raise ValueError("gain_over needs the same items in both measurements")
     diff = (new.values - old.values) * (1.0 if higher_is_better else -1.0)
-    return Gain(float(np.mean(diff)) if len(diff) else 0.0, bootstrap_se(diff, new.clusters))
+    return Gain(float(np.mean(diff)) if len(diff) else 0.0, old.se)
 
 
 class KeptEpoch:
-    """The kept epoch under noise: the first measurement is kept; a later one replaces it only when its paired
-    gain over the kept one exceeds that gain's standard error. ``since`` counts the epochs since the last change
+    """The kept epoch under noise: the first measurement is kept; a later one replaces it only when its gain
+    over the kept one exceeds the kept one's standard error. ``since`` counts the epochs since the last change
     (early stopping reads it)."""
 
     def __init__(self, higher_is_better: bool = True):
@@ -138,7 +138,7 @@ class KeptEpoch:
         if self.scores is None:
             self.epoch, self.scores, self.since = epoch, scores, 0
             return True
-        self.last = paired_gain(scores, self.scores, self.higher_is_better)
+        self.last = gain_over(scores, self.scores, self.higher_is_better)
         if self.last.beyond_noise:
             self.epoch, self.scores, self.since = epoch, scores, 0
             return True
@@ -167,8 +167,8 @@ def _short(value: float) -> str:
 NOISE_HELP = ("Noise: the validation metric is a mean over items (each validation image's average precision as a "
               "query among the validation images, or each validation pair's loss); the validation scenes are drawn "
               f"with replacement {N_BOOT} times and the spread of the resampled means is the standard error (SE). "
-              "A later epoch replaces the kept one only when it beats it by more than the SE of their difference, "
-              "measured on the same scenes (a paired bootstrap).")
+              "A later epoch replaces the kept one only when it beats it by more than the kept epoch's SE; "
+              "\"training +0.004 ± 0.045: within noise\" compares a gain with that SE.")
 
 
 def run_story(metrics: dict) -> list[str]:
