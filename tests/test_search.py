@@ -325,6 +325,17 @@ def test_hard_negatives_mine_through_the_one_index():
     assert np.array_equal(own, mine_hard_negatives(vectors, groups, k=2, index=build_index(vectors, "flat")))
 
 
+def test_k_is_declared_once_for_the_cli_and_the_page(capsys):
+    from pages._ui.options import widget_range
+
+    assert default("k") == 10
+    assert widget_range("k") == {"min_value": 3, "max_value": 48, "step": 1}
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["search", "--query", "x.jpg", "--k", "0"])
+    assert stop.value.code == 2
+    assert "k must be in [1, 1000] (neighbours returned), not 0" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- the Search page
 
 
