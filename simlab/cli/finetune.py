@@ -7,9 +7,9 @@ import logging
 import signal
 import sys
 
-from simlab.cli.guard import option_flag
-from simlab.finetune.config import INITS, LOSSES, MODES, SELECTIONS, TOWERS, FinetuneConfig
-from simlab.pairs import NEGATIVE_SCHEMES
+from simlab.cli.guard import backbone_flag, option_flag
+from simlab.finetune.config import FinetuneConfig
+from simlab.options import NEGATIVE_SCHEMES
 
 log = logging.getLogger(__name__)
 
@@ -20,37 +20,22 @@ def add_cli(subparsers, data_args) -> None:
                               description="Train on image pairs with live curves in the run store; prints one "
                                           "line per epoch and the test metrics.")
     data_args(p)
-    d = FinetuneConfig()
-    p.add_argument("--mode", default=d.mode, choices=list(MODES), help="head | siamese (default siamese)")
-    p.add_argument("--backbone", default=d.backbone, help=f"pretrained backbone (default {d.backbone})")
-    p.add_argument("--merge", default=d.merge, help="head mode: dot | l1 | l2 | concat (default dot)")
-    p.add_argument("--tower", default=d.tower, choices=list(TOWERS),
-                   help="siamese: backbone (+ projection) or small-cnn")
-    p.add_argument("--loss", default=d.loss, choices=list(LOSSES),
-                   help=f"siamese: {' | '.join(LOSSES)} (default {d.loss})")
-    p.add_argument("--margin", type=float, default=d.margin)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--init", default=d.init, choices=list(INITS),
-                   help="siamese projection: learned whitening of the training pairs (default) or random")
-    p.add_argument("--lr", type=float, default=None,
-                   help="learning rate of the head / projection (default 1e-3; 1e-4 from whitening)")
-    p.add_argument("--unfreeze", type=int, default=d.unfreeze, metavar="K",
-                   help="also train the backbone's top K weighted layers, at lr x --backbone-lr-factor")
-    p.add_argument("--backbone-lr-factor", type=float, default=d.backbone_lr_factor)
+    option_flag(p, "--mode", "mode")
+    backbone_flag(p, "--backbone", "backbone", default=FinetuneConfig().backbone,
+                  help="pretrained backbone both images go through")
+    option_flag(p, "--merge", "merge", help="head mode: how the two vectors are merged (default dot)")
+    for name in ("tower", "loss", "margin", "epochs", "batch_size", "init"):
+        option_flag(p, "--" + name.replace("_", "-"), name)
+    option_flag(p, "--lr", "learning_rate")
+    option_flag(p, "--unfreeze", "unfreeze", metavar="K")
+    option_flag(p, "--backbone-lr-factor", "backbone_lr_factor")
     p.add_argument("--augment", action="store_true", help="augment raw pixels (flip, rotate, zoom, shift, contrast)")
     p.add_argument("--independent", action="store_true", help="with --augment: a different transform per image")
-    p.add_argument("--steps-per-epoch", type=int, default=None, help="cap batches per epoch (random subset each)")
-    p.add_argument("--patience", type=int, default=d.patience, help="early stopping on the selection metric")
-    p.add_argument("--select", default=None, choices=list(SELECTIONS),
-                   help="what picks the best epoch (default: val_map for siamese, val_loss for head)")
-    p.add_argument("--embedding-dim", type=int, default=None,
-                   help="siamese embedding size (default: the backbone's own from whitening, else 128)")
-    option_flag(p, "--split", "split", default=d.split)
-    option_flag(p, "--test-size", "test_size", default=d.test_size)
-    option_flag(p, "--negative-ratio", "negative_ratio", default=d.negative_ratio)
-    option_flag(p, "--negatives", "negatives", default=d.negatives, choices=list(NEGATIVE_SCHEMES))
-    option_flag(p, "--seed", "seed", default=d.seed)
+    for name in ("steps_per_epoch", "patience", "select", "embedding_dim"):
+        option_flag(p, "--" + name.replace("_", "-"), name)
+    for name in ("split", "test_size", "negative_ratio", "seed"):
+        option_flag(p, "--" + name.replace("_", "-"), name)
+    option_flag(p, "--negatives", "negatives", choices=list(NEGATIVE_SCHEMES))
     p.set_defaults(func=cmd_finetune, check=config_from_args)
 
 

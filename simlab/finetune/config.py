@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from simlab import options
 from simlab.backbones import DEFAULT_BACKBONE, get_backbone
 from simlab.merge import get_merge
-from simlab.options import NEGATIVE_SCHEMES
+from simlab.options import NEGATIVE_SCHEMES, Choices, Interval, Option
 from simlab.protocol import Protocol
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,43 @@ def preprocess_fn(name: str) -> Callable:
     return unit_scale if name == "unit" else get_backbone(name).preprocess
 
 
-def _one_of(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, not {value!r}")
+# Every fine-tuning setting a user picks, declared once (simlab.options): the CLI's flags, the page's widgets and
+# FinetuneConfig's defaults and validation all come from here.
+options.declare(
+    Option("mode", Choices(tuple(MODES)), "siamese", "head (the study's neural head trained on image pairs) or "
+           "siamese (a shared tower trained for retrieval)", labels={"head": "Neural head (the study's)",
+                                                                     "siamese": "Siamese network"}),
+    Option("tower", Choices(tuple(TOWERS)), "backbone", "siamese: the pretrained backbone plus a projection, or "
+           "small-cnn (from scratch)"),
+    Option("loss", Choices(tuple(LOSSES)), "multi-similarity", "siamese: " + " | ".join(LOSSES)),
+    Option("init", Choices(tuple(INITS)), "whitening", "siamese projection: learned whitening of the training "
+           "pairs, or random"),
+    Option("select", Choices(tuple(SELECTIONS)), None, "what picks the best epoch (default: val_map for siamese, "
+           "val_loss for head)", optional=True),
+    Option("margin", Interval(float, 0, None, closed="neither"), 1.0,
+           "contrastive / triplet margin (embeddings are unit vectors: distances lie in [0, 2])",
+           widget={"min_value": 0.1, "max_value": 2.0, "step": 0.1}),
+    Option("epochs", Interval(int, 1, 1000), 10, "passes over the training pairs",
+           widget={"min_value": 1, "max_value": 50, "step": 1}),
+    Option("batch_size", Interval(int, 1, 4096), 32, "pairs (or images) per training step",
+           widget={"min_value": 4, "max_value": 256, "step": 4}),
+    Option("learning_rate", Interval(float, 0, 1, closed="right"), None,
+           "learning rate of the head / projection (default 1e-3; 1e-4 from whitening)", optional=True),
+    Option("unfreeze", Interval(int, 0, 1000), 0, "also train the backbone's top K weighted layers, at the "
+           "learning rate times the backbone's factor", widget={"min_value": 0, "max_value": 20, "step": 1}),
+    Option("backbone_lr_factor", Interval(float, 0, 1, closed="right"), 0.1,
+           "the unfrozen backbone layers' share of the learning rate"),
+    Option("steps_per_epoch", Interval(int, 1, None), None, "at most this many batches per epoch (a fresh random "
+           "subset each); None: every pair", optional=True),
+    Option("patience", Interval(int, 1, 1000), 3, "early stopping: epochs without a step beyond the validation "
+           "noise", widget={"min_value": 1, "max_value": 20, "step": 1}),
+    Option("embedding_dim", Interval(int, 1, 65536), None, "siamese embedding size (None: the backbone's own size "
+           "from whitening, else 128)", optional=True),
+    Option("cnn_size", Interval(int, 16, 1024), 96, "the small CNN's input size in pixels"),
+)
+#: FinetuneConfig fields whose values the declarations above (or simlab.options') check.
+DECLARED = ("mode", "tower", "loss", "init", "select", "margin", "epochs", "batch_size", "learning_rate", "unfreeze",
+            "backbone_lr_factor", "steps_per_epoch", "patience", "embedding_dim", "cnn_size")
 
 
 @dataclass
@@ -74,26 +108,26 @@ class FinetuneConfig:
     """Everything that defines a fine-tuning run; what the page's form and the CLI fill in."""
 
     dataset: str = "demo"
-    mode: str = "siamese"
+    mode: str = options.default("mode")
     backbone: str = DEFAULT_BACKBONE
     weights: str = options.default("weights")
     merge: str = "dot"  # head: how the two vectors are merged
-    tower: str = "backbone"  # siamese: backbone + projection, or small-cnn
-    init: str = "whitening"  # siamese projection: learned whitening, or random
-    loss: str = "multi-similarity"  # siamese: multi-similarity | contrastive | triplet
-    margin: float = 1.0  # contrastive / triplet: embeddings are unit vectors, distances lie in [0, 2]
-    embedding_dim: int | None = None  # None: the backbone's own size from whitening, else 128
-    epochs: int = 10
-    batch_size: int = 32
-    learning_rate: float | None = None  # None: 1e-3 (head, random projection, small CNN), 1e-4 (whitening)
-    unfreeze: int = 0  # the top K weighted layers of the backbone train too...
-    backbone_lr_factor: float = 0.1  # ...at this fraction of the learning rate
+    tower: str = options.default("tower")
+    init: str = options.default("init")
+    loss: str = options.default("loss")
+    margin: float = options.default("margin")
+    embedding_dim: int | None = options.default("embedding_dim")
+    epochs: int = options.default("epochs")
+    batch_size: int = options.default("batch_size")
+    learning_rate: float | None = options.default("learning_rate")  # None: the mode's default (rate)
+    unfreeze: int = options.default("unfreeze")
+    backbone_lr_factor: float = options.default("backbone_lr_factor")
     augment: bool = False
     same_transform: bool = True  # one random transform for both images of a pair, or one each
-    steps_per_epoch: int | None = None  # at most this many batches per epoch (a fresh random subset each)
-    patience: int = 3  # early stopping on the selection metric
-    select: str | None = None  # best epoch by "val_map" | "val_loss"; None: val_map for siamese, val_loss for head
-    cnn_size: int = 96  # small-cnn input size
+    steps_per_epoch: int | None = options.default("steps_per_epoch")
+    patience: int = options.default("patience")
+    select: str | None = options.default("select")  # None: val_map for siamese, val_loss for head
+    cnn_size: int = options.default("cnn_size")
     # The protocol (how pairs are built, validation scenes included): declared in simlab.options, built by
     # simlab.protocol exactly as for a grid run.
     split: str = options.default("split")
@@ -112,12 +146,9 @@ class FinetuneConfig:
         return cls(**params)
 
     def validate(self) -> FinetuneConfig:
-        _one_of("mode", self.mode, MODES)
-        _one_of("tower", self.tower, TOWERS)
-        _one_of("loss", self.loss, LOSSES)
-        _one_of("init", self.init, INITS)
+        for name in DECLARED:  # each value against its declaration: one line naming the setting
+            setattr(self, name, options.validate(name, getattr(self, name)))
         self.protocol  # noqa: B018 - validates split, test size, negatives, ratio, seed and weights
-        _one_of("select", self.selection, SELECTIONS)
         if self.selection == "val_map" and self.mode != "siamese":
             raise ValueError("select val_map needs embeddings: it applies to siamese runs; use val_loss for head runs")
         if self.negatives not in NEGATIVE_SCHEMES:
@@ -132,22 +163,9 @@ class FinetuneConfig:
         return self
 
     def _validate_numbers(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch size must be at least 1")
-        if self.unfreeze < 0:
-            raise ValueError("unfreeze (the number of top backbone layers to train) must be >= 0")
+        """What the declarations cannot say alone: settings that depend on each other."""
         if self.unfreeze and self.uses_small_cnn:
             raise ValueError("unfreeze applies to a pretrained backbone; the small CNN trains entirely anyway")
-        if not self.rate > 0 or not 0 < self.backbone_lr_factor <= 1:
-            raise ValueError("learning rate must be > 0 and the backbone's factor in (0, 1]")
-        if not self.margin > 0:
-            raise ValueError("margin must be > 0")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ValueError("steps per epoch must be at least 1 (or None for every pair)")
-        if self.patience < 1:
-            raise ValueError("patience must be at least 1 epoch")
-        if self.embedding_dim is not None and self.embedding_dim < 1:
-            raise ValueError("embedding size must be at least 1 (or None: the backbone's own size from whitening)")
 
     @property
     def protocol(self) -> Protocol:
