@@ -38,6 +38,7 @@ from simlab.neighbours import (  # noqa: F401  (re-exported: the index as search
     ivf_lists,
     normalised,
 )
+from simlab.options import default
 from simlab.pairs import group_codes
 from simlab.paths import atomic_path, cache_dir
 from simlab.progress import Progress, ShouldStop, silent
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 #: stage=name)``; a step that is not needed (cached index, query in the dataset) is skipped. While the
 #: dataset is vectorised, the vectors' own progress comes through with ``stage="vectorize"`` (images).
 SEARCH_STAGES = ("load", "query", "index", "search", "refit", "rerank")
+K = default("k")  # neighbours returned, as declared in simlab.options
 
 
 # --------------------------------------------------------------------------- retrieval mAP
@@ -220,7 +222,7 @@ def _step(progress: Progress, stage: str, steps: int) -> Progress:
     return report
 
 
-def search_set(vectors, query, k: int = 10, kind: str = "auto", cache_key: tuple[str, str] | None = None,
+def search_set(vectors, query, k: int = K, kind: str = "auto", cache_key: tuple[str, str] | None = None,
                index: VectorIndex | None = None,
                progress: Progress = silent) -> tuple[np.ndarray, np.ndarray, VectorIndex]:
     """The ``k`` rows of ``vectors`` nearest to ``query`` (a row number of ``vectors``, or a vector: a kept
@@ -276,7 +278,7 @@ def neighbours_of(vectors, row: int, k: int = 10, index: VectorIndex | None = No
     return [(int(i), float(s)) for i, s in zip(ids, scores) if i != row][:k]
 
 
-def search_dataset(dataset, query: str, backbone: str | None = None, weights: str | None = None, k: int = 10,
+def search_dataset(dataset, query: str, backbone: str | None = None, weights: str | None = None, k: int = K,
                    rerank: str | None = None, kind: str = "auto", shortlist: int | None = None,
                    progress: Progress | None = None, should_stop: ShouldStop | None = None,
                    store: Store | None = None) -> SearchResult:

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from dataclasses import fields as dataclass_fields
 
 import simlab.finetune  # noqa: F401  (registers the siamese-<run id> backbones a job may name)
+from simlab import options
 from simlab.data import Dataset, load_dataset, parse_spec
 from simlab.data.demo import demo_dir, ensure_demo
 from simlab.experiment import GridConfig, run_grid
@@ -265,7 +266,7 @@ def search_job(params: dict, store: Store, progress: Progress, should_stop: Shou
         raise ValueError(f"Unknown search setting(s): {', '.join(unknown)}. Known: {', '.join(SEARCH_PARAMS)}.")
     if not params.get("query"):
         raise ValueError("Pick a query image to search with.")
-    k = int(params.get("k") or 10)
+    k = int(params.get("k") or options.default("k"))
     if k < 1:
         raise ValueError("k must be at least 1")
     dataset = until_stopped(lambda: load_dataset(params.get("dataset") or "demo"), should_stop, "loading the dataset")
