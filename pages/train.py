@@ -9,21 +9,21 @@ import streamlit as st
 
 from pages._ui.datasets import load_current_dataset
 from pages._ui.formatting import escape_md, map_column
-from pages._ui.job_panel import get_job, job_panel, latest_job, start_job
+from pages._ui.job_panel import as_job, job_panel, job_record, latest_job, start_job
 from pages._ui.links import open_on_inspect, page_link
 from pages._ui.options import default, format_choice, widget_choices, widget_range
 from pages._ui.reuse import start_once
 from pages._ui.state import current_dataset_spec
-from pages._ui.store import runs_of_dataset, store
+from pages._ui.store import runs_of_dataset, same_dataset, store
 from pages._ui.store_guard import store_guard
 from pages._ui.vector_sets import vectors_cached
 from simlab.backbones import DEFAULT_BACKBONE, get_backbone, list_backbones, weights_status
 from simlab.classifiers import CLASSIFIERS
 from simlab.experiment import GridConfig
-from simlab.jobs import ACTIVE
 from simlab.merge import MERGES
 from simlab.options import NEGATIVE_SCHEMES
 from simlab.reference import STUDY_PROTOCOL
+from simlab.store import Job
 
 DEFAULTS = {"train_backbones": [DEFAULT_BACKBONE], "train_merges": list(default("merges")),
             "train_classifiers": list(default("classifiers")), "train_split": default("split"),
@@ -87,17 +87,17 @@ def fmt(v, spec: str = ".3f") -> str:
     return "" if v is None or v != v else format(v, spec)
 
 
-def results_frame(job: dict) -> pd.DataFrame:
+def results_frame(job: Job) -> pd.DataFrame:
     """One row per cell of the job's grid: finished runs with their metrics, the rest waiting."""
-    runs = [r for r in store().list_runs() if r.job_id == job["id"]]  # a few hundred rows: cheap
+    runs = [r for r in store().list_runs() if r.job_id == job.id]  # a few hundred rows: cheap
     by_cell = {}
     for r in reversed(runs):  # oldest first, so that a retried cell shows its newest run
         by_cell[(r.backbone, r.merge, r.classifier)] = r
     try:
-        cells = GridConfig(**(job.get("params") or {})).cells()
+        cells = GridConfig(**job.params).cells()
     except (TypeError, ValueError):
         cells = list(by_cell)
-    finished = job["status"] not in ACTIVE
+    finished = not job.active
     rows = []
     for i, cell in enumerate(cells, 1):
         r = by_cell.get(cell)
@@ -118,14 +118,14 @@ def results_frame(job: dict) -> pd.DataFrame:
     return frame
 
 
-def results(job: dict) -> None:
+def results(job: Job) -> None:
     """The job's results table, refreshed every 2 s while it runs."""
-    active = job["status"] in ACTIVE
+    active = job.active
 
     @st.fragment(run_every=2 if active else None)
     def table() -> None:
         open_inspect_if_asked()  # a row just selected: only this fragment reruns, so open Inspect from here
-        now = get_job(job["id"]) or job
+        now = job_record(job.id) or job
         frame = results_frame(now)
         done = frame[frame["status"] == "done"] if len(frame) else frame
         st.markdown(f"**Results** · {len(done)} of {len(frame)} runs done")
@@ -154,7 +154,7 @@ def results(job: dict) -> None:
                        "Select a row to inspect its pairs.")
             with c2:
                 page_link("pages/compare.py", "Compare all runs", icon=":material/grid_on:")
-        if active and now["status"] not in ACTIVE:
+        if active and not now.active:
             st.rerun()  # the whole page: the job panel shows the outcome and polling stops
 
     table()
@@ -314,10 +314,16 @@ def main() -> None:
     dataset = load_current_dataset()
     ok = summary(config, dataset) and dataset is not None
     running = latest_job("grid", active_only=True)
+    where = (running.get("params") or {}).get("dataset") if running else None
+    elsewhere = running is not None and not same_dataset(where, config.dataset)
     label = f"Start {len(config.cells())} runs" if ok else "Start"
     clicked = st.button(label, type="primary", icon=":material/play_arrow:", disabled=not ok or running is not None,
                         key="train_start",
-                        help="A grid is already running: wait for it or cancel it below." if running else None)
+                        help=(f"A grid is already running on {where}: wait for it or cancel it on Runs." if elsewhere
+                              else "A grid is already running: wait for it or cancel it below.") if running else None)
+    if elsewhere:
+        st.caption(f"A grid is running on {escape_md(str(where))}: pick that dataset in the sidebar to follow it here, "
+                   "or see it on Runs.")
 
     def start(reuse: bool) -> None:
         try:
@@ -335,10 +341,11 @@ def main() -> None:
         no_grid_job(config.dataset)
         return
     st.divider()
-    params = job.get("params") or {}
-    st.caption(f"Grid job {job['id']} on {escape_md(params.get('dataset', '?'))} · "
+    job = as_job(job)
+    params = job.params
+    st.caption(f"Grid job {job.id} on {escape_md(params.get('dataset', '?'))} · "
                f"{escape_md(params.get('split', '?'))} split · {escape_md(params.get('weights', '?'))} weights")
-    job_panel(job["id"])
+    job_panel(job.id)
     results(job)
 
 

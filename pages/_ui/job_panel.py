@@ -31,6 +31,11 @@ def get_job(job_id: str) -> dict | None:
     return jobs.get_job(job_id, store_path())
 
 
+def job_record(job_id: str) -> Job | None:
+    """The job as a typed record from the store (fresh, not cached)."""
+    return jobs.job_record(job_id, store_path())
+
+
 def latest_job(kind: str | tuple[str, ...], active_only: bool = False, dataset: str | None = None) -> dict | None:
     """The newest job of a kind (this session's, else the store's), e.g. to find a running one after a reload;
     with ``dataset``, only a job on that dataset (its ``params["dataset"]``)."""
