@@ -18,7 +18,7 @@ from pages._ui.state import current_dataset_spec
 from pages._ui.store import cached_runs, same_dataset, store_path
 from pages._ui.store_guard import predictions_note, store_guard
 from pages._ui.thumbs import tiles_html
-from simlab.evaluate import DifferentTestPairs, pair_diff
+from simlab.evaluate import DifferentTestPairs, not_comparable, pair_diff
 from simlab.store import Run, Store
 
 PAGE_SIZE = 18
@@ -109,7 +109,7 @@ def main() -> None:
         run_a = pick("Run A (the baseline)", comparable, "a", "diff_a",
                      "Only runs that share their test pairs with at least one other run are listed.")
     with c2:
-        others = [r for r in comparable if r.id != run_a.id and keys[r.id] == keys[run_a.id]]
+        others = [r for r in comparable if r.id != run_a.id and not_comparable(run_a, r, keys) is None]
         run_b = pick("Run B (compared with A)", others, "b", "diff_b",
                      "Only runs scored on the same test pairs as run A are listed.")
     preds_a, preds_b = load_predictions(db, run_a.id), load_predictions(db, run_b.id)
