@@ -46,14 +46,16 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from simlab.backbones import DEFAULT_BACKBONE, get_backbone
+from simlab.data import file_digest
 from simlab.data.images import open_rgb
-from simlab.paths import atomic_path
+from simlab.paths import atomic_path, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +102,35 @@ class Explanation:
     score: float  # the cosine of the two vectors
     grid_a: np.ndarray  # (h, w) contributions of A's locations; sums to score
     grid_b: np.ndarray
-    map_a: np.ndarray  # float32 (height, width) of image A: contribution per pixel; sums to score
-    map_b: np.ndarray
-    seen_a: tuple[int, int, int, int]  # (left, top, right, bottom): the square of A the model saw
-    seen_b: tuple[int, int, int, int]
+    fine_a: np.ndarray  # what map_a is drawn from: grid_a, or grid_a sharpened by local views; same sum
+    fine_b: np.ndarray
+    size_a: tuple[int, int]  # (width, height) of image A
+    size_b: tuple[int, int]
     matches: list[Match] = field(default_factory=list)
     detail: str = DEFAULT_DETAIL
+
+    @property
+    def seen_a(self) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom): the square of A the model saw."""
+        return seen_square(self.size_a)
+
+    @property
+    def seen_b(self) -> tuple[int, int, int, int]:
+        return seen_square(self.size_b)
+
+    @cached_property
+    def map_a(self) -> np.ndarray:
+        """float32 (height, width) of image A: the contribution of each pixel; sums to the score."""
+        return self.pixel_map("a", self.size_a)
+
+    @cached_property
+    def map_b(self) -> np.ndarray:
+        return self.pixel_map("b", self.size_b)
+
+    def pixel_map(self, side: str, size: tuple[int, int]) -> np.ndarray:
+        """Image ``side``'s map (``"a"`` or ``"b"``) at ``size`` (width, height): the image's own, or smaller."""
+        resample = Image.Resampling.NEAREST if self.kind == "bit_grid" else Image.Resampling.BILINEAR
+        return to_pixels(self.fine_a if side == "a" else self.fine_b, size, self.score, resample)
 
     @property
     def matched_share(self) -> float:
@@ -116,8 +141,8 @@ class Explanation:
         return {"backbone": self.backbone, "weights": self.weights, "kind": self.kind, "exact": self.exact,
                 "score": round(self.score, 6), "sum_a": round(float(self.grid_a.sum()), 6),
                 "sum_b": round(float(self.grid_b.sum()), 6), "grid": list(self.grid_a.shape),
-                "detail": self.detail, "size_a": [self.map_a.shape[1], self.map_a.shape[0]],
-                "size_b": [self.map_b.shape[1], self.map_b.shape[0]], "seen_a": list(self.seen_a),
+                "detail": self.detail, "size_a": list(self.size_a), "size_b": list(self.size_b),
+                "seen_a": list(self.seen_a),
                 "seen_b": list(self.seen_b), "matched_share": round(self.matched_share, 6),
                 "matches": [m.to_dict() for m in self.matches]}
 
@@ -129,6 +154,22 @@ class Explanation:
                      map_a=self.map_a.astype(np.float32), map_b=self.map_b.astype(np.float32),
                      score=np.float64(self.score), matches=matches,
                      summary=np.asarray(json.dumps(self.summary())))
+
+    def save_compact(self, path: Path) -> None:
+        """Everything but the pixel maps (they are redrawn from ``fine_*``): the disk cache's format."""
+        with atomic_path(Path(path), suffix=".npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, grid_a=self.grid_a, grid_b=self.grid_b, fine_a=self.fine_a, fine_b=self.fine_b,
+                     score=np.float64(self.score), summary=np.asarray(json.dumps(self.summary())))
+
+    @classmethod
+    def load_compact(cls, path: Path) -> Explanation:
+        with np.load(path) as z:
+            meta = json.loads(str(z["summary"]))
+            return cls(backbone=meta["backbone"], weights=meta["weights"], kind=meta["kind"], exact=meta["exact"],
+                       score=float(z["score"]), grid_a=z["grid_a"], grid_b=z["grid_b"], fine_a=z["fine_a"],
+                       fine_b=z["fine_b"], size_a=tuple(meta["size_a"]), size_b=tuple(meta["size_b"]),
+                       matches=[Match(tuple(m["a"]), tuple(m["b"]), m["similarity"], m["share"])
+                                for m in meta["matches"]], detail=meta["detail"])
 
 
 def explain_kind(backbone: str) -> str:
@@ -342,9 +383,7 @@ def explain_pair(image_a, image_b, backbone: str = DEFAULT_BACKBONE, weights: st
         fine_b = _sharper(grid_b, view_weights(backbone, weights, im_b, a, bb.input_size))
     return Explanation(
         backbone=backbone, weights=weights, kind=kind, exact=kind == "pooled", score=score,
-        grid_a=grid_a, grid_b=grid_b,
-        map_a=to_pixels(fine_a, im_a.size, score), map_b=to_pixels(fine_b, im_b.size, score),
-        seen_a=seen_square(im_a.size), seen_b=seen_square(im_b.size),
+        grid_a=grid_a, grid_b=grid_b, fine_a=fine_a, fine_b=fine_b, size_a=im_a.size, size_b=im_b.size,
         matches=mutual_matches(f_a, f_b, grid_a, grid_b, score, top), detail=detail)
 
 
@@ -393,10 +432,11 @@ def _explain_bits(backbone: str, weights: str, px: np.ndarray, size_a, size_b) -
     score = float(agree.sum())
     matches = []
     return Explanation(backbone=backbone, weights=weights, kind="bit_grid", exact=True, score=score,
-                       grid_a=agree.copy(), grid_b=agree.copy(),
-                       map_a=to_pixels(agree, size_a, score, Image.Resampling.NEAREST),
-                       map_b=to_pixels(agree, size_b, score, Image.Resampling.NEAREST),
-                       seen_a=seen_square(size_a), seen_b=seen_square(size_b), matches=matches, detail="native")
+                       grid_a=agree.copy(), grid_b=agree.copy(), fine_a=agree.copy(), fine_b=agree.copy(),
+                       size_a=size_a, size_b=size_b, matches=matches, detail="native")
+
+
+_CODE_VERSION = "1"  # bump when the maps change: it keys cached explanations
 
 
 def cache_key(digest_a: str, digest_b: str, backbone: str, weights: str, detail: str = DEFAULT_DETAIL) -> str:
@@ -405,7 +445,20 @@ def cache_key(digest_a: str, digest_b: str, backbone: str, weights: str, detail:
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
-_CODE_VERSION = "1"  # bump when the maps change: it keys cached explanations
+def explain_cached(path_a: str, path_b: str, backbone: str = DEFAULT_BACKBONE, weights: str = "imagenet",
+                   detail: str = DEFAULT_DETAIL) -> Explanation:
+    """:func:`explain_pair` of two files, kept under ``cache/explain/`` by the two files' content digests, the
+    backbone, the weights and ``detail`` (a changed file is a new key); written atomically."""
+    key = cache_key(file_digest(path_a), file_digest(path_b), backbone, weights, detail)
+    path = cache_dir("explain") / f"{key}.npz"
+    if path.exists():
+        try:
+            return Explanation.load_compact(path)
+        except Exception as exc:  # a damaged entry is computed again
+            log.warning("Ignoring the unreadable cached explanation %s (%s)", path, exc)
+    e = explain_pair(path_a, path_b, backbone, weights, detail)
+    e.save_compact(path)
+    return e
 
 
 # --------------------------------------------------------------------------- pictures
@@ -432,13 +485,11 @@ def _shown(im: Image.Image, side: int) -> tuple[Image.Image, float]:
     return im, scale
 
 
-def heat_overlay(image, pixel_map: np.ndarray, seen: tuple[int, int, int, int], side: int = SHOW_SIDE,
-                 ) -> Image.Image:
+def heat_overlay(image, e: Explanation, side_of: str, side: int = SHOW_SIDE) -> Image.Image:
     """The image with its map as warm colours over the square the model saw; the rest dimmed."""
-    im, scale = _shown(load_image(image), side)
-    small = np.asarray(Image.fromarray(pixel_map.astype(np.float32), mode="F").resize(im.size,
-                                                                                     Image.Resampling.BILINEAR))
-    left, top, right, bottom = (round(x * scale) for x in seen)
+    im, _ = _shown(load_image(image), side)
+    small = e.pixel_map(side_of, im.size)
+    left, top, right, bottom = seen_square(im.size)
     inside = small[top:bottom, left:right]
     hi = float(np.percentile(inside, 99)) if inside.size else 0.0
     lo = float(inside.min()) if inside.size else 0.0
@@ -480,8 +531,8 @@ def pair_picture(image_a, image_b, e: Explanation, side: int = SHOW_SIDE) -> Ima
     """Both images side by side with their maps, the matched regions joined by lines (the CLI's ``--png``)."""
     from PIL import ImageDraw
 
-    a = heat_overlay(image_a, e.map_a, e.seen_a, side)
-    b = heat_overlay(image_b, e.map_b, e.seen_b, side)
+    a = heat_overlay(image_a, e, "a", side)
+    b = heat_overlay(image_b, e, "b", side)
     gap = 16
     canvas = Image.new("RGB", (a.width + gap + b.width, max(a.height, b.height)), (255, 255, 255))
     canvas.paste(a, (0, 0))
