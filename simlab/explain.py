@@ -148,7 +148,7 @@ class Explanation:
 
     def save_npz(self, path: str | os.PathLike) -> None:
         """``grid_a``, ``grid_b``, ``map_a``, ``map_b`` (float32), ``score`` and the matches, written atomically."""
-        matches = np.asarray([[*m.a, *m.b, m.similarity, m.share] for m in self.matches], np.float64).reshape(-1, 6)
+        matches = self._matches_array()
         with atomic_path(Path(path), suffix=".npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, grid_a=self.grid_a.astype(np.float64), grid_b=self.grid_b.astype(np.float64),
                      map_a=self.map_a.astype(np.float32), map_b=self.map_b.astype(np.float32),
@@ -159,7 +159,12 @@ class Explanation:
         """Everything but the pixel maps (they are redrawn from ``fine_*``): the disk cache's format."""
         with atomic_path(Path(path), suffix=".npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, grid_a=self.grid_a, grid_b=self.grid_b, fine_a=self.fine_a, fine_b=self.fine_b,
-                     score=np.float64(self.score), summary=np.asarray(json.dumps(self.summary())))
+                     score=np.float64(self.score), matches=self._matches_array(),
+                     summary=np.asarray(json.dumps(self.summary())))
+
+    def _matches_array(self) -> np.ndarray:
+        """(n, 6): row and column in A, row and column in B, feature cosine, share of the score."""
+        return np.asarray([[*m.a, *m.b, m.similarity, m.share] for m in self.matches], np.float64).reshape(-1, 6)
 
     @classmethod
     def load_compact(cls, path: Path) -> Explanation:
@@ -168,8 +173,8 @@ class Explanation:
             return cls(backbone=meta["backbone"], weights=meta["weights"], kind=meta["kind"], exact=meta["exact"],
                        score=float(z["score"]), grid_a=z["grid_a"], grid_b=z["grid_b"], fine_a=z["fine_a"],
                        fine_b=z["fine_b"], size_a=tuple(meta["size_a"]), size_b=tuple(meta["size_b"]),
-                       matches=[Match(tuple(m["a"]), tuple(m["b"]), m["similarity"], m["share"])
-                                for m in meta["matches"]], detail=meta["detail"])
+                       matches=[Match((int(r[0]), int(r[1])), (int(r[2]), int(r[3])), float(r[4]), float(r[5]))
+                                for r in z["matches"]], detail=meta["detail"])
 
 
 def explain_kind(backbone: str) -> str:
@@ -436,7 +441,7 @@ def _explain_bits(backbone: str, weights: str, px: np.ndarray, size_a, size_b) -
                        size_a=size_a, size_b=size_b, matches=matches, detail="native")
 
 
-_CODE_VERSION = "1"  # bump when the maps change: it keys cached explanations
+_CODE_VERSION = "2"  # bump when the maps change: it keys cached explanations
 
 
 def cache_key(digest_a: str, digest_b: str, backbone: str, weights: str, detail: str = DEFAULT_DETAIL) -> str:

@@ -143,3 +143,22 @@ def test_cli_unreadable_image_is_one_line(photos, capsys, tmp_path):
     code, out, err = run_cli(["explain", photos["coffee"], str(bad), "--weights", "random",
                               "--out", str(tmp_path / "m.npz")], capsys)
     assert code == 2 and err.count("\n") == 1 and "not an image" in err
+
+
+def test_explanations_are_kept_on_disk_by_the_images_digests(photos, simlab_cache, tmp_path):
+    import shutil
+
+    from simlab.explain import explain_cached, heat_overlay, match_overlay
+
+    first = explain_cached(photos["coffee"], photos["crop"], "efficientnet_lite0", "random")
+    stored = list((simlab_cache / "explain").glob("*.npz"))
+    assert len(stored) == 1
+    again = explain_cached(photos["coffee"], photos["crop"], "efficientnet_lite0", "random")
+    assert again.score == first.score and again.matches == first.matches
+    np.testing.assert_array_equal(again.map_a, first.map_a)
+    copy = tmp_path / "same_content.jpg"  # the key is the content, not the path
+    shutil.copyfile(photos["coffee"], copy)
+    explain_cached(str(copy), photos["crop"], "efficientnet_lite0", "random")
+    assert len(list((simlab_cache / "explain").glob("*.npz"))) == 1
+    assert heat_overlay(photos["coffee"], first, "a", 320).size == (320, 213)
+    assert match_overlay(photos["crop"], first, "b", 320).size == (300, 200)  # never enlarged
