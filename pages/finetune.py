@@ -15,7 +15,7 @@ from pages._ui.datasets import require_dataset
 from pages._ui.formatting import classifier_name, escape_md, fmt_duration, fmt_when, map_column
 from pages._ui.job_panel import get_job, job_panel, latest_job, start_job
 from pages._ui.links import page_link
-from pages._ui.options import widget_choices, widget_range
+from pages._ui.options import format_choice, widget_choices, widget_range
 from pages._ui.store import store
 from pages._ui.store_guard import store_guard
 from simlab import jobs
@@ -30,8 +30,6 @@ from simlab.store import Run
 MODE_LABELS = {"head": "Neural head (the 2017 fine-tune)", "siamese": "Siamese network"}
 TOWER_LABELS = {"backbone": "Backbone + projection", "small-cnn": "Small CNN from scratch"}
 INIT_LABELS = {"whitening": "Learned whitening", "random": "Random"}
-WEIGHT_LABELS = {"imagenet": "ImageNet (pretrained)", "random": "Random: untrained, for tests only"}
-SPLIT_LABELS = {"group": "Group split: whole scenes held out (recommended)", "pair": "Pair split: 2017 protocol, leaky"}
 GRID_FIELDS = {f.name for f in fields(GridConfig)}  # the protocol settings a baseline grid takes
 RATES = [None, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5]
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
@@ -62,7 +60,8 @@ def settings(dataset, running: bool) -> FinetuneConfig | None:
     st.caption(MODES[mode])
     names = pretrained_backbones()
     d = FinetuneConfig()
-    with st.form("ft_form", border=True):
+    # Enter in a number box must not start a run (minutes of training): only the button submits.
+    with st.form("ft_form", border=True, enter_to_submit=False):
         c1, c2, c3 = st.columns(3)
         tower, loss, margin, init, merge = d.tower, d.loss, d.margin, d.init, d.merge
         with c1:
@@ -71,7 +70,8 @@ def settings(dataset, running: bool) -> FinetuneConfig | None:
                                  help="\n\n".join(f"**{TOWER_LABELS[k]}**: {v}" for k, v in TOWERS.items()))
             backbone = st.selectbox("Backbone", names, format_func=weights_label, key="ft_backbone",
                                     help="The pretrained network both images go through (the small CNN ignores it).")
-            weights = st.radio("Weights", widget_choices("weights"), format_func=WEIGHT_LABELS.get, key="ft_weights")
+            weights = st.radio("Weights", widget_choices("weights"), format_func=format_choice("weights"),
+                               key="ft_weights")
         with c2:
             if mode == "head":
                 merge = st.selectbox("Merge", list(MERGES), key="ft_merge",
@@ -79,11 +79,11 @@ def settings(dataset, running: bool) -> FinetuneConfig | None:
             else:
                 loss = st.radio("Loss", list(LOSSES), key="ft_loss", horizontal=True,
                                 help="\n\n".join(f"**{k}**: {v}" for k, v in LOSSES.items()))
-                margin = st.number_input("Margin", 0.1, 2.0, d.margin, 0.1, key="ft_margin",
+                margin = st.number_input("Margin", **widget_range("margin"), value=d.margin, key="ft_margin",
                                          help="Embeddings are unit vectors, so distances lie between 0 and 2.")
                 init = st.radio("Projection starts from", list(INITS), format_func=INIT_LABELS.get, horizontal=True,
                                 key="ft_init", help="\n\n".join(f"**{INIT_LABELS[k]}**: {v}" for k, v in INITS.items()))
-            epochs = st.number_input("Epochs", 1, 500, 5, key="ft_epochs",
+            epochs = st.number_input("Epochs", **widget_range("epochs"), value=d.epochs, key="ft_epochs",
                                      help="At most; training stops early when no epoch has beaten the kept one by "
                                           "more than the validation noise for *patience* epochs.")
             rate = st.selectbox("Learning rate", RATES, key="ft_lr",
@@ -93,7 +93,8 @@ def settings(dataset, running: bool) -> FinetuneConfig | None:
             same = st.radio("Transforms", [True, False], horizontal=True, key="ft_same",
                             format_func=lambda v: "same for both images" if v else "one per image",
                             help="With augmentation: one random transform shared by the pair, or one each.")
-            unfreeze = st.number_input("Unfreeze the top K layers", 0, 100, 0, key="ft_unfreeze",
+            unfreeze = st.number_input("Unfreeze the top K layers", **widget_range("unfreeze"), value=d.unfreeze,
+                                       key="ft_unfreeze",
                                        help="Also train the backbone's top K layers that carry weights, at a tenth of "
                                             "the learning rate. The backbone then runs on every step.")
             steps = st.number_input("Batches per epoch (0 = every pair)", 0, 100_000, 0, key="ft_steps",
@@ -102,17 +103,19 @@ def settings(dataset, running: bool) -> FinetuneConfig | None:
         with st.expander("Split and training details"):
             e1, e2, e3 = st.columns(3)
             with e1:
-                split = st.radio("Split", widget_choices("split"), format_func=SPLIT_LABELS.get, key="ft_split")
+                split = st.radio("Split", widget_choices("split"), format_func=format_choice("split"), key="ft_split")
                 test_size = st.slider("Test fraction", **widget_range("test_size"), value=d.test_size,
                                       key="ft_test_size")
             with e2:
-                negative_ratio = st.number_input("Negatives per positive", 0.5, 5.0, d.negative_ratio, 0.5,
-                                                 key="ft_neg_ratio")
+                negative_ratio = st.number_input("Negatives per positive", **widget_range("negative_ratio"),
+                                                 value=d.negative_ratio, key="ft_neg_ratio")
                 negatives = st.selectbox("Negatives", list(NEGATIVE_SCHEMES), key="ft_negatives")
             with e3:
                 seed = st.number_input("Seed", **widget_range("seed"), value=d.seed, key="ft_seed")
-                batch_size = st.number_input("Batch size", 2, 1024, d.batch_size, key="ft_batch")
-                patience = st.number_input("Patience (epochs)", 1, 100, d.patience, key="ft_patience")
+                batch_size = st.number_input("Batch size", **widget_range("batch_size"), value=d.batch_size,
+                                             key="ft_batch")
+                patience = st.number_input("Patience (epochs)", **widget_range("patience"), value=d.patience,
+                                           key="ft_patience")
             st.caption("Test pairs are built exactly as for grid runs with the same split, seed and negatives, so "
                        "results compare with the frozen-vector baselines. Validation pairs (early stopping, the "
                        "Siamese threshold) come from scenes carved out of the training side, never from test.")

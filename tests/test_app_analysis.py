@@ -549,3 +549,27 @@ def test_compare_draws_the_reliability_of_the_best_run(with_runs):
     reliability = [c for c in charts
                    if c["layout"].get("xaxis", {}).get("title", {}).get("text") == "predicted P(same)"]
     assert len(reliability) == 1 and reliability[0]["data"][0]["name"] == "perfectly calibrated"
+
+
+def _blocks(node):
+    for child in getattr(node, "children", {}).values():
+        yield child
+        yield from _blocks(child)
+
+
+def test_finetune_form_takes_its_ranges_from_the_declarations_and_enter_does_not_start_a_run(with_runs):
+    """Enter in the Epochs box used to submit the form and start minutes of training; ranges and defaults were
+    the page's own (5 epochs on the page, 10 in the config; 0.5-5 negatives per positive, 0.25-10 declared)."""
+    from simlab import options
+    from simlab.finetune import FinetuneConfig
+
+    at = open_page("pages/finetune.py")
+    forms = [b.proto.form for b in _blocks(at._tree) if type(getattr(b, "proto", None)).__name__ == "Block"
+             and b.proto.WhichOneof("type") == "form"]
+    assert len(forms) == 1 and forms[0].enter_to_submit is False
+    epochs = at.number_input(key="ft_epochs")
+    assert epochs.value == FinetuneConfig().epochs == options.default("epochs")
+    assert (epochs.min, epochs.max) == (options.option("epochs").widget["min_value"],
+                                        options.option("epochs").widget["max_value"])
+    ratio = at.number_input(key="ft_neg_ratio")
+    assert (ratio.min, ratio.max) == (0.25, 10.0)  # simlab.options' negative_ratio widget range
