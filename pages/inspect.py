@@ -29,9 +29,12 @@ from simlab.data import load_dataset
 from simlab.data.images import open_rgb
 from simlab.evaluate import pair_metrics
 from simlab.experiment import common_images
+from simlab.explain import can_explain, explain_cached, heat_overlay, match_overlay
+from simlab.label_errors import rescore, suspect_labels
 from simlab.merge import fuse, l2_normalise
 from simlab.paths import cache_dir
 from simlab.store import Run, Store
+from simlab.store.corrections import Corrections
 from simlab.vectors import vectorize
 
 RUN_KEY = "inspect_run"  # set by Compare and Train: the run to open
@@ -41,7 +44,8 @@ PAGE_SIZE = 24
 CARDS_PER_ROW = 3
 NEIGHBOURS = 6
 SHOW = {"all": "All pairs", "errors": "Errors", "fp": "False positives", "fn": "False negatives",
-        "right": "Correct"}
+        "right": "Correct", "suspect": "Likely label errors"}
+SUSPECT_MIN = 0.5  # "likely label errors": pairs the runs contradict, on average, with at least this confidence
 SORTS = {"confident_errors": "Most confident errors first", "hardest": "Hardest first (nearest the threshold)",
          "prob_desc": "Probability, high to low", "prob_asc": "Probability, low to high", "order": "Test order"}
 OUTCOME = {"tp": "Right: the same scene, predicted same", "tn": "Right: different scenes, predicted different",
@@ -60,6 +64,47 @@ BOX_BG = (240, 242, 246)  # letterbox colour of the card thumbnails (Streamlit's
 def load_predictions(db: str, run_id: str) -> pd.DataFrame:
     """A finished run's test pairs (they never change once the run is done)."""
     return Store(db).predictions(run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def load_suspects(db: str, run_id: str, runs: int) -> pd.Series:
+    """Each test pair's suspect-label score, agreed across the runs on the same test pairs (``runs``: how many
+    runs the store holds, so that a new run on the same pairs counts)."""
+    return suspect_labels(Store(db), run_id)[["suspect", "runs"]]
+
+
+def corrections() -> Corrections:
+    return Corrections(store_path())
+
+
+def rescored_caption(run: Run, threshold: float) -> None:
+    """The run's numbers against the labels a person corrected, beside the original ones; and the CSV."""
+    table = corrections()
+    try:
+        if not table.all():
+            return
+        result = rescore(Store(str(store_path())), run.id, threshold, n_boot=200)
+    except Exception as exc:  # an unreadable file, a locked store: one line
+        st.caption(f"Corrected labels could not be read: {escape_md(type(exc).__name__)}: {escape_md(str(exc)[:160])}")
+        return
+    c1, c2 = st.columns([5, 2], vertical_alignment="center")
+    if result["changed"]:
+        o, n = result["original"], result["corrected"]
+        c1.markdown(f":material/edit_note: **Against the corrected labels** ({result['changed']} of "
+                    f"{result['n_test']} test pairs relabelled by hand, no retraining): accuracy "
+                    f"**{n['accuracy']:.3f}** "
+                    f"(original {o['accuracy']:.3f}), precision {n['precision']:.3f} ({o['precision']:.3f}), recall "
+                    f"{n['recall']:.3f} ({o['recall']:.3f}). The run's stored numbers are unchanged.")
+    else:
+        c1.caption("No label correction touches this run's test pairs.")
+    import io as _io
+
+    from simlab.store.corrections import write_csv
+
+    buf = _io.StringIO()
+    write_csv(buf, table.all())
+    c2.download_button("Corrections (CSV)", buf.getvalue(), file_name="label_corrections.csv", mime="text/csv",
+                       icon=":material/download:", key="inspect_corrections_csv", width="stretch")
 
 
 def scored_run(r: Run) -> bool:
@@ -90,7 +135,9 @@ def score(preds: pd.DataFrame, threshold: float) -> pd.DataFrame:
 
 def filter_pairs(scored: pd.DataFrame, show: str, prob_range: tuple[float, float], groups: list[str]) -> pd.DataFrame:
     keep = scored["prob"].between(prob_range[0], prob_range[1])
-    if show == "errors":
+    if show == "suspect":
+        keep &= scored["suspect"] >= SUSPECT_MIN
+    elif show == "errors":
         keep &= ~scored["correct"]
     elif show == "right":
         keep &= scored["correct"]
@@ -102,6 +149,8 @@ def filter_pairs(scored: pd.DataFrame, show: str, prob_range: tuple[float, float
 
 
 def sort_pairs(pairs: pd.DataFrame, how: str) -> pd.DataFrame:
+    if how == "suspect":
+        return pairs.sort_values("suspect", ascending=False, kind="stable")
     if how == "confident_errors":
         return pairs.sort_values(["correct", "margin"], ascending=[True, False], kind="stable")
     if how == "hardest":
@@ -446,6 +495,10 @@ def small_images(items: list[tuple[str, str]], size: int = 128) -> None:
     st.html(tiles_html(items, size))
 
 
+OVERLAYS = {"images": "Images", "map": "Similarity map", "matches": "Matches"}
+OVERLAY_KEY = "inspect_overlay"  # kept while stepping through the pairs
+MAP_LEGEND = ("**Warm: regions that make these two look alike**; dark: regions that add little to it. "
+              "Dimmed: outside the centre square the model saw, so no part of the score.")
 VIEWER_KEY = "_inspect_pos"  # st.session_state: the position of the open pair in the filtered, sorted list
 PAIR_PARAM = "pair"  # the query parameter of the open pair (its row in the run's predictions)
 
@@ -477,16 +530,137 @@ def pair_viewer(run: Run, scored: pd.DataFrame, order: list, threshold: float) -
     c3.button("Next", icon=":material/arrow_forward:", icon_position="right", shortcut="Right", key="inspect_next",
               on_click=_step, args=(1, n), disabled=pos == n - 1, width="stretch",
               help="The next pair of the list (→)")
+    label_buttons(row)
+    overlay = overlay_toggle(run)
+    explained = explanation_of(run, row) if overlay != "images" else None
     sides = []
     for side in ("left", "right"):
         path = row[f"{side}_path"]
         full = full_image_of(path)
         caption = (f"<b>{html.escape(os.path.basename(path))}</b> · group <b>{html.escape(str(row[f'{side}_group']))}"
                    f"</b><br><span class='dim'>{html.escape(os.path.dirname(path))}</span>")
+        if explained is not None:
+            uri, size = explained[overlay][0 if side == "left" else 1]
+            full = (uri, size)
         sides.append((os.path.basename(path), full[0] if full else None, full[1] if full else None, caption))
-    st.html(viewer_html(f"{run.id}-{order[pos]}", sides))
-    st.caption("← → step through the pairs, Esc closes.")
+    st.html(viewer_html(f"{run.id}-{order[pos]}-{overlay}", sides))
+    if explained is not None:
+        explanation_caption(run, explained, overlay)
+    st.caption("← → step through the pairs (the overlay stays), Esc closes.")
     pair_context(run, row)
+
+
+def _mark(row: dict, wrong: bool) -> None:
+    from simlab.data import file_digest
+
+    try:
+        corrections().mark(row["left_path"], row["right_path"], file_digest(row["left_path"]),
+                           file_digest(row["right_path"]), int(row["label"]), wrong)
+    except Exception as exc:  # a file gone, a store that cannot be written: said on the next run of the page
+        st.session_state["_inspect_mark_error"] = f"{type(exc).__name__}: {exc}"
+
+
+def label_buttons(row: dict) -> None:
+    """"Label is wrong / right": stored in the corrections table by the two images' digests; the dataset and the
+    run stay as they are."""
+    from simlab.data import file_digest
+
+    try:
+        verdict = corrections().get(file_digest(row["left_path"]), file_digest(row["right_path"]))
+    except OSError:
+        verdict = None
+    truth = "the same scene" if row["label"] == 1 else "different scenes"
+    c1, c2, c3 = st.columns([6, 2, 2], vertical_alignment="center")
+    said = "" if verdict is None else f" · you said it is **{verdict.verdict}**"
+    if verdict is not None and verdict.verdict == "wrong":
+        said += f" (truly {'the same scene' if verdict.label == 1 else 'different scenes'})"
+    suspect = row.get("suspect")
+    c1.markdown(f"Labelled **{truth}**{said}" + (f" · suspect label {suspect:.2f} over {int(row.get('runs', 1))} run(s)"
+                                                   if suspect is not None else ""))
+    c2.button("Label is wrong", icon=":material/flag:", key="inspect_label_wrong", on_click=_mark, args=(row, True),
+              width="stretch", help="Store a correction (the other label) for this pair of images; re-scores every "
+                                    "run on them without retraining, beside the original numbers")
+    c3.button("Label is right", icon=":material/check:", key="inspect_label_right", on_click=_mark,
+              args=(row, False), width="stretch", help="Confirm this pair's label")
+    if error := st.session_state.pop("_inspect_mark_error", None):
+        st.error(f"The correction could not be stored: {escape_md(error[:200])}")
+
+
+def explained_backbone(run: Run) -> str | None:
+    """The backbone whose cosine a map can split for this run (a fusion's first), or None."""
+    first = (run.backbone or "").split("+")[0]
+    try:
+        return first if first and can_explain(first) else None
+    except ValueError:  # a backbone no longer registered (a deleted tower)
+        return None
+
+
+def overlay_toggle(run: Run) -> str:
+    """Images / similarity map / matches, on both large images; the choice stays while stepping."""
+    backbone = explained_backbone(run)
+    if backbone is None or st.session_state.get(OVERLAY_KEY) not in OVERLAYS:
+        st.session_state[OVERLAY_KEY] = "images"
+    choice = st.segmented_control(
+        "Overlay", list(OVERLAYS), format_func=OVERLAYS.get, key=OVERLAY_KEY,
+        disabled=backbone is None, label_visibility="collapsed",
+        help=("Similarity map: which regions of each image make their vectors alike (the cosine split over the "
+              "regions). Matches: the regions of the two images that are each other's most alike."
+              if backbone else f"{run.backbone or 'This backbone'} has no spatial map to show."))
+    return choice or "images"
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def overlays(path_a: str, path_b: str, mtimes: tuple[float, float], backbone: str, weights: str) -> dict:
+    """Both images with their similarity map, and with their matched regions, as data URIs with their sizes;
+    the explanation itself is kept on disk by the images' digests and the backbone (simlab.explain)."""
+    e = explain_cached(path_a, path_b, backbone, weights)
+
+    def uri(im) -> tuple[str, tuple[int, int]]:
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=88)
+        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), im.size
+
+    return {"map": (uri(heat_overlay(path_a, e, "a", TILE_BIG)), uri(heat_overlay(path_b, e, "b", TILE_BIG))),
+            "matches": (uri(match_overlay(path_a, e, "a", TILE_BIG)), uri(match_overlay(path_b, e, "b", TILE_BIG))),
+            "score": e.score, "matched_share": e.matched_share, "matches_n": len(e.matches), "exact": e.exact,
+            "backbone": backbone}
+
+
+def explanation_of(run: Run, row: dict) -> dict | None:
+    backbone = explained_backbone(run)
+    paths = (row["left_path"], row["right_path"])
+    try:
+        mtimes = tuple(os.stat(p).st_mtime for p in paths)
+        with st.spinner(f"Explaining this pair with {backbone}…"):
+            return overlays(*paths, mtimes, backbone, run.weights)
+    except Exception as exc:  # an unreadable image, missing weights: one line, the images stay
+        st.warning(f"No similarity map for this pair: {escape_md(type(exc).__name__)}: {escape_md(str(exc)[:200])}")
+        return None
+
+
+def explanation_caption(run: Run, x: dict, overlay: str) -> None:
+    """The legend in words, the cosine, the matched regions' share, and what the map does not say."""
+    score = f"cosine {x['score']:.3f}"
+    if overlay == "map":
+        st.markdown(f"{MAP_LEGEND} The {escape_md(x['backbone'])} vectors' {score} is the sum of the map's "
+                    f"contributions{'' if x['exact'] else ' (scaled to it: an approximation for this backbone)'}.")
+    else:
+        st.markdown(f"**Numbered rings: region *k* of the left image and region *k* of the right image are each "
+                    f"other's most alike.** These {x['matches_n']} matched regions carry "
+                    f"**{x['matched_share']:.0%}** of the {escape_md(x['backbone'])} vectors' {score}.")
+    fused = "+" in (run.backbone or "")
+    if run.is_finetune:
+        note = (f"This run fine-tuned a network on {escape_md(run.backbone or '?')}; the map shows the pretrained "
+                f"backbone's cosine, not the fine-tuned model's reasons.")
+    elif run.merge == "dot" and run.classifier == "cosine" and not fused:
+        note = "This run's score is this cosine (with one threshold): the map shows exactly what it compared."
+    else:
+        merge = f"{escape_md(run.merge or '?')} merge" + (" of the fused backbones" if fused else "")
+        note = (f"This run's classifier ({escape_md(classifier_name(run.classifier or '?'))}) does not read the "
+                f"cosine: it reads the two vectors through its {merge}, so it may weigh these regions differently. "
+                f"The map shows what the {escape_md(x['backbone'])} backbone finds alike, which the classifier "
+                "then reads.")
+    st.caption(f":material/info: {note}")
 
 
 def pair_context(run: Run, row: dict) -> None:
@@ -627,12 +801,18 @@ def main() -> None:
 
     threshold, stored = threshold_slider(run)
     m = metrics_strip(preds, threshold, stored)
+    rescored_caption(run, threshold)
     c1, c2 = st.columns([2, 3])
     c1.plotly_chart(confusion_figure(m), config={"displayModeBar": False}, key="inspect_confusion")
     c2.plotly_chart(histogram_figure(preds, threshold), config={"displayModeBar": False}, key="inspect_hist")
 
     st.subheader("Pairs")
     scored = score(preds, threshold)
+    try:
+        suspects = load_suspects(str(store_path()), run.id, len(runs))
+        scored = scored.assign(suspect=suspects["suspect"].to_numpy(), runs=suspects["runs"].to_numpy())
+    except Exception:  # the filter needs it; without it, every pair counts as unsuspected
+        scored = scored.assign(suspect=0.0, runs=1)
     f1, f2 = st.columns([5, 2])
     show = f1.radio("Show", list(SHOW), format_func=SHOW.get, horizontal=True,
                     key=bind("inspect_show", "show", "all", choices=SHOW),
@@ -648,7 +828,11 @@ def main() -> None:
     sort = g3.selectbox("Sort", list(SORTS), format_func=SORTS.get,
                         key=bind("inspect_sort", "sort", "confident_errors", choices=SORTS))
 
-    pairs = sort_pairs(filter_pairs(scored, show, prob_range, groups), sort)
+    pairs = sort_pairs(filter_pairs(scored, show, prob_range, groups), "suspect" if show == "suspect" else sort)
+    if show == "suspect":
+        st.caption(f"Pairs whose label the runs on these test pairs contradict with confidence {SUSPECT_MIN} or more "
+                   "on average (1 - P(same) for a pair labelled same, P(same) for one labelled different), most "
+                   "suspect first. Open one and say whether its label is wrong.")
     if pairs.empty:
         st.info("No pairs match these filters: widen the probability range, pick other groups, or show all pairs.")
         return
