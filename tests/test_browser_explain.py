@@ -137,3 +137,14 @@ def test_overlays_toggle_and_stay_while_stepping(app_url, seeded, tmp_path):
         while image_sources(page) != plain:  # back to the files themselves
             assert time.monotonic() < deadline
             page.wait_for_timeout(300)
+
+        # a label said to be wrong: stored apart, the run re-scored beside its own numbers
+        page.locator('[data-testid="stDialog"] button', has_text="Label is wrong").first.click()
+        page.wait_for_selector("text=you said it is")
+        assert "wrong" in page.locator('[data-testid="stMarkdown"]', has_text="you said it is").first.inner_text()
+        page.keyboard.press("Escape")
+        page.wait_for_selector("text=Against the corrected labels")
+        settle(page)
+        no_exception(page)
+        text = page.locator('[data-testid="stMarkdown"]', has_text="Against the corrected labels").first.inner_text()
+        assert "1 of " in text and "(original " in text
