@@ -162,3 +162,13 @@ def test_explanations_are_kept_on_disk_by_the_images_digests(photos, simlab_cach
     assert len(list((simlab_cache / "explain").glob("*.npz"))) == 1
     assert heat_overlay(photos["coffee"], first, "a", 320).size == (320, 213)
     assert match_overlay(photos["crop"], first, "b", 320).size == (300, 200)  # never enlarged
+
+
+def test_a_vision_transformer_map_is_scaled_to_its_score(photos):
+    """DINOv2's vector is its CLS token, not the patch tokens' mean: the map is said to be an approximation."""
+    from simlab.explain import explain_pair
+
+    e = explain_pair(photos["coffee"], photos["crop"], "dinov2_small", "random")
+    assert e.kind == "tokens" and not e.exact and e.detail == "native"
+    assert e.grid_a.shape == (16, 16)
+    assert abs(float(e.grid_a.sum()) - e.score) < 1e-9 and abs(float(e.grid_b.sum()) - e.score) < 1e-9
