@@ -541,7 +541,7 @@ def pair_viewer(run: Run, scored: pd.DataFrame, order: list, threshold: float) -
                    f"</b><br><span class='dim'>{html.escape(os.path.dirname(path))}</span>")
         if explained is not None:
             uri, size = explained[overlay][0 if side == "left" else 1]
-            full = (uri, size)
+            full = (uri, full[1] if full else size)  # the caption keeps the file's own size
         sides.append((os.path.basename(path), full[0] if full else None, full[1] if full else None, caption))
     st.html(viewer_html(f"{run.id}-{order[pos]}-{overlay}", sides))
     if explained is not None:
