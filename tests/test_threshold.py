@@ -100,8 +100,8 @@ def test_a_store_from_before_thresholds_reads_half(tmp_path):
         for version, migration in enumerate(MIGRATIONS[:3]):
             migration(db)
             db.execute(f"PRAGMA user_version = {version + 1}")
-        db.execute("INSERT INTO runs (id, status, kind, metrics, config) VALUES ('r_old', 'done', 'pair', "
-                   "'{\"accuracy\": 0.8}', '{}')")
+        db.execute("INSERT INTO runs (id, created, status, kind, metrics, config) VALUES ('r_old', 1700000000, "
+                   "'done', 'pair', '{\"accuracy\": 0.8}', '{}')")  # every stored run has its creation time
     run = Store(path).get("r_old")
     assert run.threshold == 0.5
     with sqlite3.connect(path) as db:
