@@ -190,7 +190,9 @@ def test_named_runs_only_and_their_most_confident_errors(cache, store, tmp_path)
         section = section[:section.index('<div class="run">') if '<div class="run">' in section else None]
         shown = re.findall(r"P\(same\) <b>([\d.]+)</b>", section)
         assert shown == [f"{p:.3f}" for p in top["prob"]]
-        assert len(re.findall(r"<img src=\"data:image/jpeg", section)) == 2 * len(top)
+        # each pair: its two images and the two with their similarity map
+        assert len(re.findall(r"<img src=\"data:image/jpeg", section)) == 4 * len(top)
+        assert section.count('alt="similarity map"') == 2 * len(top)
     assert os.stat(out).st_mode & 0o777 == 0o666 & ~_umask()
 
 

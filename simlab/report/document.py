@@ -29,7 +29,7 @@ from simlab.merge import MERGES
 from simlab.options import choice_label
 from simlab.provenance import git_commit, library_versions
 from simlab.reference import ALIASES, STUDY_TEST_PAIRS, published_accuracies
-from simlab.report.figures import metric_switch, square_heatmap
+from simlab.report.figures import metric_switch, pair_overlays, square_heatmap
 from simlab.report.reliability import CAPTION as RELIABILITY_CAPTION
 from simlab.report.reliability import reliability_figure
 from simlab.report.tables import (
@@ -435,7 +435,7 @@ def confident_errors(preds: pd.DataFrame, threshold: float, n: int) -> pd.DataFr
     return wrong.sort_values("margin", ascending=False, kind="stable").head(n)
 
 
-def error_card(row, threshold: float) -> str:
+def error_card(row, threshold: float, overlays: tuple[str, str] | None = None) -> str:
     said = "same scene" if row.prob >= threshold else "different scenes"
     truth = "same scene" if int(row.label) == 1 else "different scenes"
     kind = "False positive" if row.prob >= threshold else "False negative"
@@ -447,9 +447,12 @@ def error_card(row, threshold: float) -> str:
                '<div class="missing">image unavailable</div>')
         imgs.append(f'<figure>{img}<figcaption title="{esc(path)}">{esc(name)}<br>'
                     f'<span class="muted">scene {esc(group)}</span></figcaption></figure>')
+    maps = ("" if overlays is None else '<div class="pair-imgs">' + "".join(
+        f'<figure><img src="{uri}" alt="similarity map" loading="eager"></figure>' for uri in overlays)
+        + '</div><div class="pair-foot muted">Similarity map: warm regions make the two look alike.</div>')
     return (f'<div class="pair"><div class="pair-head"><span class="badge {"fp" if row.prob >= threshold else "fn"}">'
             f"{kind}</span><span>P(same) <b>{row.prob:.3f}</b></span></div>"
-            f'<div class="pair-imgs">{"".join(imgs)}</div>'
+            f'<div class="pair-imgs">{"".join(imgs)}</div>{maps}'
             f'<div class="pair-foot">Predicted {said}; truth: {truth}.</div></div>')
 
 
@@ -473,7 +476,9 @@ def run_section(run: Run, store: Store, n_errors: int, state: dict | None = None
                     f'<div class="tile-note">{note}</div></div>' for k, v, note in stats)
     errors = confident_errors(preds, threshold, n_errors)
     n_wrong = m["fp"] + m["fn"]
-    cards = "".join(error_card(r, threshold) for r in errors.itertuples())
+    explained = None if run.is_finetune else (run.backbone or "").split("+")[0]  # a fusion: its first backbone
+    cards = "".join(error_card(r, threshold, pair_overlays(explained, run.weights, r.left_path, r.right_path))
+                    for r in errors.itertuples())
     errors_html = (f'<h4>Most confident errors <span class="muted">({len(errors)} of {n_wrong:,})</span></h4>'
                    f'<div class="pairs">{cards}</div>') if len(errors) else "<h4>No errors on the test pairs</h4>"
     stored = run.threshold_rule

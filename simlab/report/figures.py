@@ -132,3 +132,28 @@ def metric_switch(figures: dict[str, go.Figure], labels: dict[str, str]) -> go.F
                       "x": 0, "xanchor": "left", "y": 1, "yanchor": "bottom", "pad": {"b": titles + 12},
                       "bgcolor": "#f3f4f6", "bordercolor": "#d1d5db", "font": {"size": 12}}])
     return base
+
+
+def pair_overlays(backbone: str | None, weights: str, path_a: str, path_b: str, size: int = 200,
+                  ) -> tuple[str, str] | None:
+    """Both images of a pair with their similarity map (``simlab.explain``, kept on disk by the images' digests) as
+    small JPEG data URIs; None when the backbone has no spatial map or an image cannot be read."""
+    import base64
+    import io
+    import logging
+
+    from simlab.explain import can_explain, explain_cached, heat_overlay
+
+    try:
+        if not backbone or not can_explain(backbone):
+            return None
+        e = explain_cached(path_a, path_b, backbone, weights)
+        uris = []
+        for path, side in ((path_a, "a"), (path_b, "b")):
+            buf = io.BytesIO()
+            heat_overlay(path, e, side, size).save(buf, "JPEG", quality=80, optimize=True)
+            uris.append("data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"))
+        return uris[0], uris[1]
+    except Exception:  # noqa: BLE001 - a pair without overlays still shows its images
+        logging.getLogger(__name__).debug("no overlays for %s / %s", path_a, path_b, exc_info=True)
+        return None
