@@ -28,14 +28,13 @@ from pages._ui.vector_sets import vectors_cached
 from simlab.data import load_dataset
 from simlab.data.images import open_rgb
 from simlab.evaluate import pair_metrics
-from simlab.experiment import common_images
 from simlab.explain import can_explain, explain_cached, heat_overlay, match_overlay
 from simlab.label_errors import rescore, suspect_labels
-from simlab.merge import fuse, l2_normalise
 from simlab.paths import cache_dir
+from simlab.runspec import is_fused, split_backbone
+from simlab.search import NeighbourSet, neighbour_set
 from simlab.store import Run, Store
 from simlab.store.corrections import Corrections
-from simlab.vectors import vectorize
 
 RUN_KEY = "inspect_run"  # set by Compare and Train: the run to open
 THRESHOLD_KEY = "inspect_threshold"
@@ -206,28 +205,10 @@ def thumbs(paths: list[str], size: int) -> dict[str, str | None]:
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)
-def neighbour_index(spec: str, fingerprint: str, backbone: str, weights: str, cache_root: str):
-    """L2-normalised vectors of a dataset for a backbone (or a fusion "a+b"), with paths and groups.
-
-    Read from the vector cache (vectorize is a cache hit here); kept as a resource, not copied.
-    """
-    dataset = load_dataset(spec)
-    sets = {b: vectorize(dataset, b, weights) for b in backbone.split("+")}
-    paths, groups, vectors = common_images(sets)
-    fused = fuse([vectors[b] for b in sets])
-    return l2_normalise(np.asarray(fused, np.float32)), paths, groups
-
-
-def nearest(index, path: str, k: int = NEIGHBOURS) -> list[tuple[str, str, float]]:
-    vectors, paths, groups = index
-    try:
-        i = paths.index(path)
-    except ValueError:
-        return []
-    sims = vectors @ vectors[i]
-    sims[i] = -np.inf
-    top = np.argsort(-sims)[:k]
-    return [(paths[j], groups[j], float(sims[j])) for j in top]
+def neighbour_index(spec: str, fingerprint: str, backbone: str, weights: str, cache_root: str) -> NeighbourSet:
+    """The dataset's vectors for a backbone (or a fusion "a+b") and their index (simlab.search.neighbour_set),
+    kept as a resource: read from the vector cache once per dataset version."""
+    return neighbour_set(load_dataset(spec), backbone, weights)
 
 
 # --------------------------------------------------------------------------- pieces of the page
@@ -588,7 +569,7 @@ def label_buttons(row: dict) -> None:
 
 def explained_backbone(run: Run) -> str | None:
     """The backbone whose cosine a map can split for this run (a fusion's first), or None."""
-    first = (run.backbone or "").split("+")[0]
+    first = split_backbone(run.backbone or "")[0]
     try:
         return first if first and can_explain(first) else None
     except ValueError:  # a backbone no longer registered (a deleted tower)
@@ -648,7 +629,7 @@ def explanation_caption(run: Run, x: dict, overlay: str) -> None:
         st.markdown(f"**Numbered rings: region *k* of the left image and region *k* of the right image are each "
                     f"other's most alike.** These {x['matches_n']} matched regions carry "
                     f"**{x['matched_share']:.0%}** of the {escape_md(x['backbone'])} vectors' {score}.")
-    fused = "+" in (run.backbone or "")
+    fused = is_fused(run.backbone)
     if run.is_finetune:
         note = (f"This run fine-tuned a network on {escape_md(run.backbone or '?')}; the map shows the pretrained "
                 f"backbone's cosine, not the fine-tuned model's reasons.")
@@ -707,7 +688,7 @@ def pair_context(run: Run, row: dict) -> None:
             st.caption(f"Neighbours of {escape_md(os.path.basename(path))}")
             small_images([(p, f"{s:.3f} · {html.escape(str(g))}"
                               + (" <span class='ok'>✓</span>" if g == row[f"{side}_group"] else ""))
-                          for p, g, s in nearest(index, path)])
+                          for p, g, s in index.nearest(path, NEIGHBOURS)])
 
 
 # --------------------------------------------------------------------------- page
@@ -768,8 +749,9 @@ def threshold_slider(run: Run) -> tuple[float, float]:
     bind(THRESHOLD_KEY, "threshold", stored, parse=parse_float, dump=dump_float, valid=lambda v: 0.0 <= v <= 1.0)
     moved = abs(st.session_state.get(THRESHOLD_KEY, stored) - stored) > 1e-9
     c1, c2 = st.columns([5, 2], vertical_alignment="bottom")
-    label = "Threshold: tuned on the test pairs: optimistic" if moved else "Threshold: the run's own"
-    threshold = c1.slider(label, 0.0, 1.0, step=0.01, key=THRESHOLD_KEY, format="%.3f",
+    # The slider keeps one short label; whether the value is the run's own is said above it.
+    c1.caption("Tuned on the test pairs: optimistic" if moved else "The run's own threshold")
+    threshold = c1.slider("Threshold", 0.0, 1.0, step=0.01, key=THRESHOLD_KEY, format="%.3f",
                           help=f"A pair is predicted 'same' when its probability is at least this. The run's own "
                                f"threshold, {stored:.3f}, is stored with it: chosen on validation scenes carved from "
                                "its training scenes (0.5 for runs made before thresholds were stored, and for the "

@@ -26,7 +26,7 @@ from simlab.provenance import git_commit, library_versions
 from simlab.runspec import RunSpec, fused_name, is_fused, run_key, split_backbone, stored_spec
 from simlab.search import build_index
 from simlab.store import Run, Store, new_id
-from simlab.vectors import VectorSet, vectorize_many
+from simlab.vectors import common_images, vectorize_many
 
 log = logging.getLogger(__name__)
 
@@ -134,19 +134,6 @@ def rerun_config(run) -> GridConfig | None:
                       classifiers=[spec.classifier], fusion=is_fused(spec.backbone),
                       library_defaults=spec.library_defaults,
                       **{k: v for k, v in spec.protocol.to_dict().items() if k in grid_fields})
-
-
-def common_images(sets: dict[str, VectorSet]) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
-    """Paths and groups of the images every backbone vectorised, and each backbone's vectors for them."""
-    first = next(iter(sets.values()))
-    keep = set(first.digests).intersection(*(s.digests for s in sets.values()))
-    idx = [i for i, d in enumerate(first.digests) if d in keep]
-    digests = [first.digests[i] for i in idx]
-    vectors = {}
-    for name, s in sets.items():
-        pos = {d: i for i, d in enumerate(s.digests)}
-        vectors[name] = s.vectors[[pos[d] for d in digests]]
-    return [first.paths[i] for i in idx], [first.groups[i] for i in idx], vectors
 
 
 def _vectorizing(progress: Progress, backbone: str) -> Progress:

@@ -43,9 +43,9 @@ from simlab.pairs import group_codes
 from simlab.paths import atomic_path, cache_dir
 from simlab.progress import Progress, ShouldStop, silent
 from simlab.protocol import Protocol
-from simlab.runspec import RunSpec, is_fused
+from simlab.runspec import RunSpec, is_fused, split_backbone
 from simlab.store import Store
-from simlab.vectors import compute_vectors, vectorize
+from simlab.vectors import common_images, compute_vectors, vectorize
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +266,37 @@ def local_query(position: int | None, set_key: str, digest: str | None, rerank: 
 def search_in_process(position: int | None, set_key: str, digest: str | None, rerank: str | None = None) -> bool:
     """The routing rule: in process when the query's vector is at hand and there is no re-rank, else a job."""
     return local_query(position, set_key, digest, rerank) is not None
+
+
+@dataclass(frozen=True)
+class NeighbourSet:
+    """A dataset's vectors for one backbone or a fusion "a+b", with their paths, groups and an exact index:
+    what Inspect looks up an image's nearest neighbours in."""
+
+    vectors: np.ndarray
+    paths: list[str]
+    groups: list[str]
+    index: VectorIndex
+
+    def nearest(self, path: str, k: int = 10) -> list[tuple[str, str, float]]:
+        """The ``k`` images most like the image at ``path`` (itself left out): (path, group, cosine), best first;
+        none when ``path`` has no vector."""
+        try:
+            row = self.paths.index(path)
+        except ValueError:
+            return []
+        return [(self.paths[j], self.groups[j], s) for j, s in neighbours_of(self.vectors, row, k, self.index)]
+
+
+def neighbour_set(dataset, backbone: str, weights: str) -> NeighbourSet:
+    """The dataset's vectors for ``backbone`` (a fused name: each backbone's vectors of the images they all read,
+    concatenated), from the vector cache, with an exact index over them."""
+    from simlab.merge import fuse
+
+    sets = {name: vectorize(dataset, name, weights) for name in split_backbone(backbone)}
+    paths, groups, vectors = common_images(sets)
+    fused = np.ascontiguousarray(fuse([vectors[name] for name in sets]), np.float32)
+    return NeighbourSet(fused, list(paths), list(groups), build_index(fused, "flat"))
 
 
 def neighbours_of(vectors, row: int, k: int = 10, index: VectorIndex | None = None) -> list[tuple[int, float]]:

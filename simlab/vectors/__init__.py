@@ -60,6 +60,7 @@ from simlab.vectors.embed import (
 from simlab.vectors.keep import SAVE_EVERY_S, DiskFull, Keeper
 
 __all__ = ["DECODERS", "FITS", "PIPELINE_VERSION", "CachedVectors", "CorruptCache", "DecodeStats", "Decoder",
+           "common_images",
            "DecoderUnavailable", "DiskFull", "Job", "VectorCache", "VectorSet", "cached_sets", "choose_decoder",
            "compute_many", "compute_vectors", "config_key", "decode_mode", "decode_workers",
            "default_batch_size", "default_weights", "load_model", "read_path", "vectorize", "vectorize_many"]
@@ -231,3 +232,16 @@ def _assemble(dataset: Dataset, backbone: str, weights: str, key: str, known: di
         else np.zeros((0, dim), np.float32)
     return VectorSet(vectors, [dataset.paths[i] for i in keep], [dataset.groups[i] for i in keep],
                      [dataset.digests[i] for i in keep], backbone, weights, key, _problems(dataset, bad), computed)
+
+
+def common_images(sets: dict[str, VectorSet]) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
+    """Paths and groups of the images every backbone vectorised, and each backbone's vectors for them."""
+    first = next(iter(sets.values()))
+    keep = set(first.digests).intersection(*(s.digests for s in sets.values()))
+    idx = [i for i, d in enumerate(first.digests) if d in keep]
+    digests = [first.digests[i] for i in idx]
+    vectors = {}
+    for name, s in sets.items():
+        pos = {d: i for i, d in enumerate(s.digests)}
+        vectors[name] = s.vectors[[pos[d] for d in digests]]
+    return [first.paths[i] for i in idx], [first.groups[i] for i in idx], vectors
