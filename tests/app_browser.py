@@ -9,16 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from helpers import streamlit_server
 from simlab import jobs
 from simlab.paths import REPO_ROOT
 from simlab.store import Store
@@ -42,12 +38,6 @@ except ImportError:
     pytest.skip("the playwright package is not installed", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def simlab_env(cache: Path, **extra: str) -> dict[str, str]:
     """The environment of a simlab process working in ``cache``."""
     return dict(os.environ, SIMLAB_CACHE=str(cache), PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2", **extra)
@@ -57,38 +47,18 @@ def simlab_env(cache: Path, **extra: str) -> dict[str, str]:
 def serve_app(cache: Path, dataset: str = "demo") -> Iterator[str]:
     """`streamlit run app.py` on a free port over ``cache``; yields its URL. On exit the server and any job
     worker it started are stopped (a worker is never left behind); the server's log is ``cache/streamlit.log``."""
-    port = free_port()
-    log_path = Path(cache) / "streamlit.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=REPO_ROOT, env=simlab_env(cache, SIMLAB_DATASET=dataset), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    args = ["--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+            "--server.fileWatcherType", "none"]
     try:
-        deadline = time.monotonic() + SERVER_START
-        while True:
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
+        with streamlit_server(args, simlab_env(cache, SIMLAB_DATASET=dataset), Path(cache) / "streamlit.log",
+                              REPO_ROOT, SERVER_START) as port:
+            yield f"http://127.0.0.1:{port}"
     finally:
         if (Path(cache) / "simlab.db").exists():
             for job in Store(Path(cache) / "simlab.db").jobs():
                 if job["status"] in jobs.ACTIVE and job.get("pid"):
                     with contextlib.suppress(OSError):
                         os.killpg(job["pid"], signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,3 +55,38 @@ def stranger_image(seed: int, size: int = 160) -> Image.Image:
     stripes = (np.sin(x)[None, :] * np.cos(x * rng.uniform(0.2, 2))[:, None] + 1) / 2
     a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
     return Image.fromarray((stripes[..., None] * a + (1 - stripes[..., None]) * b).astype(np.uint8))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(args: list[str], env: dict[str, str], log_path: Path, cwd: Path,
+                     start_timeout: float = 90) -> Iterator[int]:
+    """`python -m streamlit run app.py` with ``args`` on a free port, started in its own process group; yields the
+    port once its health check answers. On exit it is stopped (SIGTERM, then SIGKILL after 20 s)."""
+    port = free_port()
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                                   *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"streamlit did not start:\n{Path(log_path).read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield port
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)

@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from helpers import write_group_folder
+from helpers import streamlit_server, write_group_folder
 from pages._ui import auth
 from simlab.paths import REPO_ROOT
 from simlab.store.known_datasets import KnownDatasets, normalise_spec
@@ -37,41 +34,15 @@ LINKED_QUESTION = "It was not opened in this app before."
 # --------------------------------------------------------------------------- DNS rebinding, on a real server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def default_server(tmp_path_factory):
     """`streamlit run app.py` with the repo's settings only (what `make run` starts), on a free port."""
     cache = tmp_path_factory.mktemp("rebind_cache")
-    port = _free_port()
     log_path = cache / "streamlit.log"
     env = dict(os.environ, SIMLAB_CACHE=str(cache), PYTHONPATH=str(REPO_ROOT), SIMLAB_DATASET="demo")
     env.pop("SIMLAB_PASSWORD", None)
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                                   "--server.headless", "true"], cwd=REPO_ROOT, env=env, stdout=log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + SERVER_START
-        while True:
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with streamlit_server(["--server.headless", "true"], env, log_path, REPO_ROOT, SERVER_START) as port:
         yield {"port": port, "log": log_path}
-    finally:
-        with contextlib.suppress(OSError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
 
 
 def websocket_handshake(port: int, host: str, origin: str | None) -> str:
