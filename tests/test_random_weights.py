@@ -58,10 +58,15 @@ def vectorise_in_fresh_processes(tmp_path: Path, backbones: list[str]) -> list[d
     return vectors
 
 
+# InceptionV3's random vectors were the ones seen to differ between processes; ResNet50 stands for the other
+# Keras applications (every one of them goes through the same seeding, which the test below checks layer by
+# layer), the bundled ones for theirs. Building all twelve twice costs minutes of the suite for no more cover.
+CROSS_PROCESS = ["inceptionv3", "resnet50", "efficientnet_lite0", "efficientnet_lite2", "phash", "dhash"]
+
+
 def test_random_weights_give_the_same_vectors_in_every_process(tmp_path):
-    backbones = KERAS_APPS + bundled_backbones()
-    assert {"vgg16", "vgg19", "resnet50", "inceptionv3", "xception", "vgg16_fc2", "vgg19_fc2",
-            "efficientnet_lite0", "phash"} <= set(backbones)
+    backbones = CROSS_PROCESS
+    assert set(backbones) <= set(KERAS_APPS + bundled_backbones())
     first, second = vectorise_in_fresh_processes(tmp_path, backbones)
     for name in backbones:
         assert first[name].shape[0] == 2 and np.isfinite(first[name]).all(), name
