@@ -47,13 +47,21 @@ def device_text(wait: float = 0.0) -> str | None:
     return state["text"]
 
 
+def _badge(text: str) -> None:
+    st.badge(text, icon=":material/bolt:" if text.startswith("GPU") else ":material/memory:",
+             color="green" if text.startswith("GPU") else "gray")
+
+
 @st.fragment(run_every=1)
 def _device_pending() -> None:
+    """Polls until detection finishes, then draws the badge in place. Never a rerun of the whole page: that
+    closed whatever dialog the user had opened meanwhile (a pair, an image). The page's next run draws the
+    badge directly and this fragment is gone."""
     text = device_text()
     if text is None:
         st.caption("Device: detecting…")
     else:
-        st.rerun()
+        _badge(text)
 
 
 def device_badge() -> None:
@@ -62,5 +70,4 @@ def device_badge() -> None:
     if text is None:
         _device_pending()
     else:
-        st.badge(text, icon=":material/bolt:" if text.startswith("GPU") else ":material/memory:",
-                 color="green" if text.startswith("GPU") else "gray")
+        _badge(text)
