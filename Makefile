@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 PORT ?= 8501
 HOST ?= 127.0.0.1
 # The suite runs on two processes (pytest-xdist): the 2-core CI machine finishes it in about half the time.
-PYTEST_ARGS ?= -n 2
+# --dist loadscope keeps each test module on one process, so a module's fixtures (grids of runs, servers,
+# reports) are built once, not once per process.
+PYTEST_ARGS ?= -n 2 --dist loadscope
 
 .PHONY: run lint test clean-cache
 

@@ -105,7 +105,7 @@ def test_every_image_is_decoded(opened):
     page, _, _, _ = opened
     page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
     images = page.locator("img")
-    assert images.count() == 2 * 2 * 4  # two runs in detail, four error pairs each
+    assert images.count() == 2 * 4 * 4  # two runs in detail, four error pairs each: both images and both maps
     page.wait_for_function("() => [...document.images].every(i => i.complete)")
     widths = images.evaluate_all("imgs => imgs.map(i => [i.naturalWidth, i.currentSrc.slice(0, 23)])")
     assert all(w > 0 and src == "data:image/jpeg;base64," for w, src in widths), widths

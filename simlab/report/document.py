@@ -45,6 +45,7 @@ from simlab.report.tables import (
     study_summary,
     study_table,
 )
+from simlab.runspec import split_backbone
 from simlab.store import Run, Store
 
 log = logging.getLogger(__name__)
@@ -476,7 +477,7 @@ def run_section(run: Run, store: Store, n_errors: int, state: dict | None = None
                     f'<div class="tile-note">{note}</div></div>' for k, v, note in stats)
     errors = confident_errors(preds, threshold, n_errors)
     n_wrong = m["fp"] + m["fn"]
-    explained = None if run.is_finetune else (run.backbone or "").split("+")[0]  # a fusion: its first backbone
+    explained = None if run.is_finetune else split_backbone(run.backbone or "")[0]  # a fusion: its first backbone
     cards = "".join(error_card(r, threshold, pair_overlays(explained, run.weights, r.left_path, r.right_path))
                     for r in errors.itertuples())
     errors_html = (f'<h4>Most confident errors <span class="muted">({len(errors)} of {n_wrong:,})</span></h4>'
