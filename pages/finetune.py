@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, fields
 
 import numpy as np
@@ -311,16 +310,14 @@ def smoothing_control() -> float:
 def live(job_id: str, others: list[str]) -> None:
     """Progress, Stop, and the curves of the running job (plus the runs picked for comparison), every second."""
     job = get_job(job_id)
-    if job is None or job["status"] not in jobs.ACTIVE:
+    if job is None or not job.active:
         jobs.reap_stale(store())
         st.rerun()  # the whole page: results replace the live view, and this fragment stops polling
-    done, total = job.get("done") or 0, job.get("total") or 0
-    elapsed = fmt_duration(time.time() - (job.get("started") or job.get("created")))
     c1, c2 = st.columns([6, 1], vertical_alignment="center")
     with c1:
-        st.progress(min(done / total, 1.0) if total else 0.0, text=f"{job.get('message') or 'Starting'} ({elapsed})")
+        st.progress(job.progress or 0.0, text=f"{job.message or 'Starting'} ({fmt_duration(job.elapsed())})")
     with c2:
-        stopping = bool(job.get("cancel"))
+        stopping = bool(job.cancel)
         if st.button("Stopping…" if stopping else "Stop", key=f"ft_stop_{job_id}", disabled=stopping,
                      width="stretch", help="End after the current batch; the best checkpoint is still scored."):
             jobs.cancel_job(job_id, store().path)
@@ -429,7 +426,7 @@ st.caption("Train on image pairs and watch it learn. **Neural head**: the 2017 s
 dataset = require_dataset()
 
 job = latest_job("finetune")
-running = job is not None and job["status"] in jobs.ACTIVE
+running = job is not None and job.active
 with st.expander("New run" if not running else "New run (one at a time: available when the run in progress ends)",
                  expanded=not running and "ft_job" not in st.session_state, icon=":material/tune:"):
     config = settings(dataset, running)
@@ -440,7 +437,7 @@ if config is not None:
 
 st.subheader("Training curves")
 runs = finetune_runs(dataset.fingerprint)
-current = run_of_job(job["id"]) if job else None
+current = run_of_job(job.id) if job else None
 pick_col, smooth_col = st.columns([4, 1], vertical_alignment="bottom")
 with pick_col:
     if running:  # the live run is always shown; earlier runs can be overlaid
@@ -457,10 +454,10 @@ with pick_col:
 with smooth_col:
     smoothing = smoothing_control() if picked or running else 0.6
 if running:
-    live(job["id"], picked)
+    live(job.id, picked)
 else:
-    if job is not None and st.session_state.get("ft_job") == job["id"]:
-        job_panel(job["id"])  # this session's last run: how it ended
+    if job is not None and st.session_state.get("ft_job") == job.id:
+        job_panel(job.id)  # this session's last run: how it ended
     shown = [by_id[i] for i in picked]
     if shown:
         st.plotly_chart(curves_figure(shown, smoothing), width="stretch", key="ft_curves")

@@ -14,7 +14,6 @@ from pages._ui.store import cached_runs
 from pages._ui.store_guard import store_guard
 from simlab.evaluate import headline_metrics
 from simlab.experiment import GridConfig
-from simlab.jobs import ACTIVE
 from simlab.options import choice_label
 from simlab.report.tables import one_per_config, runs_table
 
@@ -69,7 +68,7 @@ st.markdown(
     "A few minutes on a laptop.")
 
 demo = latest_job("demo")
-running = demo is not None and demo["status"] in ACTIVE
+running = demo is not None and demo.active
 clicked = st.button("Run the demo experiment", type="primary", icon=":material/play_arrow:", disabled=running,
                     help="Already running: see the progress below." if running else None)
 
@@ -82,9 +81,9 @@ def _start_demo(reuse: bool) -> None:
 start_once(GridConfig(dataset="demo"), "home_demo", _start_demo, clicked)
 
 if demo is not None:
-    job = job_panel(demo["id"])
-    if job is not None and job["status"] == "done":
-        result = job.get("result") or {}
+    job = job_panel(demo.id)
+    if job is not None and job.status == "done":
+        result = job.result if isinstance(job.result, dict) else {}
         best = result.get("best") or {}
         if best:
             st.markdown(

@@ -39,7 +39,7 @@ st.caption("Everything simlab has computed: background jobs (vectorising, grids,
 # --------------------------------------------------------------------------- jobs
 
 st.subheader("Jobs")
-all_jobs = jobs.job_records(store_path())
+all_jobs = jobs.list_jobs(store_path())
 if not all_jobs:
     st.info("No jobs yet. Start one from the Home page (the demo), Vectorize or Train.",
             icon=":material/arrow_forward:")
@@ -102,15 +102,12 @@ shown = [r for r in runs if (not status_pick or r.status in status_pick)
 
 def _row(r: Run) -> dict:
     m = r.metrics
-    took = r.seconds
-    if took is None and r.finished:
-        took = r.finished - r.created
     return {"status": f"{STATUS_ICONS.get(r.status, '')} {r.status}",
             "backbone": r.backbone, "merge": r.merge,
             "classifier": classifier_name(r.classifier) if r.classifier else None,
             **{name: m.get(name) for name in headline_metrics(r.kind)},
             "threshold": r.threshold if r.done else None,
-            "duration": fmt_duration(took), "error": (r.error or "")[:200],
+            "duration": fmt_duration(r.duration), "error": (r.error or "")[:200],
             "weights": choice_label("weights", r.weights), "dataset": r.dataset, "split": r.protocol.split,
             "seed": r.protocol.seed, "created": fmt_when(r.created), "kind": kind_label(r), "id": r.id}
 

@@ -178,10 +178,10 @@ def search_job(dataset_spec: str, s: dict, query: str, k: int, kind: str, rerank
     job = wait_for_job(start_job("search", params), bar, SEARCH_TIMEOUT)
     if job is None:
         return {"error": f"The search took longer than {SEARCH_TIMEOUT} s and was stopped."}
-    if job["status"] != "done":
-        return {"error": job.get("message") or "unknown error"}
+    if job.status != "done":
+        return {"error": job.message or "unknown error"}
     bar.progress(1.0, text="Done")
-    return job["result"]
+    return job.result
 
 
 # --------------------------------------------------------------------------- page
@@ -200,7 +200,7 @@ if not sets:
             icon=":material/image_search:")
     job = latest_job("vectorize", active_only=True)
     if job is not None:
-        job_panel(job["id"])
+        job_panel(job.id)
     elif st.button(f"Vectorize with {DEFAULT_BACKBONE}", type="primary", icon=":material/scatter_plot:"):
         start_job("vectorize", {"dataset": dataset.spec, "backbones": [DEFAULT_BACKBONE], "weights": "imagenet"})
         st.rerun()

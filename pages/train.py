@@ -9,7 +9,7 @@ import streamlit as st
 
 from pages._ui.datasets import load_current_dataset
 from pages._ui.formatting import escape_md, map_column
-from pages._ui.job_panel import as_job, job_panel, job_record, latest_job, start_job
+from pages._ui.job_panel import get_job, job_panel, latest_job, start_job
 from pages._ui.links import open_on_inspect, page_link
 from pages._ui.options import default, format_choice, widget_choices, widget_range
 from pages._ui.reuse import start_once
@@ -125,7 +125,7 @@ def results(job: Job) -> None:
     @st.fragment(run_every=2 if active else None)
     def table() -> None:
         open_inspect_if_asked()  # a row just selected: only this fragment reruns, so open Inspect from here
-        now = job_record(job.id) or job
+        now = get_job(job.id) or job
         frame = results_frame(now)
         done = frame[frame["status"] == "done"] if len(frame) else frame
         st.markdown(f"**Results** · {len(done)} of {len(frame)} runs done")
@@ -314,7 +314,7 @@ def main() -> None:
     dataset = load_current_dataset()
     ok = summary(config, dataset) and dataset is not None
     running = latest_job("grid", active_only=True)
-    where = (running.get("params") or {}).get("dataset") if running else None
+    where = running.params.get("dataset") if running else None
     elsewhere = running is not None and not same_dataset(where, config.dataset)
     label = f"Start {len(config.cells())} runs" if ok else "Start"
     clicked = st.button(label, type="primary", icon=":material/play_arrow:", disabled=not ok or running is not None,
@@ -341,7 +341,6 @@ def main() -> None:
         no_grid_job(config.dataset)
         return
     st.divider()
-    job = as_job(job)
     params = job.params
     st.caption(f"Grid job {job.id} on {escape_md(params.get('dataset', '?'))} · "
                f"{escape_md(params.get('split', '?'))} split · {escape_md(params.get('weights', '?'))} weights")

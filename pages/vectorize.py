@@ -16,7 +16,6 @@ from pages._ui.state import current_dataset_spec
 from pages._ui.store_guard import store_guard
 from pages._ui.vector_sets import align, dataset_names, read_set, set_key
 from simlab.backbones import list_backbones, weights_status
-from simlab.jobs import ACTIVE
 from simlab.options import choice_label
 from simlab.vectors.cache import cached_sets
 
@@ -84,7 +83,7 @@ st.caption("KerasHub backbones (DINOv2, CLIP, SigLIP2) download their preset onc
            "`$SIMLAB_KERAS_HUB_DIR/<preset>/`), or use Random weights to test the pipeline.")
 
 job = latest_job("vectorize")
-running = job is not None and job["status"] in ACTIVE
+running = job is not None and job.active
 with st.form("vectorize_form"):
     names = list(table["name"])
     default = [n for n in names if table.set_index("name").loc[n, "bundled"]][:1] or names[:1]
@@ -112,7 +111,7 @@ if go_:
         start_job("vectorize", {"dataset": dataset.spec, "backbones": picked, "weights": weights})
         st.rerun()
 if job is not None:
-    job_panel(job["id"])
+    job_panel(job.id)
 
 # --------------------------------------------------------------------------- cached sets
 

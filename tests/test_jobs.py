@@ -17,7 +17,7 @@ from PIL import Image
 from simlab import jobs
 from simlab.jobs import kinds, reaper
 from simlab.paths import REPO_ROOT
-from simlab.store import Store
+from simlab.store import Job, Store
 
 START_TIMEOUT = 120  # a worker imports TensorFlow: slow on a busy 2-core machine
 JOB_TIMEOUT = 300
@@ -54,9 +54,9 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("SIMLAB_CACHE", str(tmp_path / "cache"))
     s = Store()
     yield s
-    for job in s.jobs():  # never leave a worker behind (only a process identified as its worker)
+    for job in s.list_jobs():  # never leave a worker behind (only a process identified as its worker)
         worker, _ = reaper.worker_of(job)
-        if job["status"] in jobs.ACTIVE and worker is not None:
+        if job.status in jobs.ACTIVE and worker is not None:
             with contextlib.suppress(OSError):
                 os.killpg(worker.pid, signal.SIGKILL)
 
@@ -71,23 +71,23 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def wait_finished(store: Store, job_id: str, timeout: float = JOB_TIMEOUT) -> dict:
+def wait_finished(store: Store, job_id: str, timeout: float = JOB_TIMEOUT) -> Job:
     def finished():
-        job = store.get_job(job_id)
-        return job if job["status"] in jobs.FINISHED else None
+        job = store.job(job_id)
+        return job if job.status in jobs.FINISHED else None
 
     try:
         return wait_for(finished, timeout, f"job {job_id} to finish")
     except AssertionError:
-        raise AssertionError(f"job {job_id} did not finish: {store.get_job(job_id)}\n"
+        raise AssertionError(f"job {job_id} did not finish: {store.job(job_id)}\n"
                              f"log:\n{jobs.log_tail(job_id, 40)}") from None
 
 
-def wait_running_with_progress(store: Store, job_id: str) -> dict:
+def wait_running_with_progress(store: Store, job_id: str) -> Job:
     def running():
-        job = store.get_job(job_id)
-        assert job["status"] in jobs.ACTIVE, f"job ended early: {job}\n{jobs.log_tail(job_id, 40)}"
-        return job if job["status"] == "running" and (job["done"] or 0) > 0 else None
+        job = store.job(job_id)
+        assert job.status in jobs.ACTIVE, f"job ended early: {job}\n{jobs.log_tail(job_id, 40)}"
+        return job if job.status == "running" and (job.done or 0) > 0 else None
 
     return wait_for(running, START_TIMEOUT, f"job {job_id} to report progress")
 
@@ -99,56 +99,56 @@ def pid_gone(pid: int) -> bool:
 def test_grid_job_runs_in_a_worker_and_lands_its_result(store, tiny):
     job_id = jobs.start_job("grid", {"dataset": tiny, "classifiers": ["cosine", "logreg"], "weights": "random"},
                             store_path=store.path)
-    job = store.get_job(job_id)
-    assert job["status"] in jobs.ACTIVE and job["pid"] and job["pid"] != os.getpid()
+    job = store.job(job_id)
+    assert job.status in jobs.ACTIVE and job.pid and job.pid != os.getpid()
     job = wait_finished(store, job_id)
-    assert job["status"] == "done", job
-    assert job["done"] == job["total"] > 0
-    result = job["result"]
+    assert job.status == "done", job
+    assert job.done == job.total > 0
+    result = job.result
     assert len(result["runs"]) == 6 and result["n_runs"] == 6
     assert result["best"]["accuracy"] > 0.5
-    runs = store.runs(status="done")
-    assert {r["id"] for r in runs} == set(result["runs"])
-    assert all(r["job_id"] == job_id for r in runs)
+    runs = store.list_runs(status="done")
+    assert {r.id for r in runs} == set(result["runs"])
+    assert all(r.job_id == job_id for r in runs)
     assert len(store.predictions(result["runs"][0])) > 0
     assert jobs.log_path(job_id).exists()
-    assert wait_for(lambda: pid_gone(job["pid"]), 30, "the worker to exit")
+    assert wait_for(lambda: pid_gone(job.pid), 30, "the worker to exit")
 
 
 def test_demo_job_is_the_default_grid_with_overrides(store, tiny):
     job_id = jobs.start_job("demo", {"dataset": tiny, "weights": "random"}, store_path=store.path)
     job = wait_finished(store, job_id)
-    assert job["status"] == "done", job
-    runs = store.runs(status="done")
+    assert job.status == "done", job
+    runs = store.list_runs(status="done")
     assert len(runs) == 9
-    assert {r["merge"] for r in runs} == {"dot", "l1", "l2"}
-    assert {r["classifier"] for r in runs} == {"cosine", "logreg", "xgboost"}
-    assert {r["backbone"] for r in runs} == {"efficientnet_lite0"}
+    assert {r.merge for r in runs} == {"dot", "l1", "l2"}
+    assert {r.classifier for r in runs} == {"cosine", "logreg", "xgboost"}
+    assert {r.backbone for r in runs} == {"efficientnet_lite0"}
 
 
 def test_vectorize_job_reports_progress_and_can_be_cancelled(store, big):
     job_id = jobs.start_job("vectorize", {"dataset": big, "backbones": ["efficientnet_lite0"], "weights": "random"},
                             store_path=store.path)
     job = wait_running_with_progress(store, job_id)
-    assert job["total"] == 600 and 0 < job["done"] < 600
-    assert "img/s" in job["message"] and "ETA" in job["message"]
-    assert job["heartbeat"] and time.time() - job["heartbeat"] < 30
-    assert job["fields"]["stage"] == "vectorize" and job["fields"]["backbone"] == "efficientnet_lite0"
-    assert job["pid_started"] and job["host"]
+    assert job.total == 600 and 0 < job.done < 600
+    assert "img/s" in job.message and "ETA" in job.message
+    assert job.heartbeat and time.time() - job.heartbeat < 30
+    assert job.fields["stage"] == "vectorize" and job.fields["backbone"] == "efficientnet_lite0"
+    assert job.pid_started and job.host
     jobs.cancel_job(job_id, store.path)
     job = wait_finished(store, job_id, timeout=60)
-    assert job["status"] == "cancelled", job
-    assert job["done"] < 600
-    assert wait_for(lambda: pid_gone(job["pid"]), 30, "the cancelled worker to exit")
+    assert job.status == "cancelled", job
+    assert job.done < 600
+    assert wait_for(lambda: pid_gone(job.pid), 30, "the cancelled worker to exit")
 
 
 def test_a_bad_parameter_ends_failed_with_its_message(store, tiny):
     job_id = jobs.start_job("grid", {"dataset": tiny, "classifiers": ["no_such_classifier"], "weights": "random"},
                             store_path=store.path)
     job = wait_finished(store, job_id)
-    assert job["status"] == "failed"
-    assert "no_such_classifier" in job["message"] and "Traceback" not in job["message"]
-    assert "Traceback" in job["error"]
+    assert job.status == "failed"
+    assert "no_such_classifier" in job.message and "Traceback" not in job.message
+    assert "Traceback" in job.error
 
 
 def test_a_missing_dataset_folder_ends_failed_with_a_clear_message(store, tmp_path):
@@ -156,8 +156,8 @@ def test_a_missing_dataset_folder_ends_failed_with_a_clear_message(store, tmp_pa
     job_id = jobs.start_job("vectorize", {"dataset": f"folder:{missing}", "backbones": ["efficientnet_lite0"],
                                           "weights": "random"}, store_path=store.path)
     job = wait_finished(store, job_id)
-    assert job["status"] == "failed"
-    assert "not found" in job["message"].lower() and str(missing) in job["message"]
+    assert job.status == "failed"
+    assert "not found" in job.message.lower() and str(missing) in job.message
 
 
 def test_a_restarted_app_finds_the_running_job_and_its_progress(store, big):
@@ -166,35 +166,35 @@ def test_a_restarted_app_finds_the_running_job_and_its_progress(store, big):
     wait_running_with_progress(store, job_id)
     # A new process (as after an app restart) reads the same database file.
     code = ("import sys; from simlab.store import Store; from simlab import jobs; "
-            "jobs.reap_stale(Store(sys.argv[1])); j = Store(sys.argv[1]).get_job(sys.argv[2]); "
-            "print(j['status'], j['done'], j['total'])")
+            "jobs.reap_stale(Store(sys.argv[1])); j = Store(sys.argv[1]).job(sys.argv[2]); "
+            "print(j.status, j.done, j.total)")
     out = subprocess.run([sys.executable, "-c", code, str(store.path), job_id], capture_output=True, text=True,
                          timeout=60, cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
     status, done, total = out.stdout.split()
     assert status == "running" and 0 < int(done) <= int(total) == 600, out
-    assert [j["id"] for j in jobs.active_jobs("vectorize", Store(store.path))] == [job_id]
+    assert [j.id for j in jobs.active_jobs("vectorize", Store(store.path))] == [job_id]
     jobs.cancel_job(job_id, store.path)
-    assert wait_finished(store, job_id, timeout=60)["status"] == "cancelled"
+    assert wait_finished(store, job_id, timeout=60).status == "cancelled"
 
 
 def test_a_killed_worker_is_reaped_as_failed(store, big):
     job_id = jobs.start_job("vectorize", {"dataset": big, "backbones": ["efficientnet_lite0"], "weights": "random"},
                             store_path=store.path)
     job = wait_running_with_progress(store, job_id)
-    os.kill(job["pid"], signal.SIGKILL)
-    wait_for(lambda: pid_gone(job["pid"]), 30, "the killed worker to disappear")
-    assert store.get_job(job_id)["status"] == "running"  # nobody has looked yet
+    os.kill(job.pid, signal.SIGKILL)
+    wait_for(lambda: pid_gone(job.pid), 30, "the killed worker to disappear")
+    assert store.job(job_id).status == "running"  # nobody has looked yet
     assert jobs.reap_stale(store) == [job_id]
-    job = store.get_job(job_id)
-    assert job["status"] == "failed" and job["finished"]
-    assert "worker process died" in job["message"]
+    job = store.job(job_id)
+    assert job.status == "failed" and job.finished
+    assert "worker process died" in job.message
     assert jobs.reap_stale(store) == []
 
 
 def test_unknown_kinds_are_refused_and_registry_entries_may_be_lazy(store, monkeypatch):
     with pytest.raises(ValueError, match="Unknown job kind"):
         jobs.start_job("no_such_kind", {}, store_path=store.path)
-    assert store.jobs() == []
+    assert store.list_jobs() == []
     monkeypatch.setitem(jobs.JOB_KINDS, "lazy", "simlab.jobs.kinds:vectorize_job")
     assert jobs.job_function("lazy") is kinds.vectorize_job
 
@@ -203,15 +203,15 @@ def test_cancel_of_a_finished_job_changes_nothing(store):
     job_id = store.add_job("grid", {})
     store.update_job(job_id, status="done")
     jobs.cancel_job(job_id, store.path)
-    assert store.get_job(job_id)["status"] == "done" and not store.get_job(job_id)["cancel"]
+    assert store.job(job_id).status == "done" and not store.job(job_id).cancel
 
 
 def test_a_terminated_worker_ends_its_job_as_cancelled(store, big):
     job_id = jobs.start_job("vectorize", {"dataset": big, "backbones": ["efficientnet_lite0"], "weights": "random"},
                             store_path=store.path)
     job = wait_running_with_progress(store, job_id)
-    os.kill(job["pid"], signal.SIGTERM)
-    assert wait_finished(store, job_id, timeout=60)["status"] == "cancelled"
+    os.kill(job.pid, signal.SIGTERM)
+    assert wait_finished(store, job_id, timeout=60).status == "cancelled"
 
 
 def test_a_worker_that_ignores_cancel_is_killed_after_the_grace_period(store, big, monkeypatch):
@@ -221,9 +221,9 @@ def test_a_worker_that_ignores_cancel_is_killed_after_the_grace_period(store, bi
     jobs.cancel_job(job_id, store.path)
     monkeypatch.setattr(reaper, "CANCEL_GRACE", -1.0)  # the grace period is over at once
     assert jobs.reap_stale(store) == [job_id]
-    job = store.get_job(job_id)
-    assert job["status"] == "cancelled" and "did not stop in time" in job["message"]
-    assert wait_for(lambda: pid_gone(job["pid"]), 30, "the worker to be killed")
+    job = store.job(job_id)
+    assert job.status == "cancelled" and "did not stop in time" in job.message
+    assert wait_for(lambda: pid_gone(job.pid), 30, "the worker to be killed")
 
 
 def _wraps_up_after_a_cancel(params, store, progress, should_stop) -> dict:
@@ -243,10 +243,10 @@ def test_a_cancelled_job_keeps_the_progress_where_it_stopped(store, monkeypatch)
     job_id = store.add_job("wrap_up", {})
     store.update_job(job_id, params={"job_id": job_id})
     assert run_worker(job_id, store.path) == 0  # in this process: the kind is registered here only
-    job = store.get_job(job_id)
-    assert job["status"] == "cancelled"
-    assert (job["done"], job["total"]) == (3, 10)  # not 1 of 1: the bar stays where the cancel came
-    assert job["fields"] == {"stage": "cancelled", "stopped_during": "epoch 3 of 10"}
+    job = store.job(job_id)
+    assert job.status == "cancelled"
+    assert (job.done, job.total) == (3, 10)  # not 1 of 1: the bar stays where the cancel came
+    assert job.fields == {"stage": "cancelled", "stopped_during": "epoch 3 of 10"}
 
 
 def test_the_demo_generator_reports_each_image_it_writes(tmp_path):

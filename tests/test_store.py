@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simlab.store import CorruptRun, Store, StoreCorrupt, StoreTooNew
+from simlab.store.run import runs_frame
 
 
 def _writer(path, worker, n):
@@ -33,41 +34,41 @@ def test_two_processes_writing_at_once_do_not_corrupt_the_store(tmp_path):
     for p in procs:
         assert p.wait(120) == 0
     store = Store(path)
-    runs = store.runs()
-    assert len(runs) == 50 and all(r["status"] == "done" for r in runs)
-    assert all(len(store.predictions(r["id"])) == 50 for r in runs)
-    frame = store.runs_frame()
+    runs = store.list_runs()
+    assert len(runs) == 50 and all(r.status == "done" for r in runs)
+    assert all(len(store.predictions(r.id)) == 50 for r in runs)
+    frame = runs_frame(runs)
     assert set(frame["backbone"]) == {"b0", "b1"} and "accuracy" in frame
 
 
 def test_run_lifecycle_and_delete(tmp_path):
     store = Store(tmp_path / "s.db")
     run_id = store.add_run(dataset="demo", backbone="b", merge="l1", classifier="rf", config={"seed": 3})
-    assert store.get_run(run_id)["status"] == "running"
-    assert store.get_run(run_id)["config"] == {"seed": 3}
+    assert store.get(run_id).status == "running"
+    assert store.get(run_id).config == {"seed": 3}
     store.update_run(run_id, status="failed", error="ValueError: boom")
-    assert store.runs(status="failed")[0]["error"] == "ValueError: boom"
+    assert store.list_runs(status="failed")[0].error == "ValueError: boom"
     store.add_curve_points(run_id, [(0, 0, "batch_loss", 0.7), (1, 0, "batch_loss", 0.6)])
     assert list(store.curves(run_id)["value"]) == [0.7, 0.6]
     store.delete_run(run_id)
-    assert store.get_run(run_id) is None and store.curves(run_id).empty
+    assert store.get(run_id) is None and store.curves(run_id).empty
 
 
 def test_jobs_table(tmp_path):
     store = Store(tmp_path / "s.db")
     job = store.add_job("grid", {"dataset": "demo"})
-    assert store.get_job(job)["status"] == "queued"
+    assert store.job(job).status == "queued"
     store.update_job(job, status="running", done=3, total=9, message="3 of 9")
-    j = store.get_job(job)
-    assert (j["done"], j["total"], j["params"]) == (3, 9, {"dataset": "demo"})
-    assert [x["id"] for x in store.jobs(status="running")] == [job]
+    j = store.job(job)
+    assert (j.done, j.total, j.params) == (3, 9, {"dataset": "demo"})
+    assert [x.id for x in store.list_jobs(status="running")] == [job]
 
 
 def test_jobs_keep_their_progress_fields_and_one_job_per_request(tmp_path):
     store = Store(tmp_path / "s.db")
     job = store.add_job("vectorize", {"dataset": "demo", "backbones": ["b"]})
     store.update_job(job, fields={"stage": "vectorize", "backbone": "b", "rate": 12.5, "eta": 3.0})
-    assert store.get_job(job)["fields"] == {"stage": "vectorize", "backbone": "b", "rate": 12.5, "eta": 3.0}
+    assert store.job(job).fields == {"stage": "vectorize", "backbone": "b", "rate": 12.5, "eta": 3.0}
     assert store.add_job_once("vectorize", {"backbones": ["b"], "dataset": "demo"}) == (job, False)
     other, new = store.add_job_once("vectorize", {"dataset": "demo", "backbones": ["c"]})
     assert new and other != job
@@ -112,7 +113,7 @@ def test_typed_runs_name_what_ran(tmp_path):
     tuned = store.get(head)
     assert (tuned.mode, tuned.head_merge, tuned.loss) == ("head", "l1", None)
     assert tuned.label == "fine-tune of b: head on l1, augmented, top 2 layers trained"
-    assert Run.from_row(store.get_run(head)) == tuned and Run.from_row(tuned.to_row()) == tuned
+    assert Run.from_row(tuned.to_row()) == tuned
 
 
 def test_a_stored_protocol_out_of_todays_bounds_still_shows(tmp_path):
@@ -170,7 +171,7 @@ def test_any_value_in_any_column_of_a_run_row_reads_or_is_one_corrupt_run(fuzzed
     write(store.path, f"UPDATE runs SET {column} = ? WHERE id = '{bad}'", value)
     corrupt = store.corrupt_runs()
     listed = [r.id for r in store.list_runs()]
-    assert good in listed and len(store.runs_frame()) == len(listed) == len(store.runs())
+    assert good in listed and len(runs_frame(store.list_runs())) == len(listed)
     for run in store.list_runs():  # every run that reads can be drawn
         run.protocol.describe(), run.label, run.method, run.threshold_rule
         assert all(isinstance(run.metrics.get(k), (int, float, type(None))) for k in ("accuracy", "auc"))

@@ -1,5 +1,6 @@
 """A store written by simlab before schema versions (tests/data/store_v0.sql) opens, migrates and reads back."""
 
+import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from simlab.store import MIGRATIONS, SCHEMA_VERSION, Run, Store, StoreTooNew
+from simlab.store.schema import JSON_COLUMNS
 
 FIXTURE = Path(__file__).parent / "data" / "store_v0.sql"
 
@@ -27,6 +29,17 @@ def user_version(path) -> int:
         db.close()
 
 
+def stored_row(path, table: str, id_: str) -> dict:
+    """One row as SQLite holds it (read past the store), its JSON columns decoded."""
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    try:
+        row = dict(db.execute(f"SELECT * FROM {table} WHERE id = ?", [id_]).fetchone())
+    finally:
+        db.close()
+    return {k: json.loads(v) if k in JSON_COLUMNS and v is not None else v for k, v in row.items()}
+
+
 def test_the_fixture_is_an_unversioned_store(tmp_path):
     assert user_version(old_store(tmp_path)) == 0
 
@@ -35,19 +48,20 @@ def test_an_old_store_migrates_in_place_and_keeps_its_rows(tmp_path):
     path = old_store(tmp_path)
     store = Store(path)
     assert user_version(path) == SCHEMA_VERSION == len(MIGRATIONS)
-    assert [r["id"] for r in store.runs()] == ["f0tune00001", "r0grid00001"]
-    assert store.get_run("r0grid00001")["kind"] == "pair"  # stored values unchanged
-    assert store.get_run("f0tune00001")["merge"] == "siamese"
+    assert [r.id for r in store.list_runs()] == ["f0tune00001", "r0grid00001"]
+    assert stored_row(path, "runs", "r0grid00001")["kind"] == "pair"  # stored values unchanged
+    assert stored_row(path, "runs", "f0tune00001")["merge"] == "siamese"
     assert list(store.predictions("r0grid00001")["prob"]) == [0.875, 0.25, 0.0625]
     assert list(store.curves("f0tune00001")["value"]) == [0.75, 0.5, 0.625]
-    job = store.get_job("j0job000001")
-    assert (job["status"], job["done"], job["result"]) == ("done", 3, {"runs": ["r0grid00001"]})
+    job = store.job("j0job000001")
+    assert (job.status, job.done, job.result) == ("done", 3, {"runs": ["r0grid00001"]})
     Store(path)  # opening again is a no-op
     assert user_version(path) == SCHEMA_VERSION
 
 
 def test_old_runs_read_back_as_typed_runs_with_the_same_numbers(tmp_path):
-    store = Store(old_store(tmp_path))
+    path = old_store(tmp_path)
+    store = Store(path)
     grid = store.get("r0grid00001")
     assert isinstance(grid, Run) and grid.kind == "grid" and grid.is_grid and not grid.is_finetune
     assert (grid.backbone, grid.merge, grid.classifier) == ("efficientnet_lite0", "dot", "xgboost")
@@ -67,7 +81,7 @@ def test_old_runs_read_back_as_typed_runs_with_the_same_numbers(tmp_path):
     assert tuned.artifacts == {"folder": "cache/runs/f0tune00001"}
     assert tuned.protocol.to_dict() == {"split": "group", "test_size": 0.25, "negatives": "same_left",
                                         "negative_ratio": 2.0, "seed": 7, "weights": "imagenet", "hard_k": None}
-    assert tuned.to_row() == store.get_run("f0tune00001")
+    assert tuned.to_row() == stored_row(path, "runs", "f0tune00001")
 
 
 def test_list_runs_filters_by_run_kind(tmp_path):
@@ -94,7 +108,7 @@ def test_processes_opening_an_old_store_at_once_migrate_it_once(tmp_path):
     for t in threads:
         t.join()
     assert errors == [] and user_version(path) == SCHEMA_VERSION
-    assert len(Store(path).runs()) == 2
+    assert len(Store(path).list_runs()) == 2
 
 
 def test_a_store_from_a_newer_simlab_is_refused_with_what_to_do(tmp_path):
@@ -137,7 +151,7 @@ def test_migration_adds_owners_fields_and_request_keys_and_an_old_active_job_is_
     db.close()
     assert {"owner_pid", "owner_started", "owner_host", "heartbeat"} <= columns["runs"]
     assert {"pid_started", "host", "fields", "params_key"} <= columns["jobs"]
-    assert store.get_job("j0job000001")["fields"] is None
+    assert stored_row(path, "jobs", "j0job000001")["fields"] is None and store.job("j0job000001").fields == {}
     assert store.add_job_once("grid", {"dataset": "demo", "seed": 1}) == ("j0running01", False)
     old = store.get("r0grid00001")  # runs of an older simlab have no owner: left as they are
     assert (old.status, old.owner_pid, old.heartbeat) == ("done", None, None)

@@ -1,5 +1,6 @@
 """The store's typed records in a real SQLite file: runs filtered by kind whichever way they are asked for,
-and jobs as :class:`simlab.store.Job` with their duration and elapsed time computed once."""
+jobs as :class:`simlab.store.Job` with their duration and elapsed time computed once, and the table of runs
+(``python -m simlab runs``) built from the records."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import time
 import pytest
 
 from simlab import jobs
-from simlab.store import Job, Store
+from simlab.store import Job, Run, Store
+from simlab.store.run import runs_frame
 
 
 @pytest.fixture
@@ -24,20 +26,45 @@ def test_runs_of_a_kind_include_grid_cells_stored_as_pair_and_old_rows(store):
     old = store.add_run(dataset="demo", backbone="phash", merge="l1", classifier="cosine")
     with sqlite3.connect(store.path) as db:
         db.execute("UPDATE runs SET kind = NULL WHERE id = ?", [old])  # a row from before kinds were stored
-    grid = {r["id"] for r in store.runs(kind="grid")}
-    assert grid == {cell, old} == {r.id for r in store.list_runs(kind="grid")}
-    assert {r["id"] for r in store.runs(kind="pair")} == grid  # the stored name still answers
-    assert [r["id"] for r in store.runs(kind="finetune")] == [tuned] == [r.id for r in store.list_runs(kind="finetune")]
-    assert {r["id"] for r in store.runs(kind="grid", status="running")} == grid
-    assert set(store.runs_frame(kind="grid")["id"]) == grid
-    assert set(store.runs_frame()["kind"]) == {"pair", "finetune"}  # as the CLI has always printed it
+    grid = {r.id for r in store.list_runs(kind="grid")}
+    assert grid == {cell, old}
+    assert {r.id for r in store.list_runs(kind="pair")} == grid  # the stored name still answers
+    assert [r.id for r in store.list_runs(kind="finetune")] == [tuned]
+    assert {r.id for r in store.list_runs(kind="grid", status="running")} == grid
+    assert set(runs_frame(store.list_runs(kind="grid"))["id"]) == grid
+    assert set(runs_frame(store.list_runs())["kind"]) == {"pair", "finetune"}  # as the CLI has always printed it
+
+
+def test_the_store_answers_runs_and_jobs_only_as_typed_records(store):
+    for gone in ("get_run", "runs", "get_job", "jobs", "runs_frame"):
+        assert not hasattr(Store, gone), f"Store.{gone} still answers"
+    run_id = store.add_run(dataset="demo", backbone="phash", merge="dot", classifier="cosine")
+    job_id = store.add_job("grid", {"dataset": "demo"})
+    assert isinstance(store.get(run_id), Run) and all(isinstance(r, Run) for r in store.list_runs())
+    assert isinstance(store.job(job_id), Job) and all(isinstance(j, Job) for j in store.list_jobs())
+    assert isinstance(jobs.get_job(job_id, store.path), Job)
+    assert [j.id for j in jobs.list_jobs(store.path)] == [job_id] == [j.id for j in jobs.active_jobs("grid", store)]
+
+
+def test_the_runs_frame_keeps_its_columns(store):
+    assert runs_frame(store.list_runs()).empty  # no runs: the CLI says so
+    cell = store.add_run(dataset="demo", backbone="phash", merge="dot", classifier="cosine", split="group", seed=3)
+    store.finish_run(cell, {"accuracy": 0.75, "auc": 0.8}, timings={"total": 1.5})
+    tuned = store.add_run(kind="finetune", dataset="demo", backbone="phash", merge="siamese", classifier="contrastive",
+                          config={"mode": "siamese", "loss": "contrastive"})
+    store.finish_run(tuned, {"accuracy": 0.5, "map": 0.25})
+    frame = runs_frame(store.list_runs())
+    assert list(frame.columns) == ["id", "created", "status", "kind", "dataset", "backbone", "merge", "classifier",
+                                   "split", "seed", "accuracy", "map", "seconds", "auc"]
+    assert frame["id"].tolist() == [tuned, cell] and frame["kind"].tolist() == ["finetune", "pair"]
+    assert frame["seconds"].tolist()[1] == 1.5 and frame["auc"].tolist()[1] == 0.8
 
 
 def test_a_finished_job_reads_back_as_a_record_with_its_duration(store):
     job_id = store.add_job("grid", {"dataset": "demo", "seed": 3})
     store.update_job(job_id, status="done", started=100.0, finished=142.5, done=4, total=4, message="4 runs",
                      result={"runs": 4})
-    job = jobs.job_record(job_id, store.path)
+    job = jobs.get_job(job_id, store.path)
     assert isinstance(job, Job) and job == store.job(job_id)
     assert (job.kind, job.status, job.params, job.result, job.message) == ("grid", "done", {"dataset": "demo",
                                                                                            "seed": 3},
@@ -45,7 +72,7 @@ def test_a_finished_job_reads_back_as_a_record_with_its_duration(store):
     assert not job.active
     assert job.duration == pytest.approx(42.5) and job.elapsed() == pytest.approx(42.5)
     assert job.progress == 1.0
-    assert [j.id for j in jobs.job_records(store.path)] == [job_id] == [j.id for j in store.list_jobs("done")]
+    assert [j.id for j in jobs.list_jobs(store.path)] == [job_id] == [j.id for j in store.list_jobs("done")]
 
 
 def test_durations_of_running_queued_and_dead_jobs(store):

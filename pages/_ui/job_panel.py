@@ -26,93 +26,78 @@ def start_job(kind: str, params: dict | None = None) -> str:
     return job_id
 
 
-def get_job(job_id: str) -> dict | None:
-    """The job's row from the store (fresh, not cached)."""
+def get_job(job_id: str) -> Job | None:
+    """The job from the store (fresh, not cached)."""
     return jobs.get_job(job_id, store_path())
 
 
-def job_record(job_id: str) -> Job | None:
-    """The job as a typed record from the store (fresh, not cached)."""
-    return jobs.job_record(job_id, store_path())
-
-
-def latest_job(kind: str | tuple[str, ...], active_only: bool = False, dataset: str | None = None) -> dict | None:
+def latest_job(kind: str | tuple[str, ...], active_only: bool = False, dataset: str | None = None) -> Job | None:
     """The newest job of a kind (this session's, else the store's), e.g. to find a running one after a reload;
     with ``dataset``, only a job on that dataset (its ``params["dataset"]``)."""
     kinds = (kind,) if isinstance(kind, str) else tuple(kind)
     mine = [st.session_state.get(JOBS_KEY, {}).get(k) for k in kinds]
 
-    def wanted(job: dict | None) -> bool:
-        return bool(job) and job["kind"] in kinds and (not active_only or job["status"] in jobs.ACTIVE) and (
-            dataset is None or same_dataset((job.get("params") or {}).get("dataset"), dataset))
+    def wanted(job: Job | None) -> bool:
+        return job is not None and job.kind in kinds and (not active_only or job.active) and (
+            dataset is None or same_dataset(job.params.get("dataset"), dataset))
 
     jobs.reap_stale(store())
     for job_id in filter(None, mine):
         job = get_job(job_id)
         if wanted(job):
             return job
-    return next((job for job in store().jobs() if wanted(job)), None)
+    return next((job for job in store().list_jobs() if wanted(job)), None)
 
 
-def wait_for_job(job_id: str, bar, timeout: float, poll: float = 0.2) -> dict | None:
+def wait_for_job(job_id: str, bar, timeout: float, poll: float = 0.2) -> Job | None:
     """Wait in this script run for a short job to end, its progress driving ``bar`` (an st.progress);
-    returns its final row, or None (after asking it to stop) when it takes longer than ``timeout`` s."""
+    returns the ended job, or None (after asking it to stop) when it takes longer than ``timeout`` s."""
     start = last_reap = time.monotonic()
     while True:
         job = get_job(job_id)
-        if job is None or job["status"] not in jobs.ACTIVE:
+        if job is None or not job.active:
             return job
         elapsed = time.monotonic() - start
         if elapsed > timeout:
             jobs.cancel_job(job_id, store_path())
             return None
-        if job.get("total"):
-            frac = min(0.95, ((job.get("done") or 0) + 1) / (job["total"] + 1))
-            bar.progress(frac, text=f"{job.get('message') or 'Working'}… ({elapsed:.0f} s)")
+        if job.total:
+            frac = min(0.95, ((job.done or 0) + 1) / (job.total + 1))
+            bar.progress(frac, text=f"{job.message or 'Working'}… ({elapsed:.0f} s)")
         if time.monotonic() - last_reap > 2:  # a worker that died: marked failed, so the wait ends
             jobs.reap_stale(store())
             last_reap = time.monotonic()
         time.sleep(poll)
 
 
-def as_job(job: dict | Job) -> Job:
-    """A job row (as ``get_job`` returns it) as a typed record; a record as it is."""
-    return job if isinstance(job, Job) else Job.from_row(job)
-
-
-def job_label(job: dict | Job) -> str:
+def job_label(job: Job) -> str:
     """What the job does, in words ("Vectorising", "Grid of runs", ...)."""
-    kind = as_job(job).kind
-    return jobs.JOB_LABELS.get(kind, kind or "")
+    return jobs.JOB_LABELS.get(job.kind, job.kind or "")
 
 
-def _progress_text(job: dict | Job) -> tuple[float, str]:
-    job = as_job(job)
+def _progress_text(job: Job) -> tuple[float, str]:
     frac = job.progress or 0.0
     pct = f"{frac:.0%} · " if job.total else ""
     return frac, f"{job_label(job)} — {pct}{job.message or ''} ({fmt_duration(job.elapsed())})"
 
 
-def stopped_progress(job: dict | Job) -> tuple[float, str]:
+def stopped_progress(job: Job) -> tuple[float, str]:
     """A cancelled job's bar: where it stopped (never a full bar), marked cancelled."""
-    job = as_job(job)
     frac = job.progress or 0.0
     during = job.fields.get("stopped_during") or ""
     where = f"at {frac:.0%}" if job.total else "before any progress"
     return frac, f"■ Cancelled {where}{f' · {during}' if during else ''} (after {fmt_duration(job.duration)})"
 
 
-def show_job_error(job: dict | Job) -> None:
+def show_job_error(job: Job) -> None:
     """A failed job: its short message, and the traceback in a collapsed expander."""
-    job = as_job(job)
     st.error(f"{job_label(job)} failed: {job.message or 'unknown error'}", icon=":material/error:")
     if job.error:
         with st.expander("Details (traceback)"):
             st.code(job.error, language=None)
 
 
-def _job_final(job: dict | Job) -> None:
-    job = as_job(job)
+def _job_final(job: Job) -> None:
     label = job_label(job)
     took = fmt_duration(job.duration)
     if job.status == "done":
@@ -130,10 +115,10 @@ def _live_job(job_id: str) -> None:
     if job is None:
         st.info("This job no longer exists.")
         return
-    if job["status"] in jobs.ACTIVE:
+    if job.active:
         jobs.reap_stale(store())
-        job = get_job(job_id)
-    if job["status"] not in jobs.ACTIVE:
+        job = get_job(job_id) or job
+    if not job.active:
         clear_runs_cache()
         st.rerun()  # the whole page: it shows the result, and this fragment stops polling
     frac, text = _progress_text(job)
@@ -141,22 +126,22 @@ def _live_job(job_id: str) -> None:
     with cols[0]:
         st.progress(frac, text=text)
     with cols[1]:
-        stopping = bool(job.get("cancel"))
+        stopping = bool(job.cancel)
         if st.button("Stopping…" if stopping else "Cancel", key=f"cancel_{job_id}", disabled=stopping,
                      width="stretch"):
             jobs.cancel_job(job_id, store_path())
             st.rerun(scope="fragment")
 
 
-def job_panel(job_id: str | None) -> dict | None:
+def job_panel(job_id: str | None) -> Job | None:
     """Live progress of a job (bar, message, Cancel) polling every second until it ends, then its
-    outcome (success, cancelled, or the error with its traceback folded). Returns the job row."""
+    outcome (success, cancelled, or the error with its traceback folded). Returns the job."""
     if not job_id:
         return None
     job = get_job(job_id)
     if job is None:
         return None
-    if job["status"] in jobs.ACTIVE:
+    if job.active:
         _live_job(job_id)
     else:
         _job_final(job)

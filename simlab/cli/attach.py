@@ -16,34 +16,33 @@ import time
 
 from simlab.cli.progress_bar import ProgressBar
 from simlab.data import canonical_spec
-from simlab.store import Store, StoreError
+from simlab.store import Job, Store, StoreError
 from simlab.vectors import default_weights
 
 log = logging.getLogger(__name__)
 
 POLL = 0.5  # seconds between two looks at the job followed
 QUIET_AFTER = 60.0  # a job whose worker wrote no heartbeat for this long is not waited for
-ACTIVE = ("queued", "running")
 
 
-def _alive(job: dict | None) -> bool:
-    if job is None or job["status"] not in ACTIVE:
+def _alive(job: Job | None) -> bool:
+    if job is None or not job.active:
         return False
-    last = job.get("heartbeat") or job.get("created") or 0.0
+    last = job.heartbeat or job.created or 0.0
     return time.time() - float(last) < QUIET_AFTER
 
 
-def vectorize_jobs(spec: str, backbones: list[str], weights: str | None) -> list[dict]:
+def vectorize_jobs(spec: str, backbones: list[str], weights: str | None) -> list[Job]:
     """The app's queued or running vectorize jobs that compute vectors this request needs."""
     try:
-        found = [j for j in Store().jobs() if j["kind"] == "vectorize" and _alive(j)]
+        found = [j for j in Store().list_jobs() if j.kind == "vectorize" and _alive(j)]
     except (StoreError, sqlite3.Error, OSError) as exc:  # no store to read: nothing to attach to
         log.debug("Not looking for jobs to attach to: %s", exc)
         return []
     want = canonical_spec(spec)
     out = []
     for job in found:
-        params = job.get("params") or {}
+        params = job.params
         names = params.get("backbones") or [params.get("backbone")]
         if canonical_spec(params.get("dataset") or "demo") != want:
             continue
@@ -53,21 +52,21 @@ def vectorize_jobs(spec: str, backbones: list[str], weights: str | None) -> list
     return out
 
 
-def wait_for(jobs: list[dict]) -> None:
+def wait_for(jobs: list[Job]) -> None:
     """Follow each job on a progress bar until it ends; say so when one ends otherwise than done."""
     store = Store()
     for job in jobs:
-        print(f"attached to job {job['id']}, which vectorises this dataset in the app: waiting for it",
+        print(f"attached to job {job.id}, which vectorises this dataset in the app: waiting for it",
               file=sys.stderr, flush=True)
-        bar, row = ProgressBar(), job
-        while _alive(row):
-            if row.get("total"):
-                bar(min(row["done"] or 0, row["total"] - 1), row["total"], row.get("message") or "")
+        bar, now = ProgressBar(), job
+        while _alive(now):
+            if now.total:
+                bar(min(now.done or 0, now.total - 1), now.total, now.message or "")
             time.sleep(POLL)
-            row = store.get_job(job["id"])
-        if row is not None and row.get("total"):
-            bar(row["total"], row["total"], row.get("message") or "")
-        if row is None or row["status"] != "done":
-            how = ("is gone" if row is None else f"ended {row['status']}" if row["status"] not in ACTIVE
+            now = store.job(job.id)
+        if now is not None and now.total:
+            bar(now.total, now.total, now.message or "")
+        if now is None or now.status != "done":
+            how = ("is gone" if now is None else f"ended {now.status}" if not now.active
                    else f"wrote no heartbeat for {QUIET_AFTER:.0f} s")
-            print(f"job {job['id']} {how}: computing what is missing here", file=sys.stderr, flush=True)
+            print(f"job {job.id} {how}: computing what is missing here", file=sys.stderr, flush=True)

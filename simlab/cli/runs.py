@@ -12,6 +12,7 @@ from simlab.cli.progress_bar import ProgressBar
 from simlab.cli.table import print_table
 from simlab.experiment import GridConfig, run_grid
 from simlab.store import Store
+from simlab.store.run import runs_frame
 
 RUN_COLUMNS = ["run_id", "backbone", "merge", "classifier", "accuracy", "accuracy_lo", "accuracy_hi", "auc", "f1",
                "map", "seconds"]
@@ -70,7 +71,7 @@ def cmd_runs(args) -> int:
     store = Store()
     if args.delete:
         return delete_runs(store, args.delete)
-    frame = store.runs_frame()  # a corrupt row is left out, and named on stderr
+    frame = runs_frame(store.list_runs())  # a corrupt row is left out, and named on stderr
     if args.json:
         for r in frame.to_dict(orient="records"):
             print(json.dumps(r, default=str))

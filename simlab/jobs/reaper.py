@@ -19,8 +19,8 @@ from pathlib import Path
 
 import psutil
 
-from simlab.jobs.base import ACTIVE, log_path, log_tail, open_store
-from simlab.store import HOST, Store, owner_process
+from simlab.jobs.base import log_path, log_tail, open_store
+from simlab.store import HOST, Job, Store, owner_process
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +42,16 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-def worker_of(job: dict) -> tuple[psutil.Process | None, str]:
+def worker_of(job: Job) -> tuple[psutil.Process | None, str]:
     """``(process, "")`` when the job's worker still runs on this machine; else ``(None, why not)``:
     ``"died"``, ``"reused"`` (the pid now belongs to another process) or ``ELSEWHERE`` (another machine)."""
-    if job.get("host") not in (None, HOST):
+    if job.host not in (None, HOST):
         return None, ELSEWHERE
-    if not pid_alive(job.get("pid")):
+    if not pid_alive(job.pid):
         return None, "died"
-    proc = owner_process(job["pid"], job.get("pid_started"))
+    proc = owner_process(job.pid, job.pid_started)
     try:
-        if proc is None or job["id"] not in proc.cmdline():
+        if proc is None or job.id not in proc.cmdline():
             return None, "reused"
     except psutil.NoSuchProcess:
         return None, "died"
@@ -78,49 +78,49 @@ def reap_stale(store: Store | str | Path | None = None) -> list[str]:
     """
     store = open_store(store)
     now, changed = time.time(), []
-    for job in store.jobs():
-        if job["status"] in ACTIVE and _reap(store, job, now):
-            changed.append(job["id"])
+    for job in store.list_jobs():
+        if job.active and _reap(store, job, now):
+            changed.append(job.id)
     store.reap_orphan_runs(force=bool(changed))  # the runs of the jobs just ended, and runs gone silent
     return changed
 
 
-def _reap(store: Store, job: dict, now: float) -> bool:
+def _reap(store: Store, job: Job, now: float) -> bool:
     """End one active job if its worker is dead, silent or overdue after a cancel; whether it did."""
     proc, why_not = worker_of(job)
-    beat = job.get("heartbeat") or job.get("created") or now
-    asked = job.get("cancel") or 0  # the time of the cancel request (cancel_job writes a timestamp)
+    beat = job.heartbeat or job.created or now
+    asked = job.cancel or 0  # the time of the cancel request (cancel_job writes a timestamp)
     if asked > 1e9 and proc and now - asked > CANCEL_GRACE:
         _kill(proc)
-        log.warning("Job %s did not stop within %.0f s of its cancel and was killed", job["id"], CANCEL_GRACE)
-        store.update_job(job["id"], status="cancelled", finished=now,
+        log.warning("Job %s did not stop within %.0f s of its cancel and was killed", job.id, CANCEL_GRACE)
+        store.update_job(job.id, status="cancelled", finished=now,
                          message="Stopped (the worker did not stop in time and was ended).")
         return True
-    if job["status"] == "queued" and job.get("pid") is None and now - beat < START_GRACE:
+    if job.status == "queued" and job.pid is None and now - beat < START_GRACE:
         return False  # being started right now
     if (proc or why_not == ELSEWHERE) and now - beat < STALE_AFTER:
         return False
-    if job.get("cancel"):
-        store.update_job(job["id"], status="cancelled", finished=now, message="Stopped.")
+    if job.cancel:
+        store.update_job(job.id, status="cancelled", finished=now, message="Stopped.")
         return True
     why = _why(job, why_not, now - beat)
     if proc:
         _kill(proc)
-    log.warning("Job %s failed: %s", job["id"], why)
-    tail = log_tail(job["id"])
-    store.update_job(job["id"], status="failed", finished=now,
+    log.warning("Job %s failed: %s", job.id, why)
+    tail = log_tail(job.id)
+    store.update_job(job.id, status="failed", finished=now,
                      message=f"{why} before finishing (killed, out of memory, or the machine restarted). "
                              "Run it again.",
-                     error=f"{why}.\n\nLast lines of {log_path(job['id'])}:\n{tail or '(empty)'}")
+                     error=f"{why}.\n\nLast lines of {log_path(job.id)}:\n{tail or '(empty)'}")
     return True
 
 
-def _why(job: dict, why_not: str, silent: float) -> str:
+def _why(job: Job, why_not: str, silent: float) -> str:
     if why_not == "reused":
-        return (f"The worker process died (its pid {job['pid']} now belongs to another process, "
+        return (f"The worker process died (its pid {job.pid} now belongs to another process, "
                 "which was left alone)")
     if why_not == ELSEWHERE:
-        return f"The worker on {job['host']} stopped responding (no heartbeat for {int(silent)} s)"
+        return f"The worker on {job.host} stopped responding (no heartbeat for {int(silent)} s)"
     if why_not:
         return "The worker process died"
     return f"The worker stopped responding (no heartbeat for {int(silent)} s) and was ended"

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from simlab.jobs.base import ACTIVE, log_path, open_store
+from simlab.jobs.base import log_path, open_store
 from simlab.jobs.reaper import reap_stale
 from simlab.jobs.registry import check_kind
 from simlab.jobs.request import request_params
@@ -52,38 +52,27 @@ def start_job(kind: str, params: dict | None = None, store_path: str | Path | No
 def cancel_job(job_id: str, store_path: str | Path | None = None) -> None:
     """Ask a job to stop: the worker ends it as "cancelled" at its next check (between batches)."""
     store = open_store(store_path)
-    job = store.get_job(job_id)
-    if job is None or job["status"] not in ACTIVE:
+    job = store.job(job_id)
+    if job is None or not job.active:
         return
     store.update_job(job_id, cancel=int(time.time()), message="Stopping…")
 
 
-def get_job(job_id: str, store_path: str | Path | None = None) -> dict | None:
-    """One job's row (status, done, total, message, error, result...), or None."""
-    return open_store(store_path).get_job(job_id)
-
-
-def list_jobs(store_path: str | Path | None = None, status: str | None = None) -> list[dict]:
-    """Every job, newest first (after marking dead workers' jobs as failed)."""
-    store = open_store(store_path)
-    reap_stale(store)
-    return store.jobs(status)
-
-
-def active_jobs(kind: str | None = None, store_path: str | Path | None = None) -> list[dict]:
-    """Jobs queued or running (optionally of one kind), newest first."""
-    store = open_store(store_path)
-    reap_stale(store)
-    return [j for j in store.jobs() if j["status"] in ACTIVE and (kind is None or j["kind"] == kind)]
-
-
-def job_record(job_id: str, store_path: str | Path | None = None) -> Job | None:
-    """One job as a typed record (its duration and elapsed time computed once), or None."""
+def get_job(job_id: str, store_path: str | Path | None = None) -> Job | None:
+    """One job as a typed record (status, progress, message, error, result; its duration and elapsed time
+    computed once), or None."""
     return open_store(store_path).job(job_id)
 
 
-def job_records(store_path: str | Path | None = None, status: str | None = None) -> list[Job]:
+def list_jobs(store_path: str | Path | None = None, status: str | None = None) -> list[Job]:
     """Every job as a typed record, newest first (after marking dead workers' jobs as failed)."""
     store = open_store(store_path)
     reap_stale(store)
     return store.list_jobs(status)
+
+
+def active_jobs(kind: str | None = None, store_path: str | Path | None = None) -> list[Job]:
+    """Jobs queued or running (optionally of one kind), newest first."""
+    store = open_store(store_path)
+    reap_stale(store)
+    return [j for j in store.list_jobs() if j.active and (kind is None or j.kind == kind)]

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from simlab.jobs.base import log_path
 from simlab.jobs.registry import job_function
 from simlab.progress import Cancelled, ShouldStop
-from simlab.store import HOST, Store, StoreError, process_started
+from simlab.store import HOST, Job, Store, StoreError, process_started
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Reporter:
     """Progress writes for one job, at most one per PROGRESS_INTERVAL, plus the cancel check.
 
     :meth:`progress` is a :class:`simlab.progress.Progress`; its fields (stage, backbone, rate, eta)
-    are written to the job's ``fields`` column where the store has one.
+    are written to the job's ``fields`` column.
     """
 
     def __init__(self, store: Store, job_id: str):
@@ -87,7 +87,6 @@ class Reporter:
         self.stopped_at: tuple[int, int, str] | None = None  # the progress when the cancel was first seen
         self.lock = threading.Lock()
         self.closed = False  # the job's end is being written: later progress (a step left running) is dropped
-        self.with_fields = "fields" in (store.get_job(job_id) or {})
 
     def progress(self, done: int, total: int, message: str = "", **fields: Any) -> None:
         with self.lock:
@@ -107,16 +106,15 @@ class Reporter:
                 return
             self.last_write = time.monotonic()
             done, total, message, fields = pending
-            extra = {"fields": jsonable(fields)} if self.with_fields else {}
             self.store.update_job(self.job_id, done=done, total=total, message=message, heartbeat=time.time(),
-                                  **extra)
+                                  fields=jsonable(fields))
 
     def should_stop(self) -> bool:
         now = time.monotonic()
         if not self.cancelled and now - self.last_check >= 0.5:
             self.last_check = now
-            job = self.store.get_job(self.job_id)
-            self.cancelled = bool(job and job.get("cancel"))
+            job = self.store.job(self.job_id)
+            self.cancelled = bool(job and job.cancel)
             if self.cancelled:
                 with self.lock:
                     self.stopped_at = self.latest
@@ -128,10 +126,7 @@ class Reporter:
         if self.stopped_at is None:
             return {}
         done, total, message = self.stopped_at
-        out = {"done": done, "total": total}
-        if self.with_fields:
-            out["fields"] = {"stage": "cancelled", "stopped_during": message}
-        return out
+        return {"done": done, "total": total, "fields": {"stage": "cancelled", "stopped_during": message}}
 
 
 def heartbeat(store: Store, job_id: str, reporter: Reporter, stop: threading.Event) -> None:
@@ -171,14 +166,14 @@ def _short_error(exc: BaseException) -> str:
 def run_worker(job_id: str, store_path: str | Path) -> int:
     """Run one job to its end in this process: status, progress, result or error go to the store."""
     store = Store(store_path)
-    job = store.get_job(job_id)
+    job = store.job(job_id)
     if job is None:
         print(f"simlab.jobs: no job {job_id} in {store.path}", file=sys.stderr)
         return 2
-    if job["status"] != "queued":
-        print(f"simlab.jobs: job {job_id} is already {job['status']}", file=sys.stderr)
+    if job.status != "queued":
+        print(f"simlab.jobs: job {job_id} is already {job.status}", file=sys.stderr)
         return 0
-    if job.get("cancel"):
+    if job.cancel:
         store.update_job(job_id, status="cancelled", finished=time.time(), message="Cancelled before it started.")
         return 0
     try:
@@ -199,18 +194,18 @@ def _record(store: Store, job_id: str, **fields) -> None:
         log.error("Job %s: its end (%s) not recorded: %s", job_id, fields.get("status"), exc)
 
 
-def _run(store: Store, job: dict) -> int:
-    job_id, reporter = job["id"], Reporter(store, job["id"])
+def _run(store: Store, job: Job) -> int:
+    job_id, reporter = job.id, Reporter(store, job.id)
     store.update_job(job_id, status="running", started=time.time(), pid=os.getpid(), pid_started=process_started(),
                      host=HOST, heartbeat=time.time(), message="Starting (loading libraries)")
     stop = threading.Event()
     beat = threading.Thread(target=heartbeat, args=(store, job_id, reporter, stop), daemon=True)
     beat.start()
-    log.info("Job %s (%s) started, pid %d", job_id, job["kind"], os.getpid())
+    log.info("Job %s (%s) started, pid %d", job_id, job.kind, os.getpid())
     try:
-        fn = until_stopped(lambda: job_function(job["kind"]), reporter.should_stop, "loading libraries")
+        fn = until_stopped(lambda: job_function(job.kind), reporter.should_stop, "loading libraries")
         kwargs = {"job_id": job_id} if "job_id" in inspect.signature(fn).parameters else {}
-        result = fn(job["params"] or {}, store, reporter.progress, reporter.should_stop, **kwargs)
+        result = fn(job.params, store, reporter.progress, reporter.should_stop, **kwargs)
         if reporter.should_stop() and stopped_early(result):
             raise Cancelled("Stopped on request.")
     except (Cancelled, KeyboardInterrupt) as exc:
@@ -266,8 +261,8 @@ def stopped_early(result) -> bool:
 
 def _finish(store: Store, job_id: str, reporter: Reporter, result) -> None:
     reporter.flush()
-    job = store.get_job(job_id)
-    total = max(job.get("total") or 0, 1)
+    job = store.job(job_id)
+    total = max(job.total or 0, 1) if job else 1
     late = {"message": "Done: the cancel came after the work was finished."} if reporter.cancelled else {}
     store.update_job(job_id, status="done", finished=time.time(), result=jsonable(result), done=total, total=total,
                      **late)

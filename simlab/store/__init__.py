@@ -1,7 +1,9 @@
 """The run store: one SQLite file under cache/, safe for several processes at once (WAL).
 
-A run reads back as a typed :class:`Run` (``Store.get``, ``Store.list_runs``); the schema carries its
-version in ``PRAGMA user_version`` and a store written by an older simlab migrates when opened.
+A run reads back as a typed :class:`Run` (``Store.get``, ``Store.list_runs``), a job as a typed :class:`Job`
+(``Store.job``, ``Store.list_jobs``); a table of runs is a view of those records
+(:func:`simlab.store.run.runs_frame`). The schema carries its version in ``PRAGMA user_version`` and a
+store written by an older simlab migrates when opened.
 
 Every run carries its owner, the process that writes it (pid, start time, machine) and a heartbeat the
 owner writes every RUN_BEAT_INTERVAL while the run is open. A run left ``running`` by a process that has
@@ -172,9 +174,8 @@ class Store:
             db.execute("COMMIT")
 
     @staticmethod
-    def _row(row: sqlite3.Row | None) -> dict | None:
-        if row is None:
-            return None
+    def _row(row: sqlite3.Row) -> dict:
+        """A row as a dict, its JSON columns decoded."""
         out = dict(row)
         for k in JSON_COLUMNS:
             if k in out and out[k] is not None:
@@ -298,16 +299,6 @@ class Store:
                        [*values.values(), run_id])
             db.execute("COMMIT")
 
-    def get_run(self, run_id: str) -> dict | None:
-        """The run's row as a dict (JSON columns decoded), or None; :class:`CorruptRun` if it cannot be read."""
-        self.reap_orphan_runs()
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM runs WHERE id = ?", [run_id]).fetchone()
-        if row is None:
-            return None
-        Run.from_row(row)  # raises CorruptRun
-        return self._row(row)
-
     def get(self, run_id: str) -> Run | None:
         """The run as a typed record, or None; :class:`CorruptRun` (one line) if its row cannot be read."""
         self.reap_orphan_runs()
@@ -315,15 +306,15 @@ class Store:
             row = db.execute("SELECT * FROM runs WHERE id = ?", [run_id]).fetchone()
         return Run.from_row(row) if row is not None else None
 
-    def _read_runs(self, sql: str, args: list) -> tuple[list[tuple[Run, sqlite3.Row]], list[CorruptRun]]:
-        """The rows of ``sql`` read one by one: ``(run, row)`` for each that reads, and the corrupt ones."""
+    def _read_runs(self, sql: str, args: list) -> tuple[list[Run], list[CorruptRun]]:
+        """The rows of ``sql`` read one by one: the runs that read, and the corrupt ones."""
         self.reap_orphan_runs()
         with self._connect() as db:
             rows = db.execute(sql, args).fetchall()
         good, bad = [], []
         for row in rows:
             try:
-                good.append((Run.from_row(row), row))
+                good.append(Run.from_row(row))
             except CorruptRun as exc:
                 bad.append(exc)
                 if (str(self.path), str(exc)) not in _WARNED:
@@ -340,7 +331,7 @@ class Store:
                   fingerprint: str | None = None) -> list[Run]:
         """Runs as typed records, newest first; ``kind`` is "grid" or "finetune" (as ``Run.kind``)."""
         sql, args = self._runs_query(status, kind, fingerprint)
-        return [run for run, _ in self._read_runs(sql, args)[0]]
+        return self._read_runs(sql, args)[0]
 
     @staticmethod
     def _runs_query(status: str | None, kind: str | None, fingerprint: str | None) -> tuple[str, list]:
@@ -359,21 +350,6 @@ class Store:
             args.extend(stored)
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created DESC"
         return sql, args
-
-    def runs(self, status: str | None = None, kind: str | None = None, fingerprint: str | None = None) -> list[dict]:
-        """Runs as row dicts, newest first, filtered as :meth:`list_runs` filters them (corrupt rows left out:
-        :meth:`corrupt_runs`). Prefer :meth:`list_runs`, which returns typed records."""
-        sql, args = self._runs_query(status, kind, fingerprint)
-        return [self._row(row) for _, row in self._read_runs(sql, args)[0]]
-
-    def runs_frame(self, **filters) -> pd.DataFrame:
-        """Finished runs as a table: config columns plus one column per metric."""
-        rows = []
-        for run in self.list_runs(**filters):
-            r = run.to_row()  # ``kind`` as stored ("pair" for a grid cell), as the CLI has always printed it
-            rows.append({k: r[k] for k in ("id", "created", "status", "kind", "dataset", "backbone", "merge",
-                                           "classifier", "split", "seed")} | run.metrics | {"seconds": run.seconds})
-        return pd.DataFrame(rows)
 
     def predictions(self, run_id: str) -> pd.DataFrame:
         """A run's test pairs (paths, groups, ``label`` 0/1, ``prob``), in stored order. Rows that cannot be
@@ -472,25 +448,20 @@ class Store:
     def update_job(self, job_id: str, **fields) -> None:
         self._update("jobs", job_id, fields)
 
-    def get_job(self, job_id: str) -> dict | None:
+    def job(self, job_id: str) -> Job | None:
+        """The job as a typed record, or None."""
         with self._connect() as db:
-            return self._row(db.execute("SELECT * FROM jobs WHERE id = ?", [job_id]).fetchone())
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", [job_id]).fetchone()
+        return Job.from_row(self._row(row)) if row is not None else None
 
-    def jobs(self, status: str | None = None) -> list[dict]:
+    def list_jobs(self, status: str | None = None) -> list[Job]:
+        """Jobs as typed records, newest first (only those with ``status``, when given)."""
         sql, args = "SELECT * FROM jobs", []
         if status:
             sql, args = sql + " WHERE status = ?", [status]
         with self._connect() as db:
-            return [self._row(r) for r in db.execute(sql + " ORDER BY created DESC", args).fetchall()]
-
-    def job(self, job_id: str) -> Job | None:
-        """The job as a typed record, or None."""
-        row = self.get_job(job_id)
-        return Job.from_row(row) if row is not None else None
-
-    def list_jobs(self, status: str | None = None) -> list[Job]:
-        """Jobs as typed records, newest first."""
-        return [Job.from_row(row) for row in self.jobs(status)]
+            rows = db.execute(sql + " ORDER BY created DESC", args).fetchall()
+        return [Job.from_row(self._row(row)) for row in rows]
 
     def delete_job(self, job_id: str) -> None:
         with self._connect() as db:

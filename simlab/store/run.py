@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
+
+import pandas as pd
 
 from simlab.protocol import Protocol, unchecked
 from simlab.store.schema import DEFAULT_THRESHOLD
@@ -30,6 +32,8 @@ NUMERIC_METRICS = ("accuracy", "accuracy_lo", "accuracy_hi", "precision", "recal
                    "n_test", "n_train", "n_val", "tn", "fp", "fn", "tp", "best_val_accuracy", "best_val_map",
                    "best_val_loss")
 NUMERIC_TIMINGS = ("total", "per_epoch")
+#: The configuration columns of :func:`runs_frame`, before one column per metric and ``seconds``.
+FRAME_COLUMNS = ("id", "created", "status", "kind", "dataset", "backbone", "merge", "classifier", "split", "seed")
 
 
 class CorruptRun(ValueError):
@@ -204,7 +208,7 @@ class Run:
         raise CorruptRun(run_id, "; ".join(problems))
 
     def to_row(self) -> dict:
-        """The dict the ``runs`` table holds (``kind`` as stored), as ``Store.get_run`` returns it."""
+        """The dict the ``runs`` table holds (``kind`` as stored, JSON columns decoded)."""
         row = {f.name: getattr(self, f.name) for f in fields(self)}
         row["kind"] = KIND_COLUMN.get(self.kind, self.kind)
         return row
@@ -286,4 +290,22 @@ class Run:
 
     @property
     def seconds(self) -> float | None:
+        """The run's own time (``timings["total"]``), as it measured it; None when it recorded none."""
         return self.timings.get("total")
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds it took: :attr:`seconds`, else (a run that ended without timings) creation to finish."""
+        if self.seconds is None and self.finished and self.created is not None:
+            return self.finished - self.created
+        return self.seconds
+
+
+def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
+    """Runs as a table (as ``python -m simlab runs`` prints them): :data:`FRAME_COLUMNS` (``kind`` as stored:
+    "pair" for a grid cell), then one column per metric, then ``seconds``."""
+    rows = []
+    for run in runs:
+        row = run.to_row()
+        rows.append({k: row[k] for k in FRAME_COLUMNS} | run.metrics | {"seconds": run.seconds})
+    return pd.DataFrame(rows)
