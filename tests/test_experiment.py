@@ -37,7 +37,7 @@ def test_concurrent_cells_match_one_at_a_time(spec, tmp_cache, monkeypatch):
         p1 = one_store.predictions(mine["run_id"])["prob"].to_numpy()
         p2 = two_store.predictions(r["run_id"])["prob"].to_numpy()
         np.testing.assert_allclose(p2, p1, atol=1e-5, err_msg=str(key(r)))
-    assert {run["status"] for run in two_store.runs()} == {"done"}
+    assert {run.status for run in two_store.list_runs()} == {"done"}
 
 
 def test_a_stopped_grid_keeps_finished_runs_and_leaves_none_running(spec, tmp_cache, monkeypatch):
@@ -48,10 +48,10 @@ def test_a_stopped_grid_keeps_finished_runs_and_leaves_none_running(spec, tmp_ca
     with pytest.raises(Cancelled, match="stopped on request"):
         for summary in run_grid(config, store, should_stop=lambda: bool(seen)):
             seen.append(summary)
-    runs = store.runs()
+    runs = store.list_runs()
     assert seen and len(runs) < 2 * len(CLASSIFIERS)
-    assert "running" not in {r["status"] for r in runs}
-    assert {r["id"] for r in runs if r["status"] == "done"} >= {r["run_id"] for r in seen}
+    assert "running" not in {r.status for r in runs}
+    assert {r.id for r in runs if r.status == "done"} >= {r["run_id"] for r in seen}
 
 
 def test_a_generator_closed_early_marks_its_unfinished_runs_failed(spec, tmp_cache, monkeypatch):
@@ -61,8 +61,8 @@ def test_a_generator_closed_early_marks_its_unfinished_runs_failed(spec, tmp_cac
     results = run_grid(config, store)
     first = next(results)
     results.close()
-    runs = {r["id"]: r for r in store.runs()}
-    assert runs[first["run_id"]]["status"] == "done"
-    assert "running" not in {r["status"] for r in runs.values()}
-    assert any(r["status"] == "failed" and "ended before this run finished" in (r.get("error") or "")
+    runs = {r.id: r for r in store.list_runs()}
+    assert runs[first["run_id"]].status == "done"
+    assert "running" not in {r.status for r in runs.values()}
+    assert any(r.status == "failed" and "ended before this run finished" in (r.error or "")
                for r in runs.values())

@@ -20,6 +20,7 @@ import simlab.store
 from simlab import jobs
 from simlab.paths import REPO_ROOT
 from simlab.store import HOST, INTERRUPTED, Store, StoreError, StoreFull
+from simlab.store.run import runs_frame
 
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p))
 
@@ -79,16 +80,16 @@ def test_a_dead_workers_pid_now_used_by_another_process_is_not_killed(store, bys
     job_id = running_job(store, pid=bystander.pid, pid_started=started - 3600, host=HOST)
     assert jobs.reap_stale(store) == [job_id]
     assert still_running(bystander)
-    job = store.get_job(job_id)
-    assert job["status"] == "failed" and "worker process died" in job["message"]
-    assert f"pid {bystander.pid} now belongs to another process" in job["message"]
+    job = store.job(job_id)
+    assert job.status == "failed" and "worker process died" in job.message
+    assert f"pid {bystander.pid} now belongs to another process" in job.message
 
 
 def test_an_old_row_without_a_start_time_is_told_by_the_job_id_in_the_command_line(store, bystander):
     job_id = running_job(store, pid=bystander.pid)  # as written by a simlab before start times were stored
     assert jobs.reap_stale(store) == [job_id]
     assert still_running(bystander)
-    assert store.get_job(job_id)["status"] == "failed"
+    assert store.job(job_id).status == "failed"
 
 
 def test_an_overdue_cancel_never_kills_a_process_that_is_not_the_worker(store, bystander):
@@ -97,7 +98,7 @@ def test_an_overdue_cancel_never_kills_a_process_that_is_not_the_worker(store, b
     store.update_job(job_id, heartbeat=time.time())  # even one that looks alive and recent
     assert jobs.reap_stale(store) == [job_id]
     assert still_running(bystander)
-    assert store.get_job(job_id)["status"] == "cancelled"
+    assert store.job(job_id).status == "cancelled"
 
 
 def test_a_job_of_another_machine_is_never_signalled_here(store, bystander):
@@ -105,7 +106,7 @@ def test_a_job_of_another_machine_is_never_signalled_here(store, bystander):
                          host="another-machine")
     assert jobs.reap_stale(store) == [job_id]  # silent for 1000 s: failed, nothing signalled
     assert still_running(bystander)
-    assert "another-machine stopped responding" in store.get_job(job_id)["message"]
+    assert "another-machine stopped responding" in store.job(job_id).message
 
 
 def test_a_hung_worker_identified_by_pid_start_time_and_job_id_is_killed(store):
@@ -118,7 +119,7 @@ def test_a_hung_worker_identified_by_pid_start_time_and_job_id_is_killed(store):
                          pid_started=psutil.Process(worker.pid).create_time())
         assert jobs.reap_stale(store) == [job_id]
         assert worker.wait(10) == -signal.SIGKILL
-        assert "stopped responding" in store.get_job(job_id)["message"]
+        assert "stopped responding" in store.job(job_id).message
     finally:
         worker.kill()
         worker.wait()
@@ -146,7 +147,7 @@ def test_a_run_whose_process_was_killed_reads_back_failed(store, sig):
     finally:
         proc.kill()
     assert [(r.id, r.status, r.error) for r in store.list_runs()] == [(run_id, "failed", INTERRUPTED)]
-    assert store.runs()[0]["status"] == "failed" and store.runs_frame()["status"].tolist() == ["failed"]
+    assert runs_frame(store.list_runs())["status"].tolist() == ["failed"]
     assert store.get(run_id).finished
 
 
@@ -201,8 +202,8 @@ def test_the_same_request_twice_is_one_job_and_one_worker(store):
     try:
         second = jobs.start_job("search", {"query": "", "dataset": "demo"}, store_path=store.path)
         assert second == first
-        assert [j["id"] for j in store.jobs()] == [first]
-        assert len(workers_of(first)) <= 1 and sum(len(workers_of(j["id"])) for j in store.jobs()) <= 1
+        assert [j.id for j in store.list_jobs()] == [first]
+        assert len(workers_of(first)) <= 1 and sum(len(workers_of(j.id)) for j in store.list_jobs()) <= 1
         other = jobs.start_job("search", {**QUICK, "k": 5}, store_path=store.path)
         assert other != first
         end_job(store, other)
@@ -217,7 +218,7 @@ def test_a_request_starts_again_once_its_job_has_ended_or_is_being_cancelled(sto
     assert second != first
     end_job(store, first)
     end_job(store, second)
-    wait_for(lambda: store.get_job(second)["status"] in jobs.FINISHED, 30, "the job to end")
+    wait_for(lambda: store.job(second).status in jobs.FINISHED, 30, "the job to end")
     third = jobs.start_job("search", QUICK, store_path=store.path)
     assert third not in (first, second)
     end_job(store, third)
@@ -229,7 +230,7 @@ def test_processes_asking_at_once_get_one_job(store):
     procs = [subprocess.Popen([sys.executable, "-c", code, str(store.path)], stdout=subprocess.PIPE, text=True,
                               env=ENV) for _ in range(4)]
     ids = {p.communicate(timeout=60)[0].strip() for p in procs}
-    assert len(ids) == 1 and [j["id"] for j in store.jobs()] == list(ids)
+    assert len(ids) == 1 and [j.id for j in store.list_jobs()] == list(ids)
     end_job(store, ids.pop())
 
 
@@ -340,13 +341,13 @@ def test_a_grid_cancelled_while_it_loads_ends_cancelled_with_no_run(store, tmp_p
     params = {"dataset": f"folder:{tmp_path / 'ds'}", "backbones": ["efficientnet_lite0"], "merges": ["dot", "l1"],
               "classifiers": ["cosine", "logreg"], "weights": "random"}
     job_id = jobs.start_job("grid", params, store_path=store.path)
-    wait_for(lambda: store.get_job(job_id)["status"] != "queued", 120, "the worker to start")
+    wait_for(lambda: store.job(job_id).status != "queued", 120, "the worker to start")
     jobs.cancel_job(job_id, store.path)
-    wait_for(lambda: store.get_job(job_id)["status"] in jobs.FINISHED, 120, "the job to end")
-    job = store.get_job(job_id)
-    assert job["status"] == "cancelled" and job["message"] == "Stopped on request."
-    assert (job["done"] or 0) <= 100  # on the bar, loading is the first tenth: it never got past it
-    assert store.runs() == []
+    wait_for(lambda: store.job(job_id).status in jobs.FINISHED, 120, "the job to end")
+    job = store.job(job_id)
+    assert job.status == "cancelled" and job.message == "Stopped on request."
+    assert (job.done or 0) <= 100  # on the bar, loading is the first tenth: it never got past it
+    assert store.list_runs() == []
     wait_for(lambda: not workers_of(job_id), 60, "the worker to exit")
 
 
@@ -367,10 +368,10 @@ def test_a_job_that_finished_its_work_before_seeing_the_cancel_reads_done(store,
     job_id = store.add_job("finishes", {})
     store.update_job(job_id, params={"job_id": job_id})
     assert run_worker(job_id, store.path) == 0
-    job = store.get_job(job_id)
-    assert job["status"] == "done" and (job["done"], job["total"]) == (4, 4)
-    assert job["message"] == "Done: the cancel came after the work was finished."
-    assert job["result"] == {"runs": 4}
+    job = store.job(job_id)
+    assert job.status == "done" and (job.done, job.total) == (4, 4)
+    assert job.message == "Done: the cancel came after the work was finished."
+    assert job.result == {"runs": 4}
 
 
 # --------------------------------------------------------------------------- one request, however it is written
@@ -388,8 +389,8 @@ def test_one_dataset_written_three_ways_is_one_request_and_one_job(store, tmp_pa
                               store_path=store.path) == first
         assert jobs.start_job("vectorize", {"dataset": "folder:./ds", **params}, store_path=store.path) == first
         assert jobs.start_job("vectorize", {"dataset": str(tmp_path / "ds"), **params}, store_path=store.path) == first
-        assert [j["id"] for j in store.jobs()] == [first] and len(workers_of(first)) <= 1
-        assert store.get_job(first)["params"]["dataset"] == f"folder:{tmp_path / 'ds'}"
+        assert [j.id for j in store.list_jobs()] == [first] and len(workers_of(first)) <= 1
+        assert store.job(first).params["dataset"] == f"folder:{tmp_path / 'ds'}"
     finally:
         end_job(store, first)
 

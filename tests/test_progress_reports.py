@@ -64,8 +64,8 @@ def store(tmp_cache, monkeypatch):
 def test_a_worker_logs_to_the_jobs_log_file_and_lands_the_result(store):
     job_id = store.add_job("count", {"n": 3})
     assert run_worker(job_id, store.path) == 0
-    job = store.get_job(job_id)
-    assert job["status"] == "done" and job["result"] == {"counted": 3} and job["done"] == job["total"] == 3
+    job = store.job(job_id)
+    assert job.status == "done" and job.result == {"counted": 3} and job.done == job.total == 3
     text = jobs.log_path(job_id).read_text()
     assert f"Job {job_id} (count) started" in text and "counting to 3" in text and f"Job {job_id} done" in text
 
@@ -74,5 +74,5 @@ def test_cancelled_raised_after_a_cancel_request_ends_the_job_as_cancelled(store
     job_id = store.add_job("count", {"n": 2, "stop": True})
     store.update_job(job_id, params={"n": 2, "stop": True, "job": job_id})
     assert run_worker(job_id, store.path) == 0
-    job = store.get_job(job_id)
-    assert job["status"] == "cancelled" and job["message"] == "Stopped on request."
+    job = store.job(job_id)
+    assert job.status == "cancelled" and job.message == "Stopped on request."

@@ -61,14 +61,14 @@ def test_the_demo_button_offers_the_stored_runs_before_running_them_again(tmp_ca
     demo.click().run()
     assert not at.exception
     assert any("9 of these 9 runs are already stored" in m.value for m in at.markdown)
-    assert store.jobs() == []  # nothing started: the stored results are offered
+    assert store.list_jobs() == []  # nothing started: the stored results are offered
     assert [b.label for b in at.button if b.key and b.key.startswith("home_demo_")] == [
         "Open the results", "Run again anyway", "Cancel"]
 
     at.button(key="home_demo_again").click().run()
-    (job,) = store.jobs()
+    (job,) = store.list_jobs()
     try:
-        assert job["kind"] == "demo" and job["params"] == {"reuse": False}
+        assert job.kind == "demo" and job.params == {"reuse": False}
     finally:
-        jobs.cancel_job(job["id"])
+        jobs.cancel_job(job.id)
     assert len(store.list_runs()) == 9

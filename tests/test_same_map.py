@@ -37,10 +37,10 @@ def cache(tmp_path_factory):
                 "classifiers": ["cosine", "logreg"], "weights": "random"}
         job_id = jobs.start_job("grid", grid, cache / "simlab.db")
         deadline = time.monotonic() + JOB_TIMEOUT
-        while (job := jobs.get_job(job_id, cache / "simlab.db"))["status"] in jobs.ACTIVE:
+        while (job := jobs.get_job(job_id, cache / "simlab.db")).active:
             assert time.monotonic() < deadline, "the grid job did not finish in time"
             time.sleep(1)
-        assert job["status"] == "done", job.get("error")
+        assert job.status == "done", job.error
     env = dict(os.environ, SIMLAB_CACHE=str(cache), TF_CPP_MIN_LOG_LEVEL="2")
     out = subprocess.run([sys.executable, "-m", "simlab", "finetune", "--dataset", spec, "--mode", "head",
                           "--backbone", "efficientnet_lite0", "--weights", "random", "--epochs", "1"],
