@@ -148,3 +148,57 @@ def test_overlays_toggle_and_stay_while_stepping(app_url, seeded, tmp_path):
         no_exception(page)
         text = page.locator('[data-testid="stMarkdown"]', has_text="Against the corrected labels").first.inner_text()
         assert "1 of " in text and "(original " in text
+
+
+THRESHOLD_VIEW = """() => {
+  const slider = [...document.querySelectorAll('[data-testid="stSlider"]')]
+    .find(s => s.innerText.startsWith('Threshold'));
+  const metric = [...document.querySelectorAll('[data-testid="stMetric"]')]
+    .find(m => m.innerText.startsWith('Accuracy'));
+  const line = [...document.querySelectorAll('[data-testid="stPlotlyChart"] text')]
+    .map(t => t.textContent).find(t => t.startsWith('threshold '));
+  if (!slider || !metric || !line) return null;
+  return {shown: slider.querySelector('[data-testid="stSliderThumbValue"]').innerText,
+          url: new URLSearchParams(location.search).get('threshold'), line: line,
+          accuracy: metric.querySelector('[data-testid="stMetricValue"]').innerText};
+}"""
+
+
+def threshold_view(page) -> dict:
+    """What the page says the threshold is: the slider's shown value, the URL's parameter, the histogram's line, and
+    the accuracy shown beside them (once all are drawn)."""
+    page.wait_for_function(THRESHOLD_VIEW, timeout=60_000)
+    return page.evaluate(THRESHOLD_VIEW)
+
+
+def test_the_threshold_moved_by_the_arrow_keys_moves_the_numbers_and_the_url(app_url, seeded):
+    """Key presses on the focused slider, each while the previous one's rerun may still be writing the URL: the
+    value shown, the URL, the histogram's line and the accuracy all end at the last press, none lost."""
+    run = Store(seeded["cache"] / "simlab.db").list_runs()[0]
+    preds = Store(seeded["cache"] / "simlab.db").predictions(seeded["run"])
+    stored = 0.5 if run.threshold is None else float(run.threshold)
+    presses = 12
+    key, sign = ("ArrowLeft", -1) if stored >= 0.5 else ("ArrowRight", 1)
+    # react-aria snaps an off-grid value onto the 0.01 grid on the first step
+    expected = round(stored + sign * 0.01 * presses, 2)
+    with chromium() as browser:
+        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        page.set_default_timeout(PAGE_TIMEOUT)
+        page.goto(f"{app_url}/inspect?{urllib.parse.urlencode({'dataset': seeded['spec'], 'run': seeded['run']})}")
+        page.wait_for_selector('h1:has-text("Inspect")')
+        page.wait_for_function("() => !document.body.innerText.includes('Device: detecting')", timeout=120_000)
+        settle(page, 500)
+        assert float(threshold_view(page)["shown"]) == pytest.approx(stored, abs=5e-4)
+        page.locator('[data-testid="stSlider"]', has_text="Threshold").first.get_by_role("slider").focus()
+        for _ in range(presses):
+            page.keyboard.press(key)
+            page.wait_for_timeout(120)  # faster than a rerun: presses land while the URL is being written
+        settle(page)
+        no_exception(page)
+        view = threshold_view(page)
+        shown = float(view["shown"])
+        assert shown == pytest.approx(expected, abs=0.011), view  # no press lost
+        assert view["url"] is not None and float(view["url"]) == pytest.approx(shown, abs=1e-9), view
+        assert view["line"] == f"threshold {shown:.3f}", view
+        accuracy = float(np.mean((preds["prob"].to_numpy() >= shown) == preds["label"].to_numpy().astype(bool)))
+        assert view["accuracy"] == f"{accuracy:.3f}", view

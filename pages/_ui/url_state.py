@@ -4,6 +4,11 @@ Call :func:`bind` right before drawing a widget with ``key=``. A value the URL b
 seen yet (a reload, a shared link, a page link with ``query_params``) becomes the widget's value; after that the
 widget leads and the URL follows it (a value equal to the default leaves the parameter out, so URLs stay short).
 Streamlit clears the query parameters when the page changes; each page writes its own back on its next run.
+
+The browser sends its URL with each rerun, and applies a run's writes only once that run's messages arrive: a rerun
+asked for while the previous one is still writing (keys pressed quickly on a slider) brings an older value this
+page wrote itself. Such an echo is not a link: every value written on the current page is remembered, and never
+read back as new while the page stays the same.
 """
 
 from __future__ import annotations
@@ -13,7 +18,14 @@ from typing import Any
 
 import streamlit as st
 
+try:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+except ImportError:  # a Streamlit without it: echoes are told apart within the session instead of the page
+    get_script_run_ctx = None
+
 SEEN_KEY = "_url_seen"  # st.session_state key: {param: the raw URL value last read or written}
+WRITTEN_KEY = "_url_written"  # st.session_state key: (page, {param: [raw values written on that page]})
+WRITTEN_MAX = 256  # values remembered per parameter (the oldest are forgotten)
 
 
 def _raw(param: str, multi: bool) -> str | tuple[str, ...] | None:
@@ -24,6 +36,20 @@ def _raw(param: str, multi: bool) -> str | tuple[str, ...] | None:
 
 def _seen() -> dict:
     return st.session_state.setdefault(SEEN_KEY, {})
+
+
+def _page() -> str:
+    ctx = get_script_run_ctx() if get_script_run_ctx is not None else None
+    return getattr(ctx, "page_script_hash", "") if ctx is not None else ""
+
+
+def _written() -> dict:
+    """{param: raw values written on the current page}; emptied when the page changes."""
+    page = _page()
+    held = st.session_state.get(WRITTEN_KEY)
+    if not held or held[0] != page:
+        held = st.session_state[WRITTEN_KEY] = (page, {})
+    return held[1]
 
 
 def forget_cleared() -> None:
@@ -37,8 +63,8 @@ def forget_cleared() -> None:
 def url_value(param: str, *, multi: bool = False):
     """The URL's value of ``param`` when this session has not seen it yet (then it counts as seen), else None."""
     raw = _raw(param, multi)
-    if raw is None or _seen().get(param) == raw:
-        return None
+    if raw is None or _seen().get(param) == raw or raw in _written().get(param, ()):
+        return None  # seen, or a value this page wrote that the browser sends back late
     _seen()[param] = raw
     return list(raw) if multi else raw
 
@@ -55,6 +81,10 @@ def set_url(param: str, value: str | Iterable[str] | None) -> None:
     if _raw(param, multi) != raw:
         st.query_params[param] = list(raw) if multi else raw
     _seen()[param] = raw
+    written = _written().setdefault(param, [])
+    if raw not in written:
+        written.append(raw)
+        del written[:-WRITTEN_MAX]
 
 
 def bind(key: str, param: str, default: Any = None, *, parse: Callable[[str], Any] = str,
