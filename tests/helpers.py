@@ -12,10 +12,36 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+APP_TIMEOUT = 180  # seconds per AppTest run: the first one imports TensorFlow and friends
+
+
+def open_page(page: str, **state) -> AppTest:
+    """app.py (navigation, sidebar) switched to one page, optionally with session state set first; the page
+    must run without an exception."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=APP_TIMEOUT)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(elements) -> list[str]:
+    """The values of AppTest elements (captions, infos, markdown...) as text."""
+    return [str(e.value) for e in elements]
 
 
 @contextlib.contextmanager

@@ -21,15 +21,13 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from helpers import simlab_cache_at, write_group_folder
+from helpers import APP, open_page, simlab_cache_at, texts, write_group_folder
 from simlab.backbones import get_backbone
 from simlab.experiment import GridConfig, run_grid
 from simlab.reference import STUDY_BACKBONES, STUDY_CLASSIFIERS, STUDY_MERGES, published_accuracies
 from simlab.store import Run, Store
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
-TIMEOUT = 180  # seconds per AppTest run: the first one imports TensorFlow and friends
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -59,21 +57,6 @@ def empty(tmp_path, monkeypatch, lab):
     monkeypatch.setenv("SIMLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("SIMLAB_DATASET", lab["spec"])
     return tmp_path
-
-
-def open_page(page: str, **state) -> AppTest:
-    """app.py (navigation, sidebar) switched to one page, optionally with session state set first."""
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.run()
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def texts(elements) -> list[str]:
-    return [str(e.value) for e in elements]
 
 
 def shown_range(at: AppTest) -> tuple[int, int]:
@@ -296,10 +279,10 @@ def test_train_runs_a_grid_in_the_background_and_fills_the_table(lab, tmp_path, 
     job_id = at.session_state["train_job"]
     store = Store(cache / "simlab.db")
     deadline = time.time() + 240
-    while store.get_job(job_id)["status"] in ("queued", "running") and time.time() < deadline:
+    while store.job(job_id).active and time.time() < deadline:
         time.sleep(1)
-    job = store.get_job(job_id)
-    assert job["status"] == "done", job.get("error")
+    job = store.job(job_id)
+    assert job.status == "done", job.error
     time.sleep(2.1)  # the pages' run list is cached for 2 s
     at.run()
     assert not at.exception

@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from helpers import simlab_cache_at, write_group_folder
+from helpers import APP, APP_TIMEOUT, open_page, simlab_cache_at, texts, write_group_folder
 from simlab.experiment import GridConfig, run_grid
 from simlab.store import Store
-
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
-TIMEOUT = 180  # seconds per AppTest run: the first one imports TensorFlow and friends
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +42,6 @@ def on_demo(two_datasets, tmp_path, monkeypatch):
     return {**two_datasets, "cache": cache}
 
 
-def open_page(page: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def texts(elements) -> list[str]:
-    return [str(e.value) for e in elements]
-
-
 def test_two_runs_offers_only_the_current_datasets_runs(on_demo):
     at = open_page("pages/diff.py")
     offered = set(at.selectbox(key="diff_a").options) | set(at.selectbox(key="diff_b").options)
@@ -70,7 +53,7 @@ def test_two_runs_offers_only_the_current_datasets_runs(on_demo):
 
 
 def test_two_runs_opened_by_a_link_shows_the_links_dataset(on_demo):
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at = AppTest.from_file(APP, default_timeout=APP_TIMEOUT)
     at.run()
     at.query_params["a"] = on_demo["other"][0]
     at.switch_page("pages/diff.py").run()
