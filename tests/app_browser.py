@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from helpers import streamlit_server
-from simlab import jobs
 from simlab.paths import REPO_ROOT
 from simlab.store import Store
 
@@ -55,10 +54,10 @@ def serve_app(cache: Path, dataset: str = "demo") -> Iterator[str]:
             yield f"http://127.0.0.1:{port}"
     finally:
         if (Path(cache) / "simlab.db").exists():
-            for job in Store(Path(cache) / "simlab.db").jobs():
-                if job["status"] in jobs.ACTIVE and job.get("pid"):
+            for job in Store(Path(cache) / "simlab.db").list_jobs():
+                if job.active and job.pid:
                     with contextlib.suppress(OSError):
-                        os.killpg(job["pid"], signal.SIGKILL)
+                        os.killpg(job.pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager

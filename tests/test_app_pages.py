@@ -17,7 +17,6 @@ from streamlit.testing.v1 import AppTest
 
 from helpers import simlab_cache_at
 from pages._ui import legacy_pages
-from simlab import jobs
 from simlab.experiment import GridConfig, run_grid
 from simlab.paths import REPO_ROOT
 from simlab.store import Store
@@ -60,10 +59,10 @@ def cache_with_runs(tmp_path_factory, dataset_spec) -> Path:
 
 
 def _kill_workers(cache: Path) -> None:
-    for job in Store(cache / "simlab.db").jobs():
-        if job["status"] in jobs.ACTIVE and job.get("pid"):
+    for job in Store(cache / "simlab.db").list_jobs():
+        if job.active and job.pid:
             with contextlib.suppress(OSError):
-                os.killpg(job["pid"], signal.SIGKILL)
+                os.killpg(job.pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -169,15 +168,15 @@ def test_the_demo_button_starts_the_demo_job(empty_cache):
     at = open_page()
     next(b for b in at.button if b.label == "Run the demo experiment").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    demo = [j for j in Store(empty_cache / "simlab.db").jobs() if j["kind"] == "demo"]
-    assert len(demo) == 1 and demo[0]["pid"]
-    assert at.session_state["jobs"]["demo"] == demo[0]["id"]
+    demo = [j for j in Store(empty_cache / "simlab.db").list_jobs() if j.kind == "demo"]
+    assert len(demo) == 1 and demo[0].pid
+    assert at.session_state["jobs"]["demo"] == demo[0].id
     # The page now shows the live job (a progress bar and a Cancel button) and no second start.
     assert len(at.get("progress")) == 1
     assert "Cancel" in labels(at)
     assert next(b for b in at.button if b.label == "Run the demo experiment").disabled
     next(b for b in at.button if b.label == "Cancel").click().run()
-    assert Store(empty_cache / "simlab.db").get_job(demo[0]["id"])["cancel"]
+    assert Store(empty_cache / "simlab.db").job(demo[0].id).cancel
 
 
 # --------------------------------------------------------------------------- data
@@ -258,9 +257,9 @@ def test_vectorize_page_starts_a_job(empty_cache):
     at.radio[0].set_value("random")
     next(b for b in at.button if b.label == "Vectorize").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    (job,) = Store(empty_cache / "simlab.db").jobs()
-    assert job["kind"] == "vectorize" and job["params"]["weights"] == "random"
-    assert job["params"]["backbones"] == ["efficientnet_lite0"]
+    (job,) = Store(empty_cache / "simlab.db").list_jobs()
+    assert job.kind == "vectorize" and job.params["weights"] == "random"
+    assert job.params["backbones"] == ["efficientnet_lite0"]
     assert len(at.get("progress")) == 1
 
 

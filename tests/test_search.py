@@ -393,7 +393,7 @@ def test_search_page_shows_neighbours_with_badges(in_small):
 
 def test_search_page_marks_an_upload_identical_to_a_dataset_image_as_the_same_file(in_small):
     store = Store(in_small["cache"] / "simlab.db")
-    jobs_before = len(store.jobs())
+    jobs_before = len(store.list_jobs())
     at = choose_random_set(page_test(in_small["spec"]).run())
     at.radio(key="search_source").set_value("Upload an image").run()
     data = (in_small["root"] / "g002" / "v1.jpg").read_bytes()
@@ -403,12 +403,12 @@ def test_search_page_marks_an_upload_identical_to_a_dataset_image_as_the_same_fi
     found = cards(at)
     assert ">same file<" in found[0] and "similarity 1.000" in found[0] and "g002/<wbr>v1" in found[0]
     assert ">other group<" not in found[0]
-    assert len(store.jobs()) == jobs_before  # searched here, from the cached vectors: no job, no model
+    assert len(store.list_jobs()) == jobs_before  # searched here, from the cached vectors: no job, no model
 
 
 def test_search_page_vectorises_an_upload_once_whatever_the_controls(in_small, tmp_path):
     store = Store(in_small["cache"] / "simlab.db")
-    before = len([j for j in store.jobs() if j["kind"] == "search"])
+    before = len([j for j in store.list_jobs() if j.kind == "search"])
     upload = tmp_path / "new.png"
     Image.open(in_small["root"] / "g005" / "v0.jpg").rotate(7).save(upload)
     at = choose_random_set(page_test(in_small["spec"]).run())
@@ -417,10 +417,10 @@ def test_search_page_vectorises_an_upload_once_whatever_the_controls(in_small, t
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert len(cards(at)) == default("k")
-    searches = [j for j in store.jobs() if j["kind"] == "search"]
-    assert len(searches) == before + 1 and searches[0]["status"] == "done"  # the first search vectorised it
+    searches = [j for j in store.list_jobs() if j.kind == "search"]
+    assert len(searches) == before + 1 and searches[0].status == "done"  # the first search vectorised it
     at.slider(key="search_k").set_value(5).run()
     at.selectbox(key="search_kind").set_value("hnsw").run()
     assert not at.exception
     assert len(cards(at)) == 5
-    assert len([j for j in store.jobs() if j["kind"] == "search"]) == before + 1  # no second vectorisation
+    assert len([j for j in store.list_jobs() if j.kind == "search"]) == before + 1  # no second vectorisation
