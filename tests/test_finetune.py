@@ -43,21 +43,21 @@ def config(spec, **kw):
 
 
 def check_recorded(store, result, epochs):
-    run = store.get_run(result["run_id"])
-    assert run["kind"] == "finetune" and run["status"] == "done"
-    assert run["metrics"]["accuracy"] == result["accuracy"] and 0 <= result["auc"] <= 1
+    run = store.get(result["run_id"])
+    assert run.kind == "finetune" and run.status == "done"
+    assert run.metrics["accuracy"] == result["accuracy"] and 0 <= result["auc"] <= 1
     curves = store.curves(result["run_id"])
     batch = curves[curves.name == "batch_loss"]
-    steps = run["artifacts"]["steps_per_epoch"]
-    if run["classifier"] != "multi-similarity":  # batches of 8 pairs; multi-similarity batches 8 images of scenes
-        assert steps == math.ceil(run["metrics"]["n_train"] / 8)
+    steps = run.artifacts["steps_per_epoch"]
+    if run.classifier != "multi-similarity":  # batches of 8 pairs; multi-similarity batches 8 images of scenes
+        assert steps == math.ceil(run.metrics["n_train"] / 8)
     assert len(batch) == epochs * steps
     assert list(batch.step) == list(range(1, len(batch) + 1)) and np.isfinite(batch.value).all()
     for name in ("loss", "accuracy"):
         assert list(curves[curves.name == name].epoch) == list(range(1, epochs + 1))
     for name in ("val_loss", "val_accuracy"):  # epoch 0: validation before any training
         assert list(curves[curves.name == name].epoch) == list(range(0, epochs + 1))
-    assert os.path.exists(run["artifacts"]["checkpoint"])
+    assert os.path.exists(run.artifacts["checkpoint"])
     predictions = store.predictions(result["run_id"])
     assert len(predictions) == result["n_test"] and predictions.prob.between(0, 1).all()
     return run, predictions
@@ -72,14 +72,14 @@ def test_head_on_frozen_vectors_end_to_end_on_the_grid_split(spec, store):
     assert {"mode", "backbone", "accuracy", "auc", "epochs_run"} <= set(result)
     assert result["epochs_run"] == 2 and result["status"] == "done"
     run, predictions = check_recorded(store, result, 2)
-    assert (run["backbone"], run["merge"], run["classifier"]) == (BACKBONE, "head-dot", "finetune-head")
+    assert (run.backbone, run.merge, run.classifier) == (BACKBONE, "head-dot", "finetune-head")
     # The same test pairs as a grid run on these vectors.
     vs = vectorize(load_dataset(spec), BACKBONE, "random")
     pairs, _, test = build_pairs(vs.groups, seed=0)
     paths = np.asarray(vs.paths)
     assert list(predictions.left_path) == list(paths[pairs.left[test]])
     assert list(predictions.label) == list(pairs.label[test])
-    model = load_checkpoint(run["artifacts"]["checkpoint"])
+    model = load_checkpoint(run.artifacts["checkpoint"])
     assert model.output_shape == (None, 2)
 
 
@@ -102,11 +102,11 @@ def test_siamese_end_to_end_and_its_tower_is_a_backbone(spec, store, cache):
 
     result = run_finetune(config(spec, mode="siamese"), store)
     run, _ = check_recorded(store, result, 2)
-    assert (run["merge"], run["classifier"]) == ("siamese", "multi-similarity")
-    assert {"map", "map_frozen", "accuracy_cosine", "tuned_backbone", "whitening_shrinkage"} <= set(run["metrics"])
-    assert run["metrics"]["selected_by"] == "val_map" and run["metrics"]["best_val_map"] is not None
+    assert (run.merge, run.classifier) == ("siamese", "multi-similarity")
+    assert {"map", "map_frozen", "accuracy_cosine", "tuned_backbone", "whitening_shrinkage"} <= set(run.metrics)
+    assert run.metrics["selected_by"] == "val_map" and run.metrics["best_val_map"] is not None
     name = result["tuned_backbone"]
-    assert os.path.exists(run["artifacts"]["tower"])
+    assert os.path.exists(run.artifacts["tower"])
     # From learned whitening the embedding keeps the backbone's size (a rotation, nothing thrown away).
     assert name in [b.name for b in list_backbones()] and get_backbone(name).dim == 1280
 
@@ -128,8 +128,8 @@ def test_siamese_end_to_end_and_its_tower_is_a_backbone(spec, store, cache):
 def test_small_cnn_with_triplet_loss(spec, store):
     result = run_finetune(config(spec, mode="siamese", tower="small-cnn", loss="triplet", cnn_size=32,
                                  epochs=1, augment=True, same_transform=False), store)
-    run = store.get_run(result["run_id"])
-    assert run["status"] == "done" and (run["backbone"], run["classifier"]) == ("small-cnn", "triplet+aug")
+    run = store.get(result["run_id"])
+    assert run.status == "done" and (run.backbone, run.classifier) == ("small-cnn", "triplet+aug")
     from simlab.backbones import get_backbone
 
     assert get_backbone(result["tuned_backbone"]).input_size == 32
@@ -145,14 +145,14 @@ def test_stop_after_the_first_batches_keeps_and_scores_the_best_checkpoint(tmp_p
 
     result = run_finetune(config(spec, mode="head", augment=True, unfreeze=2, epochs=3, batch_size=2), store,
                           progress=progress, should_stop=lambda: trained["batches"] >= 2)
-    run = store.get_run(result["run_id"])
-    assert run["status"] == "cancelled" and result["status"] == "cancelled"
-    assert run["metrics"]["stopped"] and run["metrics"]["epochs_run"] == 1
-    assert run["classifier"] == "finetune-head+aug+top2"
+    run = store.get(result["run_id"])
+    assert run.status == "cancelled" and result["status"] == "cancelled"
+    assert run.metrics["stopped"] and run.metrics["epochs_run"] == 1
+    assert run.classifier == "finetune-head+aug+top2"
     curves = store.curves(result["run_id"])
     assert (curves.name == "batch_loss").sum() == 2
-    assert os.path.exists(run["artifacts"]["checkpoint"])
-    assert len(store.predictions(result["run_id"])) == run["metrics"]["n_test"] > 0
+    assert os.path.exists(run.artifacts["checkpoint"])
+    assert len(store.predictions(result["run_id"])) == run.metrics["n_test"] > 0
 
 
 def test_augmentation_runs_on_raw_pixels_before_preprocessing():
@@ -216,7 +216,7 @@ def test_config_errors_say_what_to_do(tmp_path, store):
     spec = f"folder:{write_group_folder(tmp_path / 'tiny', n_groups=5, per_group=2, size=48)}"
     with pytest.raises(ValueError, match="too few to carve validation scenes"):
         run_finetune(config(spec, mode="siamese", tower="small-cnn", cnn_size=32), store)
-    assert store.runs(kind="finetune")[0]["status"] == "failed"
+    assert store.list_runs(kind="finetune")[0].status == "failed"
 
 
 def test_job_kind_is_registered():
@@ -241,7 +241,7 @@ def test_cli_prints_json_with_the_required_keys(spec, cache):
 def test_page_shows_the_runs_curves_and_results(spec, cache, store, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    if not store.runs(kind="finetune", status="done"):  # usually left by the tests above
+    if not store.list_runs(kind="finetune", status="done"):  # usually left by the tests above
         run_finetune(config(spec, mode="siamese", epochs=1), store)
     monkeypatch.setenv("SIMLAB_DATASET", spec)
     page = Path(__file__).resolve().parent.parent / "pages" / "finetune.py"
