@@ -376,7 +376,7 @@ def test_vectorize_attaches_to_the_apps_job_for_the_same_dataset_and_computes_no
                                             "waiting for it", "".join(said)[-3000:]
         worker = subprocess.run([sys.executable, "-m", "simlab.jobs", job_id, str(store.path)], env=env, cwd=ROOT,
                                 capture_output=True, text=True, timeout=300)
-        assert worker.returncode == 0 and store.get_job(job_id)["status"] == "done", worker.stderr[-3000:]
+        assert worker.returncode == 0 and store.job(job_id).status == "done", worker.stderr[-3000:]
         out, err = cli_proc.communicate(timeout=300)
     finally:
         cli_proc.kill()
