@@ -461,7 +461,7 @@ def main() -> None:
                                              fingerprint=first["fingerprint"], split=first["split"],
                                              weights=first["weights"]),
         file_name=f"simlab_report_{first['fingerprint'][:8]}_{first['split']}.html", mime="text/html",
-        icon=":material/download:", key="compare_report",
+        icon=":material/download:", key="compare_report", on_click="ignore",  # no page rerun while it is made
         help="One HTML file that opens offline in any browser: protocol, heatmaps, leaderboard with 95% intervals, "
              "the 2017 study where it applies, and the best runs' confusion matrices and most confident errors.")
     heatmaps(frame, metric)

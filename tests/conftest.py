@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,3 +96,36 @@ def holidays_dir(tmp_path) -> Path:
     d = tmp_path / "holidays"
     make_holidays(d, [3, 2, 1, 4, 2, 3])
     return d
+
+
+# --------------------------------------------------------------------------- the demo, made once per session
+
+DEMO_SEED_BACKBONES = ("efficientnet_lite0", "phash")  # the backbones the demo-backed fixtures run grids on
+
+
+@pytest.fixture(scope="session")
+def demo_seed(tmp_path_factory) -> Path:
+    """A cache folder holding the generated demo dataset and its vectors for ``DEMO_SEED_BACKBONES``, made by the
+    CLI once per test session and shared by the pytest-xdist processes (the first one makes it under a file
+    lock; the others wait and read it). Copy it into a fixture's fresh cache with :func:`seed_cache`: the
+    fixture then skips generating the demo and vectorising its 419 photos, which the tests of vectorising do
+    on their own."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, shared by its processes
+    seed = root / "demo_seed"
+    with FileLock(str(root / "demo_seed.lock")):
+        if not (seed / "complete").exists():
+            env = dict(os.environ, SIMLAB_CACHE=str(seed), TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+            out = subprocess.run([sys.executable, "-m", "simlab", "vectorize", "--dataset", "demo", "--backbone",
+                                  *DEMO_SEED_BACKBONES], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+            assert out.returncode == 0, out.stderr[-3000:]
+            (seed / "complete").touch()
+    return seed
+
+
+def seed_cache(cache: Path, seed: Path) -> Path:
+    """Copy the demo and its vectors from ``seed`` (the :func:`demo_seed` folder) into ``cache``; returns it."""
+    for part in ("datasets", "vectors"):
+        shutil.copytree(seed / part, Path(cache) / part, dirs_exist_ok=True)
+    return Path(cache)

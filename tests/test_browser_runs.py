@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from app_browser import chromium, no_exception, serve_app, settle, simlab_env
 from app_browser import shot as page_shot
+from conftest import seed_cache
 
 from pages._ui.formatting import classifier_name
 from simlab.paths import REPO_ROOT
@@ -39,26 +40,32 @@ def seed_runs(cache: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("browser_runs")
+def server(tmp_path_factory, demo_seed):
+    cache = seed_cache(tmp_path_factory.mktemp("browser_runs"), demo_seed)
     seed_runs(cache)
     with serve_app(cache) as url:
         yield url, cache
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def page(server, browser):
+    """A new browser session on the Runs page for each test: no selection carries over from another test."""
     url, _ = server
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with chromium() as browser:
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        pg = context.new_page()
-        pg.set_default_timeout(TIMEOUT)
-        pg.goto(f"{url}/runs")
-        pg.wait_for_selector('h1:has-text("Runs")')
-        settle(pg)
-        yield pg
-        context.close()
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT)
+    pg.goto(f"{url}/runs")
+    pg.wait_for_selector('h1:has-text("Runs")')
+    settle(pg)
+    yield pg
+    context.close()
 
 
 def shot(page, name: str) -> None:
@@ -70,11 +77,17 @@ def runs_table(page):
 
 
 def click_row(page, index: int) -> None:
-    """Tick the selection box of the table's row ``index`` (0 = the top row)."""
+    """Tick the selection box of the table's row ``index`` (0 = the top row), then wait until the page shows
+    the changed selection (its rerun can take a while on a busy machine)."""
+    before = selected_ids(page)
     table = runs_table(page)
     table.scroll_into_view_if_needed()
     box = table.bounding_box()
     page.mouse.click(box["x"] + 14, box["y"] + ROW + ROW // 2 + ROW * index)
+    deadline = time.monotonic() + TIMEOUT / 1000
+    while selected_ids(page) == before:
+        assert time.monotonic() < deadline, f"ticking row {index} changed no selection"
+        page.wait_for_timeout(250)
     settle(page, 800)
 
 

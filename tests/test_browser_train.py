@@ -13,6 +13,7 @@ import time
 
 import pytest
 from app_browser import chromium, no_exception, serve_app, settle
+from conftest import seed_cache
 
 from helpers import simlab_cache_at
 from simlab.experiment import GridConfig, run_grid
@@ -23,8 +24,8 @@ ROW = 35  # px: the height of a table row (and of its header)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("browser_train")
+def server(tmp_path_factory, demo_seed):
+    cache = seed_cache(tmp_path_factory.mktemp("browser_train"), demo_seed)
     params = {"dataset": "demo", "backbones": ["phash"], "merges": ["dot", "l1"], "classifiers": ["cosine", "logreg"]}
     with simlab_cache_at(cache):
         store = Store(cache / "simlab.db")

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import seed_cache
 from streamlit.testing.v1 import AppTest
 
 from simlab.evaluate import DifferentTestPairs, pair_diff
@@ -30,8 +31,8 @@ def cli_run(cache, *args) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def demo_runs(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("diff_cache")
+def demo_runs(tmp_path_factory, demo_seed):
+    cache = seed_cache(tmp_path_factory.mktemp("diff_cache"), demo_seed)
     grid = cli_run(cache, "--merge", "dot", "l1", "--classifier", "cosine", "logreg")
     other = cli_run(cache, "--merge", "dot", "--classifier", "logreg", "--seed", "1")
     assert len(grid) == 4 and len(other) == 1

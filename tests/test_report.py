@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import seed_cache
 
 from simlab.evaluate import pair_metrics
 from simlab.paths import REPO_ROOT
@@ -38,9 +39,9 @@ def simlab(*args, cache, timeout=900):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    """A cache whose store holds the demo's runs, made by the CLI."""
-    cache = tmp_path_factory.mktemp("report_cache")
+def cache(tmp_path_factory, demo_seed) -> Path:
+    """A cache whose store holds the demo's runs, made by the CLI (on the session's demo and vectors)."""
+    cache = seed_cache(tmp_path_factory.mktemp("report_cache"), demo_seed)
     for grid in (GROUP_GRID, PAIR_GRID):
         res = simlab("run", "--dataset", "demo", *grid, "--json", cache=cache)
         assert res.returncode == 0, res.stderr[-3000:]

@@ -7,6 +7,7 @@ import shutil
 import time
 
 import pytest
+from conftest import seed_cache
 from streamlit.testing.v1 import AppTest
 
 from helpers import APP, APP_TIMEOUT, open_page, simlab_cache_at, texts, write_group_folder
@@ -15,11 +16,12 @@ from simlab.store import Store
 
 
 @pytest.fixture(scope="module")
-def two_datasets(tmp_path_factory):
+def two_datasets(tmp_path_factory, demo_seed):
     """Four runs on the demo (made without a job, as the CLI makes them) and four on a folder, whose grid job is
     the newest job in the store."""
     root = tmp_path_factory.mktemp("state")
-    cache, data = root / "cache", write_group_folder(root / "scenes", n_groups=8, per_group=3, size=48)
+    cache = seed_cache(root / "cache", demo_seed)
+    data = write_group_folder(root / "scenes", n_groups=8, per_group=3, size=48)
     folder = f"folder:{data.resolve()}"
     with simlab_cache_at(cache):
         demo = [s["run_id"] for s in run_grid(GridConfig(dataset="demo", backbones=["phash"], merges=["dot", "l1"],
