@@ -26,6 +26,16 @@ def tmp_cache(tmp_path_factory, monkeypatch) -> Path:
     return cache
 
 
+@pytest.fixture(scope="module")
+def module_cache(tmp_path_factory) -> Path:
+    """Point ``SIMLAB_CACHE`` at a fresh temporary folder for a whole module (``pytestmark =
+    pytest.mark.usefixtures("module_cache")``); returns that folder."""
+    cache = tmp_path_factory.mktemp("module_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIMLAB_CACHE", str(cache))
+        yield cache
+
+
 def scene_image(group: int, view: int = 0, size: tuple[int, int] = (64, 48)) -> Image.Image:
     """A small RGB picture whose content clearly depends on ``group`` (colours, shapes, layout)
     and only slightly on ``view`` (a small shift and brightness change)."""

@@ -19,6 +19,7 @@ from PIL import Image
 
 from simlab.paths import REPO_ROOT
 from simlab.store import Store
+from simlab.store.known_datasets import KnownDatasets
 
 
 def make_folder(root) -> str:
@@ -43,12 +44,7 @@ def seeded(tmp_path_factory):
                    cwd=REPO_ROOT, env=simlab_env(cache), check=True, capture_output=True, timeout=600)
     runs = Store(cache / "simlab.db").list_runs()
     assert len(runs) == 1 and runs[0].done
-    try:  # opened in the app before: its links open without asking
-        from simlab.store.known_datasets import KnownDatasets
-
-        KnownDatasets(cache / "simlab.db").add(spec)
-    except ImportError:
-        pass
+    KnownDatasets(cache / "simlab.db").add(spec)  # opened in the app before: its links open without asking
     return {"cache": cache, "spec": spec, "run": runs[0].id}
 
 

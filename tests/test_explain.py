@@ -9,16 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import simlab_cache_at
-
 LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def simlab_cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("simlab_cache")
-    with simlab_cache_at(root):
-        yield root
+pytestmark = pytest.mark.usefixtures("module_cache")  # one SIMLAB_CACHE for the module (conftest)
 
 
 @pytest.fixture(scope="module")
@@ -145,13 +139,13 @@ def test_cli_unreadable_image_is_one_line(photos, capsys, tmp_path):
     assert code == 2 and err.count("\n") == 1 and "not an image" in err
 
 
-def test_explanations_are_kept_on_disk_by_the_images_digests(photos, simlab_cache, tmp_path):
+def test_explanations_are_kept_on_disk_by_the_images_digests(photos, module_cache, tmp_path):
     import shutil
 
     from simlab.explain import explain_cached, heat_overlay, match_overlay
 
     first = explain_cached(photos["coffee"], photos["crop"], "efficientnet_lite0", "random")
-    stored = list((simlab_cache / "explain").glob("*.npz"))
+    stored = list((module_cache / "explain").glob("*.npz"))
     assert len(stored) == 1
     again = explain_cached(photos["coffee"], photos["crop"], "efficientnet_lite0", "random")
     assert again.score == first.score and again.matches == first.matches
@@ -159,7 +153,7 @@ def test_explanations_are_kept_on_disk_by_the_images_digests(photos, simlab_cach
     copy = tmp_path / "same_content.jpg"  # the key is the content, not the path
     shutil.copyfile(photos["coffee"], copy)
     explain_cached(str(copy), photos["crop"], "efficientnet_lite0", "random")
-    assert len(list((simlab_cache / "explain").glob("*.npz"))) == 1
+    assert len(list((module_cache / "explain").glob("*.npz"))) == 1
     assert heat_overlay(photos["coffee"], first, "a", 320).size == (320, 213)
     assert match_overlay(photos["crop"], first, "b", 320).size == (300, 200)  # never enlarged
 

@@ -6,18 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import simlab_cache_at
-
 HASHES = ("phash", "dhash")
 PHOTOS = ("astronaut", "brick", "camera", "cat", "cell", "chelsea", "coffee", "coins", "colorwheel", "grass",
           "gravel", "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def simlab_cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("simlab_cache")
-    with simlab_cache_at(root):
-        yield root
+pytestmark = pytest.mark.usefixtures("module_cache")  # one SIMLAB_CACHE for the module (conftest)
 
 
 @pytest.fixture(scope="module")

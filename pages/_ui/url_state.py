@@ -17,11 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import streamlit as st
-
-try:
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-except ImportError:  # a Streamlit without it: echoes are told apart within the session instead of the page
-    get_script_run_ctx = None
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 SEEN_KEY = "_url_seen"  # st.session_state key: {param: the raw URL value last read or written}
 WRITTEN_KEY = "_url_written"  # st.session_state key: (page, {param: [raw values written on that page]})
@@ -39,8 +35,8 @@ def _seen() -> dict:
 
 
 def _page() -> str:
-    ctx = get_script_run_ctx() if get_script_run_ctx is not None else None
-    return getattr(ctx, "page_script_hash", "") if ctx is not None else ""
+    ctx = get_script_run_ctx()
+    return ctx.page_script_hash if ctx is not None else ""
 
 
 def _written() -> dict:

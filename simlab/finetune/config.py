@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 from simlab import options
 from simlab.backbones import DEFAULT_BACKBONE, get_backbone
@@ -170,7 +170,7 @@ class FinetuneConfig:
     @property
     def protocol(self) -> Protocol:
         """How the run's pairs are built (validated against :mod:`simlab.options`), as for a grid run."""
-        return Protocol.from_config({name: getattr(self, name) for name in Protocol.names() if hasattr(self, name)})
+        return Protocol.from_config(asdict(self))
 
     @property
     def selection(self) -> str:
