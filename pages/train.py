@@ -124,7 +124,10 @@ def results(job: Job) -> None:
 
     @st.fragment(run_every=2 if active else None)
     def table() -> None:
-        open_inspect_if_asked()  # a row just selected: only this fragment reruns, so open Inspect from here
+        if st.session_state.get("_train_open"):
+            # a row just selected: only this fragment reruns; the whole page reruns and opens Inspect at its top
+            # (a page switch made inside a fragment's run can leave the next page blank)
+            st.rerun(scope="app")
         now = get_job(job.id) or job
         frame = results_frame(now)
         done = frame[frame["status"] == "done"] if len(frame) else frame

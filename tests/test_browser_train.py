@@ -14,6 +14,7 @@ import time
 import pytest
 from app_browser import chromium, no_exception, serve_app, settle
 from conftest import seed_cache
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from helpers import simlab_cache_at
 from simlab.experiment import GridConfig, run_grid
@@ -51,5 +52,9 @@ def test_selecting_a_result_row_opens_the_run_on_inspect(server):
         page.wait_for_url(re.compile(r".*/inspect\?run=r[0-9a-f]+"), timeout=30_000)
         run_id = re.search(r"[?&]run=(r[0-9a-f]+)", page.url).group(1)
         assert run_id in runs
-        page.get_by_text("Showing pairs").wait_for()
+        try:
+            page.get_by_text("Showing pairs").wait_for()
+        except PlaywrightTimeout:
+            main = page.locator('[data-testid="stMain"]').inner_text()
+            pytest.fail(f"Inspect did not draw the run's pairs; its main area shows {main[:400]!r}")
         no_exception(page)
