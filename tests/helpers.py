@@ -68,6 +68,22 @@ def write_group_folder(root: Path, n_groups: int = 8, per_group: int = 3, size: 
     return root
 
 
+def sigint_default() -> None:
+    """A child's ``preexec_fn``: it takes Ctrl-C as Python does (KeyboardInterrupt) even when the tests were
+    started ignoring SIGINT, as a shell's background job is (``make test &``); an ignored signal is inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def ctrl_c_raises() -> Iterator[None]:
+    """Within: a SIGINT to this process raises KeyboardInterrupt, however the tests were started."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def pid_after(seconds: float) -> int:
     """Sleep, then say which process did (run in pool workers, to see how many are alive)."""
     time.sleep(seconds)

@@ -23,6 +23,7 @@ from conftest import make_holidays
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from helpers import sigint_default
 from simlab import cli
 from simlab.store import Store
 
@@ -155,7 +156,8 @@ def test_a_signal_during_run_leaves_no_run_running(slow_groups, tmp_path, signum
     env = os.environ | {"SIMLAB_CACHE": str(tmp_path), "PYTHONPATH": str(ROOT), "SIMLAB_GRID_WORKERS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "simlab", "run", "--dataset", slow_groups, "--weights", "random",
                              "--merge", "dot", "l1", "l2", "--classifier", "mlp", "--json"],
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
     try:
         deadline = time.monotonic() + 240
         while not any(status == "running" for _, status, _ in stored_runs(tmp_path)):

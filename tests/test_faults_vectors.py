@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from conftest import make_folder
 
-from helpers import simlab_cache_at
+from helpers import ctrl_c_raises, simlab_cache_at
 from simlab.data import load_dataset
 from simlab.progress import Cancelled
 from simlab.vectors import DiskFull, VectorCache, cached_sets, vectorize
@@ -129,7 +129,7 @@ def test_an_interrupted_vectorisation_keeps_what_it_computed(dataset_root, clean
         if done == 32:
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_raises(), pytest.raises(KeyboardInterrupt):
         vectorize(load_dataset(f"folder:{dataset_root}"), BACKBONE, "random", batch_size=BATCH, progress=progress,
                   save_every=3600)
     assert len(parts(tmp_path / "cache")) == 1
