@@ -76,6 +76,15 @@ def runs_table(page):
     return page.locator('.st-key-runs_list [data-testid="stDataFrame"]').first
 
 
+def wait_until(page, done, message: str, timeout: float = 60, every_ms: int = 500) -> None:
+    """Poll ``done()`` until it holds (else fail with ``message``): the page redraws after a click or a change
+    of the store, later on a busy machine."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, message
+        page.wait_for_timeout(every_ms)
+
+
 def click_row(page, index: int) -> None:
     """Tick the selection box of the table's row ``index`` (0 = the top row), then wait until the page shows
     the changed selection (its rerun can take a while on a busy machine)."""
@@ -84,10 +93,8 @@ def click_row(page, index: int) -> None:
     table.scroll_into_view_if_needed()
     box = table.bounding_box()
     page.mouse.click(box["x"] + 14, box["y"] + ROW + ROW // 2 + ROW * index)
-    deadline = time.monotonic() + TIMEOUT / 1000
-    while selected_ids(page) == before:
-        assert time.monotonic() < deadline, f"ticking row {index} changed no selection"
-        page.wait_for_timeout(250)
+    wait_until(page, lambda: selected_ids(page) != before, f"ticking row {index} changed no selection",
+               TIMEOUT / 1000, every_ms=250)
     settle(page, 800)
 
 
@@ -95,14 +102,6 @@ def selected_ids(page) -> list[str]:
     """The runs the page shows as selected: the ids in its details' titles ("Run ... · r0123456789 · done")."""
     titles = page.locator('[data-testid="stExpander"] summary [data-testid="stMarkdownContainer"]').all_inner_texts()
     return [m.group(1) for t in titles if (m := re.fullmatch(r"Run .* · (\w+) · \w+", t.strip()))]
-
-
-def wait_until(page, done, message: str, timeout: float = 60) -> None:
-    """Poll ``done()`` until it holds: the page redraws after the store has changed, later under load."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, message
-        page.wait_for_timeout(500)
 
 
 def shown_count(page) -> int:
@@ -120,10 +119,8 @@ def test_the_selection_stays_on_the_run_after_run_again_and_is_cleared_by_its_de
     picked = ids_before[1]
 
     page.get_by_role("button", name="Run again").click()
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while shown_count(page) < 5 or page.locator('[data-testid="stProgress"]').count():
-        assert time.monotonic() < deadline, "the re-run did not finish in time"
-        page.wait_for_timeout(1000)
+    wait_until(page, lambda: shown_count(page) >= 5 and not page.locator('[data-testid="stProgress"]').count(),
+               "the re-run did not finish in time", JOB_TIMEOUT, every_ms=1000)
     settle(page)
     no_exception(page)
     newest = store.list_runs()[0]
